@@ -1,0 +1,1 @@
+//! The minimal in-process KVM VMM (placeholder until the vCPU issue lands).
