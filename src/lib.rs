@@ -4,6 +4,18 @@
 //! - [`config`]: the Kata runtime TOML and OCI bundle input;
 //! - [`path`]: cgroups path parsing, driver choice, systemd slice/unit naming;
 //! - [`host`]: what this host's cgroup layout, systemd and KVM look like;
+//! - [`resources`]: OCI resources validated and turned into cgroupfs writes;
 //! - [`manager`]: the `Manager` trait with the cgroupfs (and systemd) drivers;
-//! - [`vmm`]: the minimal in-process VMM whose vCPU spawn path calls the hooks.
+//! - [`placement`]: which threads go where, per driver and cgroup version;
+//! - [`plan`]: everything `resolve` reports, computed without side effects;
+//! - [`vmm`]: the minimal in-process VMM whose vCPU spawn path calls the hooks;
+//! - [`cli`]: the `host-cgroups` command line.
+pub mod cli;
+pub mod config;
+pub mod host;
+pub mod manager;
+pub mod path;
+pub mod placement;
+pub mod plan;
+pub mod resources;
 pub mod vmm;

@@ -1,0 +1,432 @@
+//! The Kata runtime TOML (the file users have) and the OCI bundle's cgroup fields.
+//!
+//! Only the keys this component reads are interpreted; every other section and
+//! key of a full `configuration-dragonball.toml` is ignored, so the user's file
+//! loads unchanged.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxResources, Spec};
+use serde::Serialize;
+use thiserror::Error;
+use toml::Value;
+
+/// Kata's ceiling on vCPUs per VM (`MAX_DRAGONBALL_VCPUS` and the docs' 240).
+pub const MAX_VCPUS: u32 = 240;
+
+/// The configuration used when no file is given: dragonball in-process, sandbox cgroup only.
+pub const EMBEDDED_DEFAULT: &str = r#"
+[hypervisor.dragonball]
+default_vcpus = 1
+default_maxvcpus = 0
+
+[runtime]
+hypervisor_name = "dragonball"
+sandbox_cgroup_only = true
+enable_vcpus_pinning = false
+static_sandbox_resource_mgmt = false
+"#;
+
+/// A configuration that cannot be used, naming the file and key.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("configuration {path} is not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key holds a value of the wrong type.
+    #[error("configuration {path}: key {key} must be {expected}, found {found}")]
+    WrongType {
+        /// The file.
+        path: PathBuf,
+        /// Dotted key.
+        key: String,
+        /// What was expected.
+        expected: &'static str,
+        /// What the file has.
+        found: String,
+    },
+    /// A key holds a value outside its range.
+    #[error("configuration {path}: key {key} = {value} is invalid: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Dotted key.
+        key: String,
+        /// The value as written.
+        value: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// No `[hypervisor.<name>]` section matches.
+    #[error("configuration {path}: no [hypervisor.{name}] section")]
+    NoHypervisor {
+        /// The file.
+        path: PathBuf,
+        /// The hypervisor looked for.
+        name: String,
+    },
+    /// The OCI bundle's config.json could not be loaded.
+    #[error("cannot load OCI bundle config {path}: {message}")]
+    Bundle {
+        /// The config.json.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// The runtime settings this component acts on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuntimeConfig {
+    /// Where the settings came from (`<embedded>` for the default).
+    pub source: PathBuf,
+    /// `runtime.hypervisor_name`; `dragonball` means the VMM runs in-process.
+    pub hypervisor_name: String,
+    /// `runtime.sandbox_cgroup_only`: everything in the sandbox cgroup, no overhead cgroup.
+    pub sandbox_cgroup_only: bool,
+    /// `runtime.enable_vcpus_pinning`: pin vCPU i to the i-th CPU of the cpuset when sizes match.
+    pub enable_vcpus_pinning: bool,
+    /// `runtime.static_sandbox_resource_mgmt`.
+    pub static_sandbox_resource_mgmt: bool,
+    /// `hypervisor.<name>.default_vcpus` (may be fractional).
+    pub default_vcpus: f64,
+    /// `hypervisor.<name>.default_maxvcpus` as written (0 = all host CPUs).
+    pub default_maxvcpus: u32,
+}
+
+impl RuntimeConfig {
+    /// The embedded default configuration.
+    pub fn embedded() -> Result<Self, ConfigError> {
+        Self::parse(EMBEDDED_DEFAULT, Path::new("<embedded>"))
+    }
+
+    /// Loads `path`, or the embedded default when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Self::embedded();
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses TOML text read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let root: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                path: path.into(),
+                message: e.message().to_string(),
+            })?;
+        let keys = Keys { path, root: &root };
+        let hypervisors = keys.table(&["hypervisor"])?;
+        let hypervisor_name = match keys.string(&["runtime", "hypervisor_name"])? {
+            Some(name) => name,
+            // Kata picks the only hypervisor section when the runtime names none.
+            None => match hypervisors.map(|h| h.keys().collect::<Vec<_>>()) {
+                Some(names) if names.len() == 1 => names[0].clone(),
+                _ => "dragonball".to_string(),
+            },
+        };
+        if hypervisors.and_then(|h| h.get(&hypervisor_name)).is_none() {
+            return Err(ConfigError::NoHypervisor {
+                path: path.into(),
+                name: hypervisor_name,
+            });
+        }
+        let hv = ["hypervisor", hypervisor_name.as_str()];
+        let default_vcpus = keys
+            .number(&[hv[0], hv[1], "default_vcpus"])?
+            .unwrap_or(1.0);
+        if !(default_vcpus > 0.0) || default_vcpus > f64::from(MAX_VCPUS) {
+            return Err(keys.invalid(
+                &[hv[0], hv[1], "default_vcpus"],
+                default_vcpus.to_string(),
+                "must be greater than 0 and at most 240",
+            ));
+        }
+        let maxv = keys
+            .number(&[hv[0], hv[1], "default_maxvcpus"])?
+            .unwrap_or(0.0);
+        if maxv < 0.0 || maxv.fract() != 0.0 || maxv > f64::from(u32::MAX) {
+            return Err(keys.invalid(
+                &[hv[0], hv[1], "default_maxvcpus"],
+                maxv.to_string(),
+                "must be a whole number, 0 or more",
+            ));
+        }
+        Ok(RuntimeConfig {
+            source: path.into(),
+            sandbox_cgroup_only: keys
+                .boolean(&["runtime", "sandbox_cgroup_only"])?
+                .unwrap_or(false),
+            enable_vcpus_pinning: keys
+                .boolean(&["runtime", "enable_vcpus_pinning"])?
+                .unwrap_or(false),
+            static_sandbox_resource_mgmt: keys
+                .boolean(&["runtime", "static_sandbox_resource_mgmt"])?
+                .unwrap_or(false),
+            default_vcpus,
+            default_maxvcpus: maxv as u32,
+            hypervisor_name,
+        })
+    }
+
+    /// Whether the VMM runs inside this process, which is what activates the controller.
+    pub fn vmm_in_process(&self) -> bool {
+        self.hypervisor_name == "dragonball"
+    }
+
+    /// vCPUs at boot: `default_vcpus` rounded up, as Kata sizes the VM.
+    pub fn boot_vcpus(&self) -> u32 {
+        (self.default_vcpus.ceil() as u32).clamp(1, MAX_VCPUS)
+    }
+
+    /// The hotplug ceiling: `default_maxvcpus`, where 0 or too many means all host CPUs (at most 240).
+    pub fn max_vcpus(&self, host_cpus: u32) -> u32 {
+        let host = host_cpus.clamp(1, MAX_VCPUS);
+        let max = if self.default_maxvcpus == 0 || self.default_maxvcpus > host {
+            host
+        } else {
+            self.default_maxvcpus
+        };
+        max.max(self.boot_vcpus())
+    }
+}
+
+/// Typed access to dotted keys, with errors naming the file and key.
+struct Keys<'a> {
+    path: &'a Path,
+    root: &'a toml::Table,
+}
+
+impl Keys<'_> {
+    fn get(&self, key: &[&str]) -> Option<&Value> {
+        let (last, parents) = key.split_last()?;
+        let mut table = self.root;
+        for p in parents {
+            table = table.get(*p)?.as_table()?;
+        }
+        table.get(*last)
+    }
+
+    fn wrong(&self, key: &[&str], expected: &'static str, v: &Value) -> ConfigError {
+        ConfigError::WrongType {
+            path: self.path.into(),
+            key: key.join("."),
+            expected,
+            found: format!("{} {v}", v.type_str()),
+        }
+    }
+
+    fn invalid(&self, key: &[&str], value: String, reason: &'static str) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.into(),
+            key: key.join("."),
+            value,
+            reason,
+        }
+    }
+
+    fn table(&self, key: &[&str]) -> Result<Option<&toml::Table>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Table(t)) => Ok(Some(t)),
+            Some(v) => Err(self.wrong(key, "a table", v)),
+        }
+    }
+
+    fn string(&self, key: &[&str]) -> Result<Option<String>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(self.wrong(key, "a string", v)),
+        }
+    }
+
+    fn boolean(&self, key: &[&str]) -> Result<Option<bool>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Boolean(b)) => Ok(Some(*b)),
+            Some(v) => Err(self.wrong(key, "true or false", v)),
+        }
+    }
+
+    /// An integer or a float (Kata accepts both for vCPU counts).
+    fn number(&self, key: &[&str]) -> Result<Option<f64>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Integer(i)) => Ok(Some(*i as f64)),
+            Some(Value::Float(f)) if f.is_finite() => Ok(Some(*f)),
+            Some(v) => Err(self.wrong(key, "a number", v)),
+        }
+    }
+}
+
+/// The cgroup fields of an OCI bundle's `config.json`.
+#[derive(Debug, Clone, Default)]
+pub struct BundleCgroup {
+    /// `linux.cgroupsPath`, empty when absent.
+    pub cgroups_path: String,
+    /// `linux.resources`.
+    pub resources: Option<LinuxResources>,
+}
+
+/// Reads `linux.cgroupsPath` and `linux.resources` from `<bundle>/config.json`.
+pub fn load_bundle(bundle: &Path) -> Result<BundleCgroup, ConfigError> {
+    let path = bundle.join("config.json");
+    let spec = Spec::load(&path).map_err(|e| ConfigError::Bundle {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let linux = spec.linux().as_ref();
+    Ok(BundleCgroup {
+        cgroups_path: linux
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        resources: linux.and_then(|l| l.resources().clone()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RuntimeConfig, ConfigError> {
+        RuntimeConfig::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn upstream_dragonball_configuration_loads_unchanged() {
+        let text = include_str!("../tests/data/configuration-dragonball.toml");
+        let c = parse(text).unwrap();
+        assert_eq!(c.hypervisor_name, "dragonball");
+        assert!(c.sandbox_cgroup_only);
+        assert!(!c.enable_vcpus_pinning);
+        assert!(c.static_sandbox_resource_mgmt);
+        assert_eq!(c.default_vcpus, 1.0);
+        assert_eq!(c.default_maxvcpus, 0);
+        assert!(c.vmm_in_process());
+        assert_eq!(c.boot_vcpus(), 1);
+        assert_eq!(c.max_vcpus(2), 2);
+    }
+
+    #[test]
+    fn embedded_default() {
+        let c = RuntimeConfig::load(None).unwrap();
+        assert!(c.sandbox_cgroup_only);
+        assert_eq!(c.hypervisor_name, "dragonball");
+    }
+
+    #[test]
+    fn floats_and_ints_for_vcpus() {
+        let c = parse(
+            "[hypervisor.dragonball]\ndefault_vcpus = 1.5\ndefault_maxvcpus = 8\n[runtime]\nhypervisor_name='dragonball'\nenable_vcpus_pinning=true\n",
+        )
+        .unwrap();
+        assert_eq!(c.boot_vcpus(), 2);
+        assert_eq!(c.max_vcpus(64), 8);
+        assert_eq!(c.max_vcpus(4), 4);
+        assert!(c.enable_vcpus_pinning);
+        assert!(!c.sandbox_cgroup_only);
+        let c = parse("[hypervisor.dragonball]\ndefault_maxvcpus = 4.0\n").unwrap();
+        assert_eq!(c.default_maxvcpus, 4);
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_are_ignored() {
+        let c = parse(
+            "[hypervisor.dragonball]\nfoo = 'bar'\n[hypervisor.dragonball.x]\ny=1\n[agent.kata]\nz=[1,2]\n[runtime]\nwhatever=3\nsandbox_cgroup_only=true\n[other]\n",
+        )
+        .unwrap();
+        assert!(c.sandbox_cgroup_only);
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        for (text, key) in [
+            (
+                "[hypervisor.dragonball]\ndefault_vcpus = 'two'\n",
+                "default_vcpus",
+            ),
+            (
+                "[hypervisor.dragonball]\ndefault_vcpus = -1\n",
+                "default_vcpus",
+            ),
+            (
+                "[hypervisor.dragonball]\ndefault_vcpus = 0\n",
+                "default_vcpus",
+            ),
+            (
+                "[hypervisor.dragonball]\ndefault_vcpus = 241\n",
+                "default_vcpus",
+            ),
+            (
+                "[hypervisor.dragonball]\ndefault_maxvcpus = -2\n",
+                "default_maxvcpus",
+            ),
+            (
+                "[hypervisor.dragonball]\ndefault_maxvcpus = 1.5\n",
+                "default_maxvcpus",
+            ),
+            (
+                "[hypervisor.dragonball]\n[runtime]\nsandbox_cgroup_only = 'yes'\n",
+                "sandbox_cgroup_only",
+            ),
+            (
+                "[hypervisor.dragonball]\n[runtime]\nhypervisor_name = 3\n",
+                "hypervisor_name",
+            ),
+            (
+                "[hypervisor.qemu]\n[runtime]\nhypervisor_name = 'dragonball'\n",
+                "hypervisor.dragonball",
+            ),
+            ("hypervisor = 1\n", "hypervisor"),
+            ("[hypervisor.dragonball\n", "TOML"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?}: {err}");
+            assert!(err.contains("test.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error() {
+        let err = RuntimeConfig::load(Some(Path::new("/nonexistent/x.toml"))).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(err.to_string().contains("/nonexistent/x.toml"));
+    }
+
+    #[test]
+    fn bundle_cgroup_fields() {
+        let dir = std::env::temp_dir().join(format!("hcg-bundle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"linux":{"cgroupsPath":"kata.slice:kata:x","resources":{"cpu":{"quota":50000,"period":100000}}}}"#,
+        )
+        .unwrap();
+        let b = load_bundle(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(b.cgroups_path, "kata.slice:kata:x");
+        let cpu = b.resources.unwrap().cpu().clone().unwrap();
+        assert_eq!(cpu.quota(), Some(50000));
+        assert!(load_bundle(Path::new("/nonexistent")).is_err());
+    }
+}

@@ -1,0 +1,478 @@
+//! What this host looks like: its cgroup layout, systemd and KVM.
+//!
+//! Read from `/proc/self/mountinfo` and `/proc/self/cgroup` rather than from
+//! fixed paths, since distributions mount v1 controllers separately (`cpu` and
+//! `cpuacct` here) or co-mounted (`cpu,cpuacct`), and hybrid hosts add an
+//! empty cgroup2 beside them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use thiserror::Error;
+
+/// The cgroup v1 controllers a sandbox cgroup is made in, when the host mounts them.
+///
+/// `name=systemd` is left out: that hierarchy is systemd's own bookkeeping and
+/// the cgroupfs driver has no business there.
+pub const V1_CONTROLLERS: &[&str] = &[
+    "cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "blkio", "devices",
+];
+
+/// The cgroup v2 controllers a sandbox cgroup asks its parents to enable.
+pub const V2_CONTROLLERS: &[&str] = &["cpu", "cpuset", "memory", "pids", "io"];
+
+/// Default mount point of the cgroup filesystems.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Host facts that could not be read.
+#[derive(Debug, Error)]
+pub enum HostError {
+    /// A /proc or /sys file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// No cgroup filesystem is mounted.
+    #[error("no cgroup filesystem is mounted (checked {path})")]
+    NoCgroups {
+        /// The mountinfo file read.
+        path: PathBuf,
+    },
+}
+
+/// Which cgroup version the drivers act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum CgroupVersion {
+    /// cgroup v1 (legacy or hybrid hosts).
+    #[serde(rename = "1")]
+    V1,
+    /// cgroup v2 (unified hosts).
+    #[serde(rename = "2")]
+    V2,
+}
+
+impl CgroupVersion {
+    /// 1 or 2.
+    pub fn number(self) -> u8 {
+        match self {
+            CgroupVersion::V1 => 1,
+            CgroupVersion::V2 => 2,
+        }
+    }
+}
+
+impl fmt::Display for CgroupVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.number())
+    }
+}
+
+/// How the host lays out its cgroup hierarchies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hierarchy {
+    /// cgroup v1 only.
+    Legacy,
+    /// cgroup v1 controllers plus an (empty) cgroup2 mount.
+    Hybrid,
+    /// cgroup v2 only.
+    Unified,
+}
+
+impl Hierarchy {
+    /// Hybrid counts as v1: its controllers are all on v1 hierarchies.
+    pub fn version(self) -> CgroupVersion {
+        match self {
+            Hierarchy::Legacy | Hierarchy::Hybrid => CgroupVersion::V1,
+            Hierarchy::Unified => CgroupVersion::V2,
+        }
+    }
+}
+
+/// One cgroup mount from mountinfo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CgroupMount {
+    /// Where it is mounted.
+    pub mount_point: PathBuf,
+    /// The cgroup at the mount's root (`/` unless in a cgroup namespace or bind mount).
+    pub root: String,
+    /// v1: its controllers (and `name=` hierarchies); v2: empty.
+    pub controllers: Vec<String>,
+    /// Whether it is cgroup2.
+    pub v2: bool,
+}
+
+/// The host's cgroup layout.
+#[derive(Debug, Clone, Serialize)]
+pub struct CgroupLayout {
+    /// Legacy, hybrid or unified.
+    pub hierarchy: Hierarchy,
+    /// v1 controller (or `name=` hierarchy) → mount point; v2: the unified mount.
+    pub mounts: BTreeMap<String, PathBuf>,
+    /// The unified mount (v2 hosts, and hybrid hosts' empty cgroup2).
+    pub unified: Option<PathBuf>,
+    /// v2 controllers available at the unified root (from `cgroup.controllers`).
+    pub v2_controllers: Vec<String>,
+    /// This process's cgroup per controller (`""` key for v2), from /proc/self/cgroup.
+    pub own: BTreeMap<String, String>,
+}
+
+impl CgroupLayout {
+    /// Reads the layout of the calling process's mount namespace.
+    pub fn detect() -> Result<Self, HostError> {
+        let mi = Path::new("/proc/self/mountinfo");
+        let mountinfo = read(mi)?;
+        let own = read(Path::new("/proc/self/cgroup"))?;
+        let mut layout =
+            Self::from_text(&mountinfo, &own).ok_or(HostError::NoCgroups { path: mi.into() })?;
+        if let Some(u) = &layout.unified {
+            if layout.hierarchy == Hierarchy::Unified {
+                let f = u.join("cgroup.controllers");
+                layout.v2_controllers = read(&f)?.split_whitespace().map(str::to_string).collect();
+            }
+        }
+        Ok(layout)
+    }
+
+    /// Builds the layout from mountinfo and /proc/self/cgroup text (no v2 controller list).
+    pub fn from_text(mountinfo: &str, proc_cgroup: &str) -> Option<Self> {
+        let mounts = parse_mountinfo(mountinfo);
+        let v1: Vec<&CgroupMount> = mounts.iter().filter(|m| !m.v2).collect();
+        // Several cgroup2 mounts can exist; the canonical one is at /sys/fs/cgroup
+        // (unified) or /sys/fs/cgroup/unified (hybrid); else take the first.
+        let v2s: Vec<&CgroupMount> = mounts.iter().filter(|m| m.v2).collect();
+        let unified = v2s
+            .iter()
+            .find(|m| m.mount_point == Path::new(CGROUP_ROOT))
+            .or_else(|| {
+                v2s.iter()
+                    .find(|m| m.mount_point == Path::new(CGROUP_ROOT).join("unified"))
+            })
+            .or(v2s.first())
+            .map(|m| m.mount_point.clone());
+        let hierarchy = match (v1.is_empty(), unified.is_some()) {
+            (true, true) => Hierarchy::Unified,
+            (false, true) => Hierarchy::Hybrid,
+            (false, false) => Hierarchy::Legacy,
+            (true, false) => return None,
+        };
+        let mut map = BTreeMap::new();
+        if hierarchy == Hierarchy::Unified {
+            if let Some(u) = &unified {
+                map.insert("unified".to_string(), u.clone());
+            }
+        } else {
+            for m in &v1 {
+                for c in &m.controllers {
+                    // The first mount of a hierarchy wins; later ones are bind mounts.
+                    map.entry(c.clone())
+                        .or_insert_with(|| m.mount_point.clone());
+                }
+            }
+        }
+        Some(CgroupLayout {
+            hierarchy,
+            mounts: map,
+            unified,
+            v2_controllers: Vec::new(),
+            own: parse_proc_cgroup(proc_cgroup),
+        })
+    }
+
+    /// The version the drivers act on.
+    pub fn version(&self) -> CgroupVersion {
+        self.hierarchy.version()
+    }
+
+    /// The controllers a sandbox cgroup is made in: mounted v1 controllers, or v2's available ones.
+    pub fn controllers(&self) -> Vec<String> {
+        match self.version() {
+            CgroupVersion::V1 => V1_CONTROLLERS
+                .iter()
+                .filter(|c| self.mounts.contains_key(**c))
+                .map(|c| c.to_string())
+                .collect(),
+            CgroupVersion::V2 => self.v2_controllers.clone(),
+        }
+    }
+
+    /// The v1 hierarchies a sandbox cgroup spans: distinct mount points with their controllers.
+    ///
+    /// `cpu` and `cpuacct` are one hierarchy when co-mounted and two when not; a
+    /// cgroup is one directory per hierarchy, not per controller.
+    pub fn v1_hierarchies(&self) -> Vec<(PathBuf, Vec<String>)> {
+        let mut out: Vec<(PathBuf, Vec<String>)> = Vec::new();
+        for c in self.controllers() {
+            let Some(mp) = self.mounts.get(&c) else {
+                continue;
+            };
+            match out.iter_mut().find(|(p, _)| p == mp) {
+                Some((_, cs)) => cs.push(c),
+                None => out.push((mp.clone(), vec![c])),
+            }
+        }
+        out
+    }
+}
+
+/// Parses cgroup mounts from /proc/self/mountinfo text.
+pub fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        // Fields: id parent maj:min root mountpoint options [optional...] - fstype source superopts
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let pre: Vec<&str> = pre.split(' ').collect();
+        let post: Vec<&str> = post.split(' ').collect();
+        if pre.len() < 5 || post.len() < 3 {
+            continue;
+        }
+        let (root, mount_point) = (unescape(pre[3]), unescape(pre[4]));
+        match post[0] {
+            "cgroup2" => out.push(CgroupMount {
+                mount_point: mount_point.into(),
+                root,
+                controllers: Vec::new(),
+                v2: true,
+            }),
+            "cgroup" => {
+                let known = |o: &&str| {
+                    o.starts_with("name=")
+                        || V1_CONTROLLERS.contains(o)
+                        || matches!(
+                            *o,
+                            "net_cls" | "net_prio" | "perf_event" | "hugetlb" | "rdma" | "misc"
+                        )
+                };
+                let controllers = post[2]
+                    .split(',')
+                    .filter(known)
+                    .map(str::to_string)
+                    .collect();
+                out.push(CgroupMount {
+                    mount_point: mount_point.into(),
+                    root,
+                    controllers,
+                    v2: false,
+                });
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses `/proc/<pid>/cgroup` (or a task's) into controller → path; v2's line has key `""`.
+pub fn parse_proc_cgroup(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_id), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if ctrls.is_empty() {
+            out.insert(String::new(), path.to_string());
+        } else {
+            for c in ctrls.split(',') {
+                out.insert(c.to_string(), path.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Reads a task's cgroups: controller → path relative to the hierarchy root.
+pub fn task_cgroups(pid: i32, tid: i32) -> Result<BTreeMap<String, String>, HostError> {
+    let p = PathBuf::from(format!("/proc/{pid}/task/{tid}/cgroup"));
+    Ok(parse_proc_cgroup(&read(&p)?))
+}
+
+/// Whether systemd runs as PID 1 and answers on the system bus.
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemdInfo {
+    /// PID 1 is systemd (its `/run/systemd/system` marker exists).
+    pub pid1: bool,
+    /// The system bus socket accepts connections and systemd is PID 1.
+    pub reachable: bool,
+    /// systemd's version number, when known.
+    pub version: Option<u32>,
+}
+
+/// The D-Bus system bus socket.
+pub const SYSTEM_BUS_SOCKET: &str = "/run/dbus/system_bus_socket";
+
+impl SystemdInfo {
+    /// Looks for systemd as PID 1 and a connectable system bus.
+    pub fn detect() -> Self {
+        // sd_booted(): systemd creates this directory early at boot, and only it does.
+        let pid1 = Path::new("/run/systemd/system").is_dir();
+        let bus = std::os::unix::net::UnixStream::connect(SYSTEM_BUS_SOCKET).is_ok();
+        SystemdInfo {
+            pid1,
+            reachable: pid1 && bus,
+            version: None,
+        }
+    }
+}
+
+/// Whether `/dev/kvm` opens and answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct KvmInfo {
+    /// KVM can create VMs here.
+    pub available: bool,
+    /// `KVM_GET_API_VERSION`, when it opens.
+    pub api_version: Option<i32>,
+    /// Why it is not available.
+    pub reason: Option<String>,
+}
+
+impl KvmInfo {
+    /// Opens `/dev/kvm` and asks its API version.
+    pub fn detect() -> Self {
+        match kvm_ioctls::Kvm::new() {
+            Ok(kvm) => KvmInfo {
+                available: true,
+                api_version: Some(kvm.get_api_version()),
+                reason: None,
+            },
+            Err(e) => KvmInfo {
+                available: false,
+                api_version: None,
+                reason: Some(format!("cannot open /dev/kvm: {e}")),
+            },
+        }
+    }
+}
+
+/// The CPUs the kernel has online (`/sys/devices/system/cpu/online`).
+pub fn online_cpus() -> Result<crate::resources::CpuList, HostError> {
+    let p = Path::new("/sys/devices/system/cpu/online");
+    let text = read(p)?;
+    crate::resources::CpuList::parse("cpus", text.trim()).map_err(|e| HostError::Read {
+        path: p.into(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+    })
+}
+
+fn read(p: &Path) -> Result<String, HostError> {
+    std::fs::read_to_string(p).map_err(|source| HostError::Read {
+        path: p.into(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEV_MACHINE: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+36 31 0:33 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+38 31 0:35 / /sys/fs/cgroup/blkio rw,relatime - cgroup cgroup rw,blkio
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    const DISTRO_V1: &str = "\
+25 18 0:22 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+26 25 0:23 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:10 - cgroup cgroup rw,xattr,name=systemd
+29 25 0:26 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:13 - cgroup cgroup rw,cpu,cpuacct
+30 25 0:27 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:14 - cgroup cgroup rw,memory
+31 25 0:28 / /sys/fs/cgroup/cpuset rw,nosuid,nodev,noexec,relatime shared:15 - cgroup cgroup rw,cpuset
+32 25 0:29 / /sys/fs/cgroup/pids rw,nosuid,nodev,noexec,relatime shared:16 - cgroup cgroup rw,pids
+";
+
+    const UNIFIED: &str = "\
+35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+";
+
+    #[test]
+    fn hybrid_with_separate_cpu_and_cpuacct() {
+        let l = CgroupLayout::from_text(DEV_MACHINE, "4:memory:/x\n0::/\n").unwrap();
+        assert_eq!(l.hierarchy, Hierarchy::Hybrid);
+        assert_eq!(l.version(), CgroupVersion::V1);
+        assert_eq!(l.mounts["cpu"], Path::new("/sys/fs/cgroup/cpu"));
+        assert_eq!(l.mounts["cpuacct"], Path::new("/sys/fs/cgroup/cpuacct"));
+        assert_eq!(
+            l.mounts["name=systemd"],
+            Path::new("/sys/fs/cgroup/systemd")
+        );
+        assert_eq!(
+            l.unified.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(l.controllers().len(), 8);
+        assert_eq!(l.v1_hierarchies().len(), 8);
+        assert_eq!(l.own["memory"], "/x");
+    }
+
+    #[test]
+    fn legacy_with_comounted_cpu_cpuacct() {
+        let l = CgroupLayout::from_text(DISTRO_V1, "").unwrap();
+        assert_eq!(l.hierarchy, Hierarchy::Legacy);
+        assert_eq!(l.mounts["cpu"], l.mounts["cpuacct"]);
+        let h = l.v1_hierarchies();
+        let cpu = h.iter().find(|(p, _)| p.ends_with("cpu,cpuacct")).unwrap();
+        assert_eq!(cpu.1, vec!["cpu".to_string(), "cpuacct".to_string()]);
+        assert_eq!(h.len(), 4);
+    }
+
+    #[test]
+    fn unified_host() {
+        let l = CgroupLayout::from_text(UNIFIED, "0::/user.slice\n").unwrap();
+        assert_eq!(l.hierarchy, Hierarchy::Unified);
+        assert_eq!(l.version(), CgroupVersion::V2);
+        assert_eq!(l.own[""], "/user.slice");
+        assert!(CgroupLayout::from_text("", "").is_none());
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape("/a\\040b"), "/a b");
+        assert_eq!(unescape("/a\\\\b"), "/a\\\\b");
+        assert_eq!(unescape("\\04"), "\\04");
+    }
+
+    #[test]
+    fn proc_cgroup_parsing() {
+        let m = parse_proc_cgroup("9:name=systemd:/\n2:cpu,cpuacct:/a/b\n0::/c:d\n");
+        assert_eq!(m["cpu"], "/a/b");
+        assert_eq!(m["cpuacct"], "/a/b");
+        assert_eq!(m[""], "/c:d");
+        assert_eq!(m["name=systemd"], "/");
+    }
+}

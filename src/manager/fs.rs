@@ -1,0 +1,689 @@
+//! `FsManager`: the cgroupfs driver, for cgroup v1 (legacy and hybrid) and v2.
+//!
+//! The rules that bite real hosts live here:
+//! - v1 `cpuset`: a new cgroup starts with empty `cpuset.cpus`/`cpuset.mems`
+//!   and refuses tasks (ENOSPC) until they are filled from the parent;
+//! - v2: a controller's files exist in a cgroup only once every ancestor has it
+//!   in `cgroup.subtree_control`;
+//! - `rmdir` answers EBUSY for a moment after the last task leaves;
+//! - a failed creation removes exactly what it made; a parent that exists
+//!   (EEXIST) is success, and a parent removed under us (ENOENT) is retried.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Write as _};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use oci_spec::runtime::LinuxResources;
+use tracing::{debug, warn};
+
+use super::{CgroupError, Manager, Stats};
+use crate::host::{online_cpus, CgroupLayout, CgroupVersion, V2_CONTROLLERS};
+use crate::path::Driver;
+use crate::resources::{self, CpuList};
+
+/// How long `destroy` retries an `rmdir` that answers EBUSY.
+const RMDIR_RETRY: Duration = Duration::from_secs(3);
+/// How often creation restarts when a parent vanishes under it (ENOENT).
+const CREATE_ATTEMPTS: usize = 10;
+/// Lock serialising the removal of shared parents against creation below them.
+pub const TREE_LOCK: &str = "/run/host-cgroups/tree.lock";
+
+/// One hierarchy the cgroup spans: its mount point and the controllers on it.
+#[derive(Debug)]
+struct Hier {
+    mount: PathBuf,
+    controllers: Vec<String>,
+    /// `tasks` (v1) kept open, since placing threads one by one is the hot path.
+    tasks: Option<File>,
+}
+
+impl Hier {
+    fn dir(&self, relative: &str) -> PathBuf {
+        self.mount.join(relative)
+    }
+}
+
+/// The cgroupfs driver.
+#[derive(Debug)]
+pub struct FsManager {
+    version: CgroupVersion,
+    relative: String,
+    hiers: Vec<Hier>,
+    /// Our own cgroup per hierarchy mount, to move ourselves back to before rmdir.
+    home: BTreeMap<PathBuf, String>,
+    created: Vec<PathBuf>,
+}
+
+fn io_err(op: impl Into<String>, path: &Path, source: std::io::Error) -> CgroupError {
+    CgroupError::Io {
+        op: op.into(),
+        path: path.into(),
+        source,
+    }
+}
+
+/// Writes `value` to a cgroup file in one write(2), as cgroupfs expects.
+pub fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| io_err(format!("open {value:?} for writing"), path, e))?;
+    f.write_all(value.as_bytes())
+        .map_err(|e| io_err(format!("write {value:?} to"), path, e))
+}
+
+/// Reads a cgroup file, trimmed.
+pub fn read_file(path: &Path) -> Result<String, CgroupError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| io_err("read", path, e))
+}
+
+fn read_ids(path: &Path) -> Result<Vec<i32>, CgroupError> {
+    Ok(read_file(path)?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect())
+}
+
+/// Parses `key value` lines (`cpu.stat`, `memory.stat`).
+fn read_keyed(path: &Path) -> Result<BTreeMap<String, u64>, CgroupError> {
+    Ok(read_file(path)?
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect())
+}
+
+/// Holds `TREE_LOCK` (shared for creation, exclusive for removing parents) until dropped.
+struct TreeLock(#[allow(dead_code)] Option<File>);
+
+impl TreeLock {
+    fn take(exclusive: bool) -> Self {
+        let path = Path::new(TREE_LOCK);
+        let open = || -> std::io::Result<File> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)
+        };
+        match open() {
+            Ok(f) => {
+                let op = if exclusive {
+                    libc::LOCK_EX
+                } else {
+                    libc::LOCK_SH
+                };
+                // SAFETY: flock on a file descriptor we own; it cannot touch memory.
+                let rc = unsafe { libc::flock(f.as_raw_fd(), op) };
+                if rc != 0 {
+                    warn!(path = TREE_LOCK, "flock failed; relying on ENOENT retries");
+                }
+                TreeLock(Some(f))
+            }
+            Err(e) => {
+                // Without the lock, creation still survives a vanished parent by retrying.
+                warn!(path = TREE_LOCK, error = %e, "cannot open the tree lock");
+                TreeLock(None)
+            }
+        }
+    }
+}
+
+impl FsManager {
+    /// A manager for `relative` (below each hierarchy root) on `layout`; touches nothing yet.
+    pub fn new(layout: &CgroupLayout, relative: &str) -> Self {
+        let version = layout.version();
+        let hiers: Vec<Hier> = match version {
+            CgroupVersion::V1 => layout
+                .v1_hierarchies()
+                .into_iter()
+                .map(|(mount, controllers)| Hier {
+                    mount,
+                    controllers,
+                    tasks: None,
+                })
+                .collect(),
+            CgroupVersion::V2 => layout
+                .unified
+                .iter()
+                .map(|u| Hier {
+                    mount: u.clone(),
+                    controllers: layout.v2_controllers.clone(),
+                    tasks: None,
+                })
+                .collect(),
+        };
+        let mut home = BTreeMap::new();
+        for h in &hiers {
+            let key: String = match version {
+                CgroupVersion::V1 => h.controllers.first().cloned().unwrap_or_default(),
+                CgroupVersion::V2 => String::new(),
+            };
+            if let Some(p) = layout.own.get(&key) {
+                home.insert(h.mount.clone(), p.trim_start_matches('/').to_string());
+            }
+        }
+        FsManager {
+            version,
+            relative: relative.trim_matches('/').to_string(),
+            hiers,
+            home,
+            created: Vec::new(),
+        }
+    }
+
+    /// A manager that also owns `created` (restored from state after a restart).
+    pub fn adopt(layout: &CgroupLayout, relative: &str, created: Vec<PathBuf>) -> Self {
+        let mut m = Self::new(layout, relative);
+        m.created = created;
+        m
+    }
+
+    fn hier_of(&self, controller: &str) -> Result<&Hier, CgroupError> {
+        self.hiers
+            .iter()
+            .find(|h| h.controllers.iter().any(|c| c == controller))
+            .ok_or_else(|| CgroupError::NoController {
+                controller: controller.into(),
+                path: PathBuf::from(&self.relative),
+            })
+    }
+
+    /// The directory holding `controller`'s files.
+    fn dir_of(&self, controller: &str) -> Result<PathBuf, CgroupError> {
+        Ok(self.hier_of(controller)?.dir(&self.relative))
+    }
+
+    fn first_dir(&self) -> Result<PathBuf, CgroupError> {
+        self.hiers
+            .first()
+            .map(|h| h.dir(&self.relative))
+            .ok_or_else(|| CgroupError::NoController {
+                controller: "any".into(),
+                path: PathBuf::from(&self.relative),
+            })
+    }
+
+    /// Creates the cgroup in one hierarchy, level by level, recording what it made.
+    fn create_in(&self, h: &Hier, made: &mut Vec<PathBuf>) -> Result<(), CgroupError> {
+        let is_cpuset =
+            self.version == CgroupVersion::V1 && h.controllers.iter().any(|c| c == "cpuset");
+        'attempt: for attempt in 0..CREATE_ATTEMPTS {
+            let mut dir = h.mount.clone();
+            for comp in self.relative.split('/') {
+                if self.version == CgroupVersion::V2 {
+                    enable_subtree(&dir, &h.controllers)?;
+                }
+                let parent = dir.clone();
+                dir.push(comp);
+                match std::fs::create_dir(&dir) {
+                    Ok(()) => {
+                        debug!(dir = %dir.display(), "created cgroup");
+                        made.push(dir.clone());
+                    }
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                        if !dir.is_dir() {
+                            return Err(io_err("mkdir (a file is in the way)", &dir, e));
+                        }
+                    }
+                    // A parent removed by a concurrent destroy: start again from the top.
+                    Err(e) if e.kind() == ErrorKind::NotFound && attempt + 1 < CREATE_ATTEMPTS => {
+                        debug!(dir = %dir.display(), attempt, "parent vanished; retrying");
+                        continue 'attempt;
+                    }
+                    Err(e) => return Err(io_err("mkdir", &dir, e)),
+                }
+                if is_cpuset {
+                    fill_cpuset(&parent, &dir)?;
+                }
+            }
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    fn write_ids(&mut self, file: &'static str, id: i32) -> Result<(), CgroupError> {
+        let value = id.to_string();
+        for h in &self.hiers {
+            let path = h.dir(&self.relative).join(file);
+            let r = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(value.as_bytes()));
+            map_place_err(r, id, &path)?;
+        }
+        Ok(())
+    }
+
+    fn rmdir_retry(path: &Path) -> Result<bool, CgroupError> {
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match std::fs::remove_dir(path) {
+                Ok(()) => return Ok(true),
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    if start.elapsed() >= RMDIR_RETRY {
+                        return Err(CgroupError::StillBusy {
+                            path: path.into(),
+                            waited_ms: start.elapsed().as_millis() as u64,
+                        });
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(e) => return Err(io_err("rmdir", path, e)),
+            }
+        }
+    }
+
+    /// Moves our own threads out of `dir` (back home), and reports foreign pids.
+    fn evacuate_self(&self, h: &Hier, dir: &Path) -> Result<Vec<i32>, CgroupError> {
+        let me = std::process::id() as i32;
+        let home = h
+            .mount
+            .join(self.home.get(&h.mount).map(String::as_str).unwrap_or(""));
+        let home = if home == dir || home.starts_with(dir) {
+            // Our original cgroup is inside the one being removed: go to the root.
+            h.mount.clone()
+        } else {
+            home
+        };
+        let own: Vec<i32> = std::fs::read_dir("/proc/self/task")
+            .map_err(|e| io_err("read", Path::new("/proc/self/task"), e))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        let procs = read_ids(&dir.join("cgroup.procs"))?;
+        if procs.contains(&me) {
+            match self.version {
+                CgroupVersion::V2 => {
+                    write_file(&home.join("cgroup.procs"), &me.to_string())?;
+                }
+                CgroupVersion::V1 => {
+                    // Threads, not the process: other threads may sit elsewhere by design.
+                    for tid in read_ids(&dir.join("tasks"))? {
+                        if own.contains(&tid) {
+                            let r = write_file(&home.join("tasks"), &tid.to_string());
+                            if let Err(e) = r {
+                                if !matches!(e, CgroupError::Io { ref source, .. } if source.raw_os_error() == Some(libc::ESRCH))
+                                {
+                                    return Err(e);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(read_ids(&dir.join("cgroup.procs"))?
+            .into_iter()
+            .filter(|p| *p != me)
+            .collect())
+    }
+
+    fn set_inner(
+        &mut self,
+        res: &LinuxResources,
+        undo: &mut Vec<(PathBuf, String)>,
+    ) -> Result<(), CgroupError> {
+        let writes = resources::plan(res, self.version)?;
+        self.check_cpuset(res)?;
+        let mut i = 0;
+        while i < writes.len() {
+            let w = &writes[i];
+            let path = self.dir_of(w.controller)?.join(w.file);
+            let old = read_file(&path)?;
+            match write_file(&path, &w.value) {
+                Ok(()) => undo.push((path, old)),
+                // v1 refuses a memory limit above memory+swap: raise memsw first, then retry.
+                Err(CgroupError::Io { ref source, .. })
+                    if w.file == "memory.limit_in_bytes"
+                        && source.raw_os_error() == Some(libc::EINVAL)
+                        && writes
+                            .get(i + 1)
+                            .is_some_and(|n| n.file == "memory.memsw.limit_in_bytes") =>
+                {
+                    let next = &writes[i + 1];
+                    let memsw = self.dir_of("memory")?.join(next.file);
+                    let old_sw = read_file(&memsw)?;
+                    write_file(&memsw, &next.value)?;
+                    undo.push((memsw, old_sw));
+                    write_file(&path, &w.value)?;
+                    undo.push((path, old));
+                    i += 1;
+                }
+                Err(e) => return Err(e),
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Checks requested CPUs and memory nodes against the host and the parent cgroup.
+    fn check_cpuset(&self, res: &LinuxResources) -> Result<(), CgroupError> {
+        let (cpus, mems) = resources::cpuset_of(res)?;
+        if cpus.is_none() && mems.is_none() {
+            return Ok(());
+        }
+        let dir = self.dir_of("cpuset")?;
+        let parent = dir.parent().unwrap_or(&dir).to_path_buf();
+        let eff = |name: &str| -> Result<Option<CpuList>, CgroupError> {
+            // v2 lists what the parent really grants in *.effective; v1 in the plain file.
+            let f = match self.version {
+                CgroupVersion::V1 => parent.join(name),
+                CgroupVersion::V2 => parent.join(format!("{name}.effective")),
+            };
+            match std::fs::read_to_string(&f) {
+                Ok(s) => Ok(Some(CpuList::parse("cpus", s.trim())?)),
+                Err(_) => Ok(None),
+            }
+        };
+        if let (Some(want), Some(cpu)) = (&cpus, res.cpu()) {
+            let raw = cpu.cpus().clone().unwrap_or_default();
+            want.check_within("cpus", &raw, &online_cpus()?)?;
+            if let Some(avail) = eff("cpuset.cpus")? {
+                if !avail.is_empty() {
+                    want.check_within("cpus", &raw, &avail)?;
+                }
+            }
+        }
+        if let (Some(want), Some(cpu)) = (&mems, res.cpu()) {
+            let raw = cpu.mems().clone().unwrap_or_default();
+            if let Some(avail) = eff("cpuset.mems")? {
+                if !avail.is_empty() {
+                    want.check_within("mems", &raw, &avail)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn freeze_to(&self, frozen: bool) -> Result<(), CgroupError> {
+        let (file, value, state_file, want) = match self.version {
+            CgroupVersion::V1 => (
+                self.dir_of("freezer")?.join("freezer.state"),
+                if frozen { "FROZEN" } else { "THAWED" },
+                None,
+                "",
+            ),
+            CgroupVersion::V2 => (
+                self.first_dir()?.join("cgroup.freeze"),
+                if frozen { "1" } else { "0" },
+                Some(self.first_dir()?.join("cgroup.events")),
+                if frozen { "frozen 1" } else { "frozen 0" },
+            ),
+        };
+        write_file(&file, value)?;
+        // Freezing is asynchronous: v1 passes through FREEZING, v2 reports in cgroup.events.
+        let start = Instant::now();
+        loop {
+            let done = match &state_file {
+                None => read_file(&file)? == value,
+                Some(ev) => read_file(ev)?.lines().any(|l| l.trim() == want),
+            };
+            if done {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(5) {
+                return Err(io_err(
+                    format!("wait for {value:?} in"),
+                    &file,
+                    std::io::Error::from(ErrorKind::TimedOut),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+fn map_place_err(r: std::io::Result<()>, id: i32, path: &Path) -> Result<(), CgroupError> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(CgroupError::NoSuchTask {
+            pid: id,
+            path: path.into(),
+        }),
+        Err(e) => Err(io_err(format!("write {id} to"), path, e)),
+    }
+}
+
+/// Enables our controllers in `dir`'s `cgroup.subtree_control` where they are missing.
+fn enable_subtree(dir: &Path, wanted: &[String]) -> Result<(), CgroupError> {
+    let available = read_file(&dir.join("cgroup.controllers"))?;
+    let enabled = read_file(&dir.join("cgroup.subtree_control"))?;
+    for c in V2_CONTROLLERS {
+        if !wanted.iter().any(|w| w == c) {
+            continue;
+        }
+        let has = |list: &str| list.split_whitespace().any(|x| x == *c);
+        if has(&available) && !has(&enabled) {
+            write_file(&dir.join("cgroup.subtree_control"), &format!("+{c}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// v1 cpuset: a cgroup with empty `cpuset.cpus`/`mems` refuses tasks, so copy the parent's.
+fn fill_cpuset(parent: &Path, dir: &Path) -> Result<(), CgroupError> {
+    for f in ["cpuset.cpus", "cpuset.mems"] {
+        if read_file(&dir.join(f))?.is_empty() {
+            let v = read_file(&parent.join(f))?;
+            if !v.is_empty() {
+                write_file(&dir.join(f), &v)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Manager for FsManager {
+    fn driver(&self) -> Driver {
+        Driver::Cgroupfs
+    }
+
+    fn version(&self) -> CgroupVersion {
+        self.version
+    }
+
+    fn relative(&self) -> &str {
+        &self.relative
+    }
+
+    fn paths(&self) -> BTreeMap<String, PathBuf> {
+        let mut out = BTreeMap::new();
+        for h in &self.hiers {
+            for c in &h.controllers {
+                out.insert(c.clone(), h.dir(&self.relative));
+            }
+            if self.version == CgroupVersion::V2 {
+                out.insert("unified".into(), h.dir(&self.relative));
+            }
+        }
+        out
+    }
+
+    fn create(&mut self) -> Result<(), CgroupError> {
+        let _lock = TreeLock::take(false);
+        let mut made = Vec::new();
+        let mut result = Ok(());
+        for h in &self.hiers {
+            result = self.create_in(h, &mut made);
+            if result.is_err() {
+                break;
+            }
+        }
+        if let Err(e) = result {
+            // Undo exactly what this call made, deepest first.
+            for d in made.iter().rev() {
+                if let Err(re) = std::fs::remove_dir(d) {
+                    warn!(dir = %d.display(), error = %re, "rollback could not remove cgroup");
+                }
+            }
+            return Err(e);
+        }
+        for d in made {
+            if !self.created.contains(&d) {
+                self.created.push(d);
+            }
+        }
+        Ok(())
+    }
+
+    fn add_proc(&mut self, pid: i32) -> Result<(), CgroupError> {
+        self.write_ids("cgroup.procs", pid)
+    }
+
+    fn add_thread(&mut self, tid: i32) -> Result<(), CgroupError> {
+        if self.version == CgroupVersion::V2 {
+            return Err(CgroupError::Unsupported {
+                what: "placing a single thread",
+                driver: Driver::Cgroupfs,
+                version: self.version,
+                why: "it needs threaded mode from the leaf to the root, in cgroups the container manager owns; the whole process is placed instead",
+            });
+        }
+        let value = tid.to_string();
+        let relative = self.relative.clone();
+        for h in &mut self.hiers {
+            let path = h.dir(&relative).join("tasks");
+            if h.tasks.is_none() {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| io_err("open for writing", &path, e))?;
+                h.tasks = Some(f);
+            }
+            // cgroupfs takes each write(2) as one request, whatever the offset.
+            let r = match h.tasks.as_ref() {
+                Some(mut f) => f.write(value.as_bytes()).map(|_| ()),
+                None => Ok(()),
+            };
+            map_place_err(r, tid, &path)?;
+        }
+        Ok(())
+    }
+
+    fn procs(&self) -> Result<Vec<i32>, CgroupError> {
+        read_ids(&self.first_dir()?.join("cgroup.procs"))
+    }
+
+    fn threads(&self) -> Result<Vec<i32>, CgroupError> {
+        let file = match self.version {
+            CgroupVersion::V1 => "tasks",
+            CgroupVersion::V2 => "cgroup.threads",
+        };
+        read_ids(&self.first_dir()?.join(file))
+    }
+
+    fn set(&mut self, res: &LinuxResources) -> Result<(), CgroupError> {
+        let mut undo = Vec::new();
+        let r = self.set_inner(res, &mut undo);
+        if r.is_err() {
+            for (path, old) in undo.iter().rev() {
+                if let Err(e) = write_file(path, old) {
+                    warn!(error = %e, "could not restore previous value");
+                }
+            }
+        }
+        r
+    }
+
+    fn freeze(&mut self) -> Result<(), CgroupError> {
+        self.freeze_to(true)
+    }
+
+    fn thaw(&mut self) -> Result<(), CgroupError> {
+        self.freeze_to(false)
+    }
+
+    fn stats(&self) -> Result<Stats, CgroupError> {
+        let mut s = Stats::default();
+        let opt = |p: PathBuf| read_file(&p).ok().and_then(|v| v.parse().ok());
+        match self.version {
+            CgroupVersion::V1 => {
+                let acct = self.dir_of("cpuacct")?;
+                s.cpu_usage_ns = read_file(&acct.join("cpuacct.usage"))?.parse().unwrap_or(0);
+                let st = read_keyed(&self.dir_of("cpu")?.join("cpu.stat"))?;
+                s.nr_periods = st.get("nr_periods").copied().unwrap_or(0);
+                s.nr_throttled = st.get("nr_throttled").copied().unwrap_or(0);
+                s.throttled_ns = st.get("throttled_time").copied().unwrap_or(0);
+                s.memory_bytes = self
+                    .dir_of("memory")
+                    .ok()
+                    .and_then(|d| opt(d.join("memory.usage_in_bytes")));
+            }
+            CgroupVersion::V2 => {
+                let d = self.first_dir()?;
+                let st = read_keyed(&d.join("cpu.stat"))?;
+                s.cpu_usage_ns = st.get("usage_usec").copied().unwrap_or(0) * 1000;
+                s.nr_periods = st.get("nr_periods").copied().unwrap_or(0);
+                s.nr_throttled = st.get("nr_throttled").copied().unwrap_or(0);
+                s.throttled_ns = st.get("throttled_usec").copied().unwrap_or(0) * 1000;
+                s.memory_bytes = opt(d.join("memory.current"));
+            }
+        }
+        s.pids_current = self
+            .dir_of("pids")
+            .ok()
+            .and_then(|d| opt(d.join("pids.current")));
+        Ok(s)
+    }
+
+    fn destroy(&mut self) -> Result<(), CgroupError> {
+        for h in &mut self.hiers {
+            h.tasks = None;
+        }
+        // Leaves first, in every hierarchy; refuse if a stranger is inside.
+        for h in &self.hiers {
+            let dir = h.dir(&self.relative);
+            if !dir.exists() {
+                continue;
+            }
+            let foreign = self.evacuate_self(h, &dir)?;
+            if !foreign.is_empty() {
+                return Err(CgroupError::Busy {
+                    path: dir,
+                    pids: foreign,
+                });
+            }
+            Self::rmdir_retry(&dir)?;
+        }
+        // Then the parents this manager made, deepest first, while no sibling is being created.
+        let _lock = TreeLock::take(true);
+        let mut parents: Vec<PathBuf> = self
+            .created
+            .iter()
+            .filter(|d| !self.hiers.iter().any(|h| h.dir(&self.relative) == **d))
+            .cloned()
+            .collect();
+        parents.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for p in parents {
+            match std::fs::remove_dir(&p) {
+                Ok(()) => debug!(dir = %p.display(), "removed parent cgroup"),
+                // In use by another sandbox, or already gone: not ours to force.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EBUSY) | Some(libc::ENOTEMPTY) | Some(libc::ENOENT)
+                    ) => {}
+                Err(e) => return Err(io_err("rmdir", &p, e)),
+            }
+        }
+        self.created.clear();
+        Ok(())
+    }
+
+    fn created(&self) -> Vec<PathBuf> {
+        self.created.clone()
+    }
+}

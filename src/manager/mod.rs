@@ -1,0 +1,140 @@
+//! One trait for the cgroup drivers: cgroupfs ([`FsManager`]) and systemd.
+//!
+//! The controller and the CLI hold a `Box<dyn Manager>` and never ask which
+//! driver is behind it, except to decide placement (see [`crate::placement`]).
+
+pub mod fs;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use oci_spec::runtime::LinuxResources;
+use serde::Serialize;
+use thiserror::Error;
+
+pub use fs::FsManager;
+
+use crate::host::{CgroupVersion, HostError};
+use crate::path::Driver;
+use crate::resources::ResourceError;
+
+/// A cgroup operation that failed, naming the cgroup file or unit and the value.
+#[derive(Debug, Error)]
+pub enum CgroupError {
+    /// A filesystem operation on cgroupfs failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was attempted (`mkdir`, `write 1234 to`, ...).
+        op: String,
+        /// The file or directory.
+        path: PathBuf,
+        /// The kernel's answer.
+        source: std::io::Error,
+    },
+    /// A process or thread to place does not exist (any more).
+    #[error("no such process or thread {pid} (writing {path})")]
+    NoSuchTask {
+        /// The pid or tid.
+        pid: i32,
+        /// The file written.
+        path: PathBuf,
+    },
+    /// The resources are invalid for this host.
+    #[error(transparent)]
+    Resource(#[from] ResourceError),
+    /// Processes this component did not place are in the cgroup; they are never moved or killed.
+    #[error("cgroup {path} still holds processes {pids:?} that this component did not put there; they are left alone and the cgroup is kept")]
+    Busy {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// The foreign pids.
+        pids: Vec<i32>,
+    },
+    /// The cgroup could not be removed in time.
+    #[error("cgroup {path} could not be removed: still busy after {waited_ms} ms")]
+    StillBusy {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// How long removal was retried.
+        waited_ms: u64,
+    },
+    /// The operation does not exist for this driver or cgroup version.
+    #[error("{what} is not supported on {driver} with cgroup v{version}: {why}")]
+    Unsupported {
+        /// The operation.
+        what: &'static str,
+        /// The driver.
+        driver: Driver,
+        /// The cgroup version.
+        version: CgroupVersion,
+        /// Why.
+        why: &'static str,
+    },
+    /// A controller the operation needs is not mounted or not enabled.
+    #[error("controller {controller} is not available for cgroup {path}")]
+    NoController {
+        /// The controller.
+        controller: String,
+        /// The cgroup.
+        path: PathBuf,
+    },
+    /// Reading the host failed.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// systemd refused or could not be reached.
+    #[error("systemd: {0}")]
+    Systemd(String),
+}
+
+/// Usage and throttling counters of a cgroup.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// CPU time used, in nanoseconds.
+    pub cpu_usage_ns: u64,
+    /// CFS periods elapsed.
+    pub nr_periods: u64,
+    /// CFS periods in which the cgroup was throttled.
+    pub nr_throttled: u64,
+    /// Time spent throttled, in nanoseconds.
+    pub throttled_ns: u64,
+    /// Memory in use, in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Tasks in the cgroup.
+    pub pids_current: Option<u64>,
+}
+
+/// A cgroup driver: creates, fills, limits and removes one sandbox cgroup.
+pub trait Manager: Send {
+    /// cgroupfs or systemd.
+    fn driver(&self) -> Driver;
+    /// The cgroup version of the host.
+    fn version(&self) -> CgroupVersion;
+    /// The cgroup relative to each hierarchy's root.
+    fn relative(&self) -> &str;
+    /// Controller → absolute cgroup directory.
+    fn paths(&self) -> BTreeMap<String, PathBuf>;
+    /// Creates the cgroup (or joins it when it exists).
+    fn create(&mut self) -> Result<(), CgroupError>;
+    /// Moves a whole process (thread group) into the cgroup.
+    fn add_proc(&mut self, pid: i32) -> Result<(), CgroupError>;
+    /// Moves a single thread into the cgroup (only cgroup v1 cgroupfs can).
+    fn add_thread(&mut self, tid: i32) -> Result<(), CgroupError>;
+    /// Processes (tgids) in the cgroup.
+    fn procs(&self) -> Result<Vec<i32>, CgroupError>;
+    /// Threads in the cgroup.
+    fn threads(&self) -> Result<Vec<i32>, CgroupError>;
+    /// Applies resources; on failure the previous values are restored.
+    fn set(&mut self, res: &LinuxResources) -> Result<(), CgroupError>;
+    /// Freezes every task in the cgroup.
+    fn freeze(&mut self) -> Result<(), CgroupError>;
+    /// Thaws the cgroup.
+    fn thaw(&mut self) -> Result<(), CgroupError>;
+    /// Reads usage counters.
+    fn stats(&self) -> Result<Stats, CgroupError>;
+    /// Removes the cgroup; never moves or kills processes it did not place.
+    fn destroy(&mut self) -> Result<(), CgroupError>;
+    /// Directories this manager created, outermost first (for state and crash cleanup).
+    fn created(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+}

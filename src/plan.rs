@@ -1,0 +1,296 @@
+//! Everything a sandbox's cgroup setup will be, computed without side effects.
+//!
+//! `resolve` prints a [`SandboxPlan`]; `run` builds its managers from the same
+//! plan, so what is printed is what is done.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use oci_spec::runtime::LinuxResources;
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::config::RuntimeConfig;
+use crate::host::{
+    CgroupLayout, CgroupVersion, Hierarchy, CGROUP_ROOT, V1_CONTROLLERS, V2_CONTROLLERS,
+};
+use crate::path::{CgroupsPath, Driver, PathError};
+use crate::placement::Placement;
+use crate::resources::{self, ResourceError, Write};
+
+/// Input that cannot make a plan.
+#[derive(Debug, Error)]
+pub enum PlanError {
+    /// A bad cgroups path or sandbox id.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// Bad resources.
+    #[error(transparent)]
+    Resource(#[from] ResourceError),
+}
+
+/// One cgroup of the plan (sandbox or overhead).
+#[derive(Debug, Clone, Serialize)]
+pub struct CgroupPlan {
+    /// The parsed path.
+    #[serde(skip)]
+    pub parsed: CgroupsPath,
+    /// Relative to each hierarchy's root.
+    pub path: String,
+    /// The systemd slice (systemd driver only).
+    pub slice: Option<String>,
+    /// The systemd unit (systemd driver only).
+    pub unit: Option<String>,
+    /// Controller → absolute directory.
+    pub paths: BTreeMap<String, PathBuf>,
+}
+
+/// A unit property and the value that would be sent to systemd.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Property {
+    /// systemd's property name.
+    pub name: String,
+    /// The value, in JSON form.
+    pub value: serde_json::Value,
+}
+
+/// The whole cgroup setup of one sandbox.
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxPlan {
+    /// The sandbox id.
+    pub sandbox_id: String,
+    /// cgroupfs or systemd.
+    pub driver: Driver,
+    /// 1 or 2.
+    pub cgroup_version: u8,
+    /// The sandbox cgroup.
+    pub sandbox: CgroupPlan,
+    /// The overhead cgroup, when one is used.
+    pub overhead: Option<CgroupPlan>,
+    /// `sandbox_cgroup_only` as configured.
+    pub configured_sandbox_cgroup_only: bool,
+    /// `sandbox_cgroup_only` in effect (true whenever the whole process is placed).
+    pub sandbox_cgroup_only: bool,
+    /// vcpu-threads or vmm-process.
+    pub placement: Placement,
+    /// cgroupfs writes for the given resources.
+    pub writes: Vec<Write>,
+    /// systemd unit properties for the given resources (systemd driver).
+    pub properties: Vec<Property>,
+    /// Decisions worth telling the user about.
+    pub notes: Vec<String>,
+    /// The layout the plan is for.
+    #[serde(skip)]
+    pub layout: CgroupLayout,
+}
+
+/// A stand-in layout for planning on a host of the other cgroup version.
+pub fn nominal_layout(version: CgroupVersion) -> CgroupLayout {
+    let root = PathBuf::from(CGROUP_ROOT);
+    match version {
+        CgroupVersion::V1 => CgroupLayout {
+            hierarchy: Hierarchy::Hybrid,
+            mounts: V1_CONTROLLERS
+                .iter()
+                .map(|c| (c.to_string(), root.join(c)))
+                .collect(),
+            unified: Some(root.join("unified")),
+            v2_controllers: Vec::new(),
+            own: BTreeMap::new(),
+        },
+        CgroupVersion::V2 => CgroupLayout {
+            hierarchy: Hierarchy::Unified,
+            mounts: [("unified".to_string(), root.clone())].into(),
+            unified: Some(root),
+            v2_controllers: V2_CONTROLLERS.iter().map(|c| c.to_string()).collect(),
+            own: BTreeMap::new(),
+        },
+    }
+}
+
+fn cgroup_plan(parsed: CgroupsPath, layout: &CgroupLayout) -> CgroupPlan {
+    let path = parsed.relative();
+    let mut paths = BTreeMap::new();
+    match layout.version() {
+        CgroupVersion::V1 => {
+            for c in layout.controllers() {
+                if let Some(mp) = layout.mounts.get(&c) {
+                    paths.insert(c, mp.join(&path));
+                }
+            }
+        }
+        CgroupVersion::V2 => {
+            if let Some(u) = &layout.unified {
+                paths.insert("unified".to_string(), u.join(&path));
+            }
+        }
+    }
+    let (slice, unit) = match parsed.unit() {
+        Some(u) => (Some(u.slice.clone()), Some(u.unit.clone())),
+        None => (None, None),
+    };
+    CgroupPlan {
+        parsed,
+        path,
+        slice,
+        unit,
+        paths,
+    }
+}
+
+impl SandboxPlan {
+    /// Plans sandbox `sandbox_id` at `cgroups_path` on `layout`, with optional resources.
+    pub fn new(
+        config: &RuntimeConfig,
+        cgroups_path: &str,
+        sandbox_id: &str,
+        layout: &CgroupLayout,
+        resources: Option<&LinuxResources>,
+    ) -> Result<Self, PlanError> {
+        let parsed = CgroupsPath::parse(cgroups_path, sandbox_id)?;
+        let driver = parsed.driver();
+        let version = layout.version();
+        let placement = Placement::for_host(driver, version);
+        let mut notes = Vec::new();
+        let overhead = if placement.uses_overhead(config.sandbox_cgroup_only) {
+            Some(cgroup_plan(parsed.overhead(sandbox_id)?, layout))
+        } else {
+            if !config.sandbox_cgroup_only {
+                notes.push(format!(
+                    "sandbox_cgroup_only = false has no effect with {driver} on cgroup v{version}: the whole VMM process is placed in the sandbox cgroup, since {}",
+                    match driver {
+                        Driver::Systemd => "systemd places processes, not threads",
+                        Driver::Cgroupfs => "cgroup v2 thread placement needs threaded mode up to the root",
+                    }
+                ));
+            }
+            None
+        };
+        if !config.vmm_in_process() {
+            notes.push(format!(
+                "hypervisor {} does not run in-process: the vCPU controller stays inactive",
+                config.hypervisor_name
+            ));
+        }
+        let (writes, properties) = match resources {
+            Some(r) => {
+                let mut writes = resources::plan(r, version)?;
+                if driver == Driver::Systemd {
+                    // systemd owns every controller it manages; only v1 cpuset is written by hand.
+                    writes.retain(|w| version == CgroupVersion::V1 && w.controller == "cpuset");
+                }
+                (writes, Vec::new())
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        Ok(SandboxPlan {
+            sandbox_id: sandbox_id.to_string(),
+            driver,
+            cgroup_version: version.number(),
+            sandbox: cgroup_plan(parsed, layout),
+            overhead,
+            configured_sandbox_cgroup_only: config.sandbox_cgroup_only,
+            sandbox_cgroup_only: config.sandbox_cgroup_only || placement == Placement::VmmProcess,
+            placement,
+            writes,
+            properties,
+            notes,
+            layout: layout.clone(),
+        })
+    }
+
+    /// The cgroup version planned for.
+    pub fn version(&self) -> CgroupVersion {
+        self.layout.version()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(only: bool) -> RuntimeConfig {
+        let mut c = RuntimeConfig::embedded().unwrap();
+        c.sandbox_cgroup_only = only;
+        c
+    }
+
+    #[test]
+    fn default_path_v1_and_v2() {
+        let p = SandboxPlan::new(
+            &cfg(true),
+            "",
+            "sb1",
+            &nominal_layout(CgroupVersion::V1),
+            None,
+        )
+        .unwrap();
+        assert_eq!(p.driver, Driver::Cgroupfs);
+        assert_eq!(p.placement, Placement::VcpuThreads);
+        assert_eq!(p.sandbox.path, "kata_sandboxed_pod/sb1");
+        assert_eq!(
+            p.sandbox.paths["cpu"],
+            PathBuf::from("/sys/fs/cgroup/cpu/kata_sandboxed_pod/sb1")
+        );
+        assert!(p.overhead.is_none());
+        let p = SandboxPlan::new(
+            &cfg(false),
+            "",
+            "sb1",
+            &nominal_layout(CgroupVersion::V1),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            p.overhead.unwrap().path,
+            "kata_overhead/kata_sandboxed_pod/sb1"
+        );
+        let p = SandboxPlan::new(
+            &cfg(false),
+            "/a/b",
+            "sb1",
+            &nominal_layout(CgroupVersion::V2),
+            None,
+        )
+        .unwrap();
+        assert_eq!(p.placement, Placement::VmmProcess);
+        assert!(p.overhead.is_none());
+        assert!(p.sandbox_cgroup_only);
+        assert!(!p.notes.is_empty());
+        assert_eq!(
+            p.sandbox.paths["unified"],
+            PathBuf::from("/sys/fs/cgroup/a/b")
+        );
+    }
+
+    #[test]
+    fn systemd_path() {
+        let p = SandboxPlan::new(
+            &cfg(true),
+            "kata-pods.slice:kata:sb1",
+            "sb1",
+            &nominal_layout(CgroupVersion::V2),
+            None,
+        )
+        .unwrap();
+        assert_eq!(p.driver, Driver::Systemd);
+        assert_eq!(p.sandbox.unit.as_deref(), Some("kata-sb1.scope"));
+        assert_eq!(p.sandbox.slice.as_deref(), Some("kata-pods.slice"));
+        assert_eq!(p.sandbox.path, "kata.slice/kata-pods.slice/kata-sb1.scope");
+    }
+
+    #[test]
+    fn writes_for_v2() {
+        let r = resources::from_json(r#"{"cpu":{"shares":1024}}"#).unwrap();
+        let p = SandboxPlan::new(
+            &cfg(true),
+            "x",
+            "sb1",
+            &nominal_layout(CgroupVersion::V2),
+            Some(&r),
+        )
+        .unwrap();
+        assert_eq!(p.writes[0].file, "cpu.weight");
+        assert_eq!(p.writes[0].value, "100");
+    }
+}
