@@ -153,7 +153,7 @@ impl RuntimeConfig {
         let default_vcpus = keys
             .number(&[hv[0], hv[1], "default_vcpus"])?
             .unwrap_or(1.0);
-        if !(default_vcpus > 0.0) || default_vcpus > f64::from(MAX_VCPUS) {
+        if default_vcpus <= 0.0 || default_vcpus > f64::from(MAX_VCPUS) {
             return Err(keys.invalid(
                 &[hv[0], hv[1], "default_vcpus"],
                 default_vcpus.to_string(),

@@ -91,6 +91,14 @@ pub enum PathError {
         /// What systemd objects to.
         reason: &'static str,
     },
+    /// A colon path whose slice or unit systemd would refuse.
+    #[error("cgroups path {path:?}: {source}")]
+    InPath {
+        /// The path as given.
+        path: String,
+        /// What is wrong with its slice or unit.
+        source: Box<PathError>,
+    },
     /// A sandbox id that cannot be used in a cgroup or unit name.
     #[error("invalid sandbox id {id:?}: {reason}")]
     BadSandboxId {
@@ -179,7 +187,15 @@ impl CgroupsPath {
             });
         }
         if raw.contains(':') {
-            return parse_colon(raw).map(CgroupsPath::Systemd);
+            return parse_colon(raw)
+                .map(CgroupsPath::Systemd)
+                .map_err(|e| match e {
+                    PathError::BadSlice { .. } | PathError::BadUnit { .. } => PathError::InPath {
+                        path: raw.into(),
+                        source: Box::new(e),
+                    },
+                    other => other,
+                });
         }
         normalise_fs(raw).map(|path| CgroupsPath::Cgroupfs { path })
     }
@@ -537,10 +553,10 @@ mod tests {
             assert!(CgroupsPath::parse(raw, ID).is_err(), "{raw:?} accepted");
         }
         let long = format!("k.slice:p:{}", "n".repeat(250));
-        assert!(matches!(
-            CgroupsPath::parse(&long, ID),
-            Err(PathError::BadUnit { .. })
-        ));
+        let err = CgroupsPath::parse(&long, ID).unwrap_err();
+        assert!(
+            matches!(err, PathError::InPath { ref source, .. } if matches!(**source, PathError::BadUnit { .. }))
+        );
     }
 
     #[test]

@@ -1,0 +1,172 @@
+//! Helpers shared by the integration tests: unique cgroup names, guards that
+//! remove what a test made even when it fails, and /proc readers.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use host_cgroups::host::{parse_proc_cgroup, CgroupLayout, CgroupVersion};
+
+/// A name no other test or run uses: `hcgtest-<tag>-<random>`.
+pub fn unique(tag: &str) -> String {
+    format!("hcgtest-{tag}-{:08x}", rand::random::<u32>())
+}
+
+/// The host layout (panics in tests only).
+pub fn layout() -> CgroupLayout {
+    CgroupLayout::detect().expect("cgroup layout")
+}
+
+/// Every mount point a test cgroup may appear under.
+pub fn mounts(layout: &CgroupLayout) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = layout.mounts.values().cloned().collect();
+    if let Some(u) = &layout.unified {
+        v.push(u.clone());
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Removes `<mount>/<prefix>` in every hierarchy on drop, children first.
+pub struct CgroupGuard {
+    pub prefix: String,
+    layout: CgroupLayout,
+}
+
+impl CgroupGuard {
+    pub fn new(prefix: &str) -> Self {
+        CgroupGuard {
+            prefix: prefix.to_string(),
+            layout: layout(),
+        }
+    }
+
+    /// Directories that exist below the prefix, in all hierarchies.
+    pub fn leftovers(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for m in mounts(&self.layout) {
+            let d = m.join(&self.prefix);
+            if d.exists() {
+                walk(&d, &mut out);
+            }
+        }
+        out
+    }
+}
+
+fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+    out.push(d.to_path_buf());
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                walk(&e.path(), out);
+            }
+        }
+    }
+}
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        let mut dirs = self.leftovers();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        let own: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for d in dirs {
+            // Our own threads go back to the hierarchy root; foreign tasks are never touched.
+            let root = mounts(&self.layout).into_iter().find(|m| d.starts_with(m));
+            if let Some(root) = root {
+                let file = if root.join("tasks").exists() {
+                    "tasks"
+                } else {
+                    "cgroup.procs"
+                };
+                let home = self
+                    .layout
+                    .mounts
+                    .iter()
+                    .find(|(_, m)| **m == root)
+                    .and_then(|(c, _)| self.layout.own.get(c))
+                    .or_else(|| self.layout.own.get(""))
+                    .map(|p| root.join(p.trim_start_matches('/')))
+                    .unwrap_or_else(|| root.clone());
+                if let Ok(t) = std::fs::read_to_string(d.join(file)) {
+                    for id in t.lines().filter(|l| own.iter().any(|o| o == l)) {
+                        let _ = std::fs::write(home.join(file), id);
+                    }
+                }
+            }
+            let start = Instant::now();
+            while std::fs::remove_dir(&d).is_err()
+                && d.exists()
+                && start.elapsed() < Duration::from_secs(3)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// A child process killed (by its pid) and reaped on drop.
+pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    pub fn sleep() -> Self {
+        ChildGuard(
+            Command::new("sleep")
+                .arg("1000")
+                .spawn()
+                .expect("spawn sleep"),
+        )
+    }
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A task's cgroups, read from /proc: controller → path.
+pub fn task_cgroups(pid: i32, tid: i32) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/cgroup"))
+        .expect("read task cgroup");
+    parse_proc_cgroup(&text)
+}
+
+/// Asserts that `tid` of `pid` is in `/<relative>` for every controller of the layout.
+pub fn assert_in(layout: &CgroupLayout, pid: i32, tid: i32, relative: &str) {
+    let cg = task_cgroups(pid, tid);
+    let want = format!("/{relative}");
+    match layout.version() {
+        CgroupVersion::V1 => {
+            for c in layout.controllers() {
+                assert_eq!(
+                    cg.get(&c),
+                    Some(&want),
+                    "task {pid}/{tid} controller {c}: {cg:?}"
+                );
+            }
+        }
+        CgroupVersion::V2 => assert_eq!(cg.get(""), Some(&want), "task {pid}/{tid}: {cg:?}"),
+    }
+}
+
+/// Reads a cgroup file, trimmed.
+pub fn read(p: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(p.as_ref())
+        .unwrap_or_else(|e| panic!("read {}: {e}", p.as_ref().display()))
+        .trim()
+        .to_string()
+}
