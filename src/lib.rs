@@ -7,15 +7,19 @@
 //! - [`resources`]: OCI resources validated and turned into cgroupfs writes;
 //! - [`manager`]: the `Manager` trait with the cgroupfs (and systemd) drivers;
 //! - [`placement`]: which threads go where, per driver and cgroup version;
+//! - [`controller`]: the thread inside the VMM that places vCPU threads as they start;
+//! - [`state`]: the persisted sandbox state, for restore and crash cleanup;
 //! - [`plan`]: everything `resolve` reports, computed without side effects;
 //! - [`vmm`]: the minimal in-process VMM whose vCPU spawn path calls the hooks;
 //! - [`cli`]: the `host-cgroups` command line.
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod host;
 pub mod manager;
 pub mod path;
 pub mod placement;
 pub mod plan;
 pub mod resources;
+pub mod state;
 pub mod vmm;

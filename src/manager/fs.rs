@@ -686,4 +686,18 @@ impl Manager for FsManager {
     fn created(&self) -> Vec<PathBuf> {
         self.created.clone()
     }
+
+    fn missing(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for h in &self.hiers {
+            let mut dir = h.mount.clone();
+            for comp in self.relative.split('/') {
+                dir.push(comp);
+                if !dir.exists() {
+                    out.push(dir.clone());
+                }
+            }
+        }
+        out
+    }
 }

@@ -14,8 +14,8 @@ use thiserror::Error;
 
 pub use fs::FsManager;
 
-use crate::host::{CgroupVersion, HostError};
-use crate::path::Driver;
+use crate::host::{CgroupLayout, CgroupVersion, HostError};
+use crate::path::{CgroupsPath, Driver};
 use crate::resources::ResourceError;
 
 /// A cgroup operation that failed, naming the cgroup file or unit and the value.
@@ -136,5 +136,25 @@ pub trait Manager: Send {
     /// Directories this manager created, outermost first (for state and crash cleanup).
     fn created(&self) -> Vec<PathBuf> {
         Vec::new()
+    }
+    /// Directories `create` would make now (absent ones), recorded before creating so a
+    /// crash in between still leaves a complete record.
+    fn missing(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+}
+
+/// The driver for `path` on `layout`, with `created` directories already owned (restore).
+pub fn build(
+    path: &CgroupsPath,
+    layout: &CgroupLayout,
+    created: Vec<PathBuf>,
+) -> Result<Box<dyn Manager>, CgroupError> {
+    match path {
+        CgroupsPath::Cgroupfs { path } => Ok(Box::new(FsManager::adopt(layout, path, created))),
+        CgroupsPath::Systemd(u) => Err(CgroupError::Systemd(format!(
+            "unit {}: the systemd driver is not available in this build",
+            u.unit
+        ))),
     }
 }
