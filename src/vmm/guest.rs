@@ -16,7 +16,7 @@
 //! | `0x3000` | page directory                         |
 //! | `0x4000` | page table (4 KiB pages)               |
 //! | `0x5000` | GDT                                    |
-//! | `0x6000` | 64-bit TSS (only so TR is valid)       |
+//! | `0x6000` | 64-bit TSS + I/O bitmap, supervisor-only |
 //! | `0x8000` | code page, mapped user + read-only     |
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
@@ -73,8 +73,14 @@ pub const USER_DS: u16 = 0x18 | 3;
 pub const USER_CS: u16 = 0x20 | 3;
 /// GDT selector of the 64-bit TSS (a 16-byte system descriptor).
 const TSS_SEL: u16 = 0x28;
-/// Minimum size of a 64-bit TSS (SDM vol. 3, 8.7), minus one as a limit.
-const TSS_LIMIT: u32 = 0x67;
+/// Size of the 64-bit TSS proper (SDM vol. 3, 8.7); the I/O bitmap follows it.
+const TSS_SIZE: u64 = 0x68;
+/// Offset in the TSS of the 16-bit "I/O map base address" field.
+const TSS_IOMAP_BASE_FIELD: u64 = 0x66;
+/// Ports 0..IO_BITMAP_PORTS are covered by the I/O bitmap (all allowed).
+const IO_BITMAP_PORTS: u64 = 0x400;
+/// TSS limit: TSS, bitmap (one bit per port) and the mandatory trailing 0xff byte.
+const TSS_LIMIT: u32 = (TSS_SIZE + IO_BITMAP_PORTS / 8) as u32;
 
 /// The guest program, assembled by hand (64-bit mode):
 ///
@@ -222,10 +228,20 @@ pub fn gdt() -> [u64; 7] {
     ]
 }
 
-/// Writes page tables, GDT and code into `mem` (the guest's memory from GPA 0).
+/// Writes page tables, GDT, TSS and code into `mem` (the guest's memory from GPA 0).
 ///
 /// Every level carries the U/S bit: a ring-3 access needs it at all four
-/// levels (SDM vol. 3, 4.6). Only the code page is mapped, read-only.
+/// levels (SDM vol. 3, 4.6). Only two pages are mapped: the code page
+/// (user, read-only) and the TSS page (supervisor-only).
+///
+/// Why a TSS with an I/O bitmap although RFLAGS.IOPL is 3: under kvm_pvm
+/// the guest's ring 3 is the host's ring 3, and PVM does not hand IOPL to
+/// the hardware, so `out` raises #GP and the host emulates it. The emulator
+/// then finds IOPL 0 in the saved flags and falls back to the TSS I/O
+/// permission bitmap (SDM vol. 1, 19.5.2), read through TR at a linear
+/// address, hence the TSS must be mapped and its bitmap must clear our
+/// port's bit. Without it the emulated `out` is a #GP, and a PVM guest
+/// without an event entry turns every exception into a triple fault.
 pub fn write_image(mem: &mut [u8]) -> Result<(), ImageTooSmall> {
     if mem.len() < MEM_SIZE {
         return Err(ImageTooSmall {
@@ -243,6 +259,12 @@ pub fn write_image(mem: &mut [u8]) -> Result<(), ImageTooSmall> {
         PT_ADDR + (CODE_ADDR >> 12) * 8,
         CODE_ADDR | PTE_P | PTE_US,
     );
+    put_u64(mem, PT_ADDR + (TSS_ADDR >> 12) * 8, TSS_ADDR | PTE_P);
+    // I/O map base: the bitmap starts right after the TSS; its bits are all
+    // 0 (port allowed) up to IO_BITMAP_PORTS, then the 0xff end marker.
+    let iomap = (TSS_ADDR + TSS_IOMAP_BASE_FIELD) as usize;
+    mem[iomap..iomap + 2].copy_from_slice(&(TSS_SIZE as u16).to_le_bytes());
+    mem[(TSS_ADDR + u64::from(TSS_LIMIT)) as usize] = 0xff;
     for (i, word) in gdt().iter().enumerate() {
         put_u64(mem, GDT_ADDR + 8 * i as u64, *word);
     }
@@ -326,7 +348,7 @@ mod tests {
         assert_eq!(KERNEL_DATA.gdt_entry(), 0x00cf_9300_0000_ffff);
         assert_eq!(USER_DATA.gdt_entry(), 0x00cf_f300_0000_ffff);
         assert_eq!(USER_CODE.gdt_entry(), 0x00af_fb00_0000_ffff);
-        assert_eq!(TSS.gdt_entry(), 0x0000_8b00_6000_0067);
+        assert_eq!(TSS.gdt_entry(), 0x0000_8b00_6000_00e8);
         assert_eq!(TSS.gdt_high(), 0);
     }
 
@@ -361,6 +383,16 @@ mod tests {
             assert_eq!(e & (PTE_P | PTE_US), PTE_P | PTE_US, "entry {e:#x}");
         }
         assert_eq!(pde & (1 << 7), 0, "4 KiB pages, no PS bit");
+        let tss_pte = rd(PT_ADDR + (TSS_ADDR >> 12) * 8);
+        assert_eq!(tss_pte, TSS_ADDR | PTE_P, "TSS mapped, supervisor-only");
+        // I/O bitmap: base field points past the TSS, our port's bit is clear,
+        // and the byte after the bitmap (at the limit) is 0xff.
+        let base = u16::from_le_bytes([mem[0x6066], mem[0x6067]]);
+        assert_eq!(base, 0x68);
+        let port_byte = TSS_ADDR as usize + 0x68 + usize::from(EXIT_PORT / 8);
+        assert_eq!(mem[port_byte] & (1 << (EXIT_PORT % 8)), 0);
+        assert!(u64::from(EXIT_PORT) < IO_BITMAP_PORTS);
+        assert_eq!(mem[TSS_ADDR as usize + TSS_LIMIT as usize], 0xff);
         let c = code();
         let at = CODE_ADDR as usize;
         assert_eq!(&mem[at..at + c.len()], &c);

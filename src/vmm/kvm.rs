@@ -223,11 +223,12 @@ impl KvmVcpu {
             match self.fd.run() {
                 Ok(VcpuExit::IoOut(guest::EXIT_PORT, _)) => stats.io_exits += 1,
                 Ok(exit) => {
-                    return Err(VcpuRunError::UnexpectedExit {
-                        index,
-                        exit: format!("{exit:?}"),
-                        stats,
-                    })
+                    let mut exit = format!("{exit:?}");
+                    // Where the guest was helps tell a fault from a bad setup.
+                    if let Ok(regs) = self.fd.get_regs() {
+                        exit.push_str(&format!(" at rip {:#x}", regs.rip));
+                    }
+                    return Err(VcpuRunError::UnexpectedExit { index, exit, stats });
                 }
                 // EINTR: a signal (our kick, or any other) or immediate_exit;
                 // the loop condition decides whether it was a stop request.
