@@ -154,13 +154,25 @@ impl KvmVm {
             fd,
             kick: Arc::new(kick),
         };
-        vcpu.reset(&self.cpuid)?;
+        // A vCPU starts with an empty CPUID table; give it what the host KVM
+        // supports (the usual VMM practice; long mode needs CPUID.LM). Only
+        // here: once a vCPU has run, KVM refuses KVM_SET_CPUID2 with EINVAL
+        // unless the table equals the one it holds (which it adjusts at
+        // runtime), so a parked vCPU keeps its table.
+        vcpu.fd
+            .set_cpuid2(&self.cpuid)
+            .map_err(|source| VmmError::VcpuSetup {
+                index,
+                step: "KVM_SET_CPUID2",
+                source,
+            })?;
+        vcpu.reset()?;
         Ok(vcpu)
     }
 
     /// Puts a parked vCPU back at the guest entry point before it runs again.
     pub fn reset_vcpu(&self, vcpu: &KvmVcpu) -> Result<(), VmmError> {
-        vcpu.reset(&self.cpuid)
+        vcpu.reset()
     }
 
     /// The guest memory size, for reports.
@@ -190,8 +202,8 @@ impl KvmVcpu {
         Arc::clone(&self.kick)
     }
 
-    /// Loads CPUID, 64-bit ring-3 segment state and entry registers.
-    fn reset(&self, cpuid: &CpuId) -> Result<(), VmmError> {
+    /// Loads 64-bit ring-3 segment state and entry registers.
+    fn reset(&self) -> Result<(), VmmError> {
         let index = self.index;
         let step = |step: &'static str| {
             move |source| VmmError::VcpuSetup {
@@ -202,9 +214,6 @@ impl KvmVcpu {
         };
         // A parked vCPU was stopped with immediate_exit set; it must be 0 to run again.
         self.kick.clear();
-        // A vCPU starts with an empty CPUID table; give it what the host KVM
-        // supports (the usual VMM practice; long mode needs CPUID.LM).
-        self.fd.set_cpuid2(cpuid).map_err(step("KVM_SET_CPUID2"))?;
         let mut sregs = self.fd.get_sregs().map_err(step("KVM_GET_SREGS"))?;
         guest::long_mode_sregs(&mut sregs);
         self.fd.set_sregs(&sregs).map_err(step("KVM_SET_SREGS"))?;
