@@ -197,15 +197,16 @@ impl RuntimeConfig {
         (self.default_vcpus.ceil() as u32).clamp(1, MAX_VCPUS)
     }
 
-    /// The hotplug ceiling: `default_maxvcpus`, where 0 or too many means all host CPUs (at most 240).
+    /// The hotplug ceiling: `default_maxvcpus`, where 0 means all host CPUs; at most 240.
+    ///
+    /// vCPUs are threads, so a sandbox may have more of them than the host has CPUs.
     pub fn max_vcpus(&self, host_cpus: u32) -> u32 {
-        let host = host_cpus.clamp(1, MAX_VCPUS);
-        let max = if self.default_maxvcpus == 0 || self.default_maxvcpus > host {
-            host
+        let max = if self.default_maxvcpus == 0 {
+            host_cpus
         } else {
             self.default_maxvcpus
         };
-        max.max(self.boot_vcpus())
+        max.clamp(1, MAX_VCPUS).max(self.boot_vcpus())
     }
 }
 
@@ -342,7 +343,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.boot_vcpus(), 2);
         assert_eq!(c.max_vcpus(64), 8);
-        assert_eq!(c.max_vcpus(4), 4);
+        assert_eq!(c.max_vcpus(4), 8);
         assert!(c.enable_vcpus_pinning);
         assert!(!c.sandbox_cgroup_only);
         let c = parse("[hypervisor.dragonball]\ndefault_maxvcpus = 4.0\n").unwrap();

@@ -315,6 +315,78 @@ pub fn task_cgroups(pid: i32, tid: i32) -> Result<BTreeMap<String, String>, Host
     Ok(parse_proc_cgroup(&read(&p)?))
 }
 
+/// One thread of a process, with its name and cgroups.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreadInfo {
+    /// Thread id.
+    pub tid: i32,
+    /// `comm` (`db_vcpu0`, `kvm-nx-lpage-re`, ...).
+    pub name: String,
+    /// What the thread is: `vcpu`, `controller`, `kvm` or `vmm`.
+    pub role: &'static str,
+    /// Controller → cgroup path relative to the hierarchy root (v2: key `unified`).
+    pub cgroups: BTreeMap<String, String>,
+    /// CPU time the thread has run, in nanoseconds (guest time included).
+    pub cpu_ns: u64,
+}
+
+/// The role of a thread, from its name.
+pub fn thread_role(name: &str) -> &'static str {
+    if name.starts_with("db_vcpu") {
+        "vcpu"
+    } else if name.starts_with("hcg-controller") {
+        "controller"
+    } else if name.starts_with("kvm") {
+        "kvm"
+    } else {
+        "vmm"
+    }
+}
+
+/// CPU time a task has run, in ns, from `/proc/<pid>/task/<tid>/schedstat`.
+///
+/// The scheduler's own clock, exact to the nanosecond; `stat`'s utime/stime are
+/// tick samples that miss much of a vCPU's time in guest mode.
+pub fn task_cpu_ns(pid: i32, tid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// Every thread of `pid` with its cgroups, read from /proc.
+pub fn threads(pid: i32) -> Result<Vec<ThreadInfo>, HostError> {
+    let dir = PathBuf::from(format!("/proc/{pid}/task"));
+    let rd = std::fs::read_dir(&dir).map_err(|source| HostError::Read {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        // A thread may exit while we read; skip it rather than fail.
+        let Ok(name) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")) else {
+            continue;
+        };
+        let Ok(mut cgroups) = task_cgroups(pid, tid) else {
+            continue;
+        };
+        if let Some(v2) = cgroups.remove("") {
+            cgroups.insert("unified".to_string(), v2);
+        }
+        let name = name.trim().to_string();
+        out.push(ThreadInfo {
+            tid,
+            role: thread_role(&name),
+            name,
+            cgroups,
+            cpu_ns: task_cpu_ns(pid, tid).unwrap_or(0),
+        });
+    }
+    out.sort_by_key(|t| t.tid);
+    Ok(out)
+}
+
 /// Whether systemd runs as PID 1 and answers on the system bus.
 #[derive(Debug, Clone, Serialize)]
 pub struct SystemdInfo {

@@ -5,6 +5,9 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 
+mod cleanup;
+mod run;
+
 use clap::{Args, Parser, Subcommand};
 use oci_spec::runtime::LinuxResources;
 use serde::Serialize;
@@ -65,6 +68,51 @@ pub enum Command {
     Check(CheckArgs),
     /// Show the driver, cgroups and placement a sandbox would get (no side effects).
     Resolve(ResolveArgs),
+    /// Boot a sandbox with the in-process VMM, place its threads, report, clean up.
+    Run(run::RunArgs),
+    /// List every thread of a process with its cgroups.
+    Inspect(InspectArgs),
+    /// Remove what a crashed run left: its cgroups and state.
+    Cleanup(cleanup::CleanupArgs),
+}
+
+/// Arguments of `inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The process.
+    #[arg(long, value_name = "PID")]
+    pub pid: i32,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn inspect(args: &InspectArgs) -> Result<(), CliError> {
+    if args.pid <= 0 {
+        return Err(bad(format!("--pid {} is not a process id", args.pid)));
+    }
+    let threads = crate::host::threads(args.pid).map_err(|e| bad(format!("process {}: {e}", args.pid)))?;
+    if args.json {
+        return print_json(&serde_json::json!({ "pid": args.pid, "threads": threads }));
+    }
+    print_threads(&threads);
+    Ok(())
+}
+
+/// Prints a thread table: tid, name, role, and the cgroup per controller.
+pub fn print_threads(threads: &[crate::host::ThreadInfo]) {
+    println!("{:<8} {:<16} {:<10} cgroups", "tid", "name", "role");
+    for t in threads {
+        let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+        for (c, p) in &t.cgroups {
+            match groups.iter_mut().find(|(gp, _)| gp == p) {
+                Some((_, cs)) => cs.push(c),
+                None => groups.push((p.clone(), vec![c])),
+            }
+        }
+        let cg: Vec<String> = groups.iter().map(|(p, cs)| format!("{}={p}", cs.join(","))).collect();
+        println!("{:<8} {:<16} {:<10} {}", t.tid, t.name, t.role, cg.join(" "));
+    }
 }
 
 /// Arguments of `check`.
@@ -281,6 +329,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Check(a) => check(&a),
         Command::Resolve(a) => resolve(&a),
+        Command::Run(a) => run::run(&a),
+        Command::Inspect(a) => inspect(&a),
+        Command::Cleanup(a) => cleanup::cleanup(&a),
     }
 }
 

@@ -1,0 +1,373 @@
+//! `host-cgroups run`: boots a sandbox (controller + in-process VMM), shows
+//! per-vCPU CPU use while it runs, reports where every thread sits, and cleans up.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+
+use super::{bad, bundle_inputs, cgroups_path_str, layout_for, load_config, load_resources, print_json, runtime, CliError, SandboxArgs};
+use crate::controller::{CgroupController, ControllerOptions, TeardownReport, VcpuRecord};
+use crate::host::{task_cpu_ns, threads, ThreadInfo};
+use crate::plan::SandboxPlan;
+use crate::state::DEFAULT_STATE_DIR;
+use crate::vmm::{BackendChoice, Vmm, VmmConfig};
+
+/// Arguments of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The sandbox, its configuration and resources.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    /// OCI bundle whose config.json gives linux.cgroupsPath and linux.resources.
+    #[arg(long, value_name = "DIR", conflicts_with = "cgroups_path")]
+    pub bundle: Option<PathBuf>,
+    /// vCPUs at boot (default: the configuration's default_vcpus).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=240))]
+    pub vcpus: Option<u32>,
+    /// Grow to M vCPUs one second after start.
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u32).range(1..=240))]
+    pub hotplug: Option<u32>,
+    /// Remove vCPUs down to K, two seconds after start.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=240))]
+    pub unplug_to: Option<u32>,
+    /// How long the sandbox runs, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub duration: f64,
+    /// Where sandbox state is persisted.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Keep the cgroups and state after the run.
+    #[arg(long)]
+    pub keep: bool,
+    /// vCPU backend: auto (KVM when /dev/kvm works), kvm, or thread.
+    #[arg(long, value_name = "auto|kvm|thread", default_value = "auto")]
+    pub backend: String,
+    /// Print one JSON object at the end.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Set by SIGINT/SIGTERM: end the run early and clean up.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_stop_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct VcpuOut {
+    index: u32,
+    tid: i32,
+    cgroups: BTreeMap<String, String>,
+    placed_after_us: Option<u64>,
+    exited: bool,
+    exited_before_placement: bool,
+    pinned_cpu: Option<u32>,
+    cpu_seconds: f64,
+}
+
+#[derive(Serialize)]
+struct Usage {
+    cpu_seconds: f64,
+    nr_periods: u64,
+    throttled_periods: u64,
+    throttled_seconds: f64,
+}
+
+#[derive(Serialize)]
+struct RunReport {
+    sandbox_id: String,
+    driver: String,
+    cgroup_version: u8,
+    placement: String,
+    controller_active: bool,
+    vcpu_backend: String,
+    vmm_pid: i32,
+    sandbox: BTreeMap<String, PathBuf>,
+    sandbox_path: String,
+    overhead: Option<BTreeMap<String, PathBuf>>,
+    sandbox_cgroup_only: bool,
+    wall_seconds: f64,
+    vcpus: Vec<VcpuOut>,
+    threads: Vec<ThreadInfo>,
+    usage: Option<Usage>,
+    cleanup: TeardownReport,
+    notes: Vec<String>,
+}
+
+/// Runs the sandbox.
+pub fn run(args: &RunArgs) -> Result<(), CliError> {
+    let config = load_config(args.sandbox.config.as_ref())?;
+    let (path, bundle_res) = match &args.bundle {
+        Some(b) => bundle_inputs(b)?,
+        None => (cgroups_path_str(args.sandbox.cgroups_path.as_ref())?, None),
+    };
+    let resources = load_resources(args.sandbox.resources.as_deref())?.or(bundle_res);
+    let sandbox_id = args
+        .sandbox
+        .sandbox_id
+        .clone()
+        .unwrap_or_else(|| format!("hcg{:016x}", random_u64()));
+    let backend: BackendChoice = args.backend.parse().map_err(bad)?;
+    if !(args.duration.is_finite() && args.duration >= 0.0) {
+        return Err(bad(format!("--duration {} must be 0 or more seconds", args.duration)));
+    }
+    let host_cpus = crate::host::online_cpus().map(|c| c.len() as u32).unwrap_or(1);
+    let vcpus = args.vcpus.unwrap_or_else(|| config.boot_vcpus());
+    let mut max_vcpus = config.max_vcpus(host_cpus).max(vcpus);
+    if let Some(m) = args.hotplug {
+        if m > max_vcpus {
+            return Err(bad(format!(
+                "--hotplug {m} exceeds default_maxvcpus ({max_vcpus}) of {}",
+                config.source.display()
+            )));
+        }
+        if m < vcpus {
+            return Err(bad(format!("--hotplug {m} is below the boot vCPUs {vcpus}")));
+        }
+    }
+    max_vcpus = max_vcpus.max(vcpus);
+    let layout = layout_for(None)?;
+    let plan = SandboxPlan::new(&config, &path, &sandbox_id, &layout, resources.as_ref()).map_err(bad)?;
+    let mut notes = plan.notes.clone();
+
+    install_stop_handlers();
+    let controller = if config.vmm_in_process() {
+        let opts = ControllerOptions {
+            state_dir: Some(args.state_dir.clone()),
+            sandbox_resources: resources.clone(),
+            enable_vcpus_pinning: config.enable_vcpus_pinning,
+            ..Default::default()
+        };
+        Some(CgroupController::start(plan.clone(), opts).map_err(runtime)?)
+    } else {
+        None
+    };
+    let hooks: std::sync::Arc<dyn vcpu_hooks::VcpuHooks> = match &controller {
+        Some(c) => c.hooks(),
+        None => std::sync::Arc::new(vcpu_hooks::NoHooks),
+    };
+    let vmm_cfg = VmmConfig {
+        vcpus,
+        max_vcpus,
+        backend,
+    };
+    let mut vmm = match Vmm::new(vmm_cfg, hooks).and_then(|mut v| v.start().map(|()| v)) {
+        Ok(v) => v,
+        Err(e) => {
+            let cleanup = controller.map(|c| c.shutdown(true));
+            let extra = cleanup
+                .map(|r| if r.errors.is_empty() { String::new() } else { format!(" (cleanup: {})", r.errors.join("; ")) })
+                .unwrap_or_default();
+            return Err(runtime(format!("VMM start failed: {e}{extra}")));
+        }
+    };
+    let backend_name = vmm.backend().to_string();
+    let me = std::process::id() as i32;
+    let start = Instant::now();
+    let total = Duration::from_secs_f64(args.duration);
+    let live = !args.json || std::io::stderr().is_terminal();
+    let mut last: BTreeMap<i32, u64> = BTreeMap::new();
+    let mut last_at = Instant::now();
+    let mut hotplugged = args.hotplug.is_none();
+    let mut unplugged = args.unplug_to.is_none();
+    let mut failure = None;
+    while start.elapsed() < total && !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100).min(total.saturating_sub(start.elapsed())));
+        if !hotplugged && start.elapsed() >= Duration::from_secs(1) {
+            hotplugged = true;
+            let want = args.hotplug.unwrap_or(vcpus);
+            let have = vmm.vcpus().len() as u32;
+            if want > have {
+                if let Err(e) = vmm.hotplug(want - have) {
+                    failure = Some(format!("hotplug to {want} vCPUs failed: {e}"));
+                    break;
+                }
+            }
+        }
+        if !unplugged && start.elapsed() >= Duration::from_secs(2) {
+            unplugged = true;
+            let want = args.unplug_to.unwrap_or(1);
+            let have = vmm.vcpus().len() as u32;
+            if want < have {
+                if let Err(e) = vmm.unplug(have - want) {
+                    failure = Some(format!("unplug to {want} vCPUs failed: {e}"));
+                    break;
+                }
+            }
+        }
+        if live && last_at.elapsed() >= Duration::from_secs(1) {
+            let dt = last_at.elapsed().as_secs_f64();
+            last_at = Instant::now();
+            let mut line = format!("[{:5.1}s]", start.elapsed().as_secs_f64());
+            for v in vmm.vcpus() {
+                let now = task_cpu_ns(me, v.tid).unwrap_or(0);
+                let prev = last.insert(v.tid, now).unwrap_or(0);
+                let pct = (now - prev.min(now)) as f64 / 1e9 / dt * 100.0;
+                line.push_str(&format!(" vcpu{}:{pct:4.0}%", v.index));
+            }
+            eprintln!("{line}");
+        }
+    }
+    if STOP.load(Ordering::SeqCst) {
+        notes.push("stopped early by a signal".into());
+    }
+    // Snapshot where every thread sits while the sandbox still runs.
+    let snapshot = threads(me).map_err(runtime)?;
+    let records: Vec<VcpuRecord> = controller.as_ref().map(|c| c.vcpus()).unwrap_or_default();
+    let stats = controller.as_ref().map(|c| c.stats());
+    let wall = start.elapsed().as_secs_f64();
+    // The VM fd must be closed before rmdir: KVM's per-VM worker thread sits in the cgroup until then.
+    let stopped = vmm.stop();
+    let cleanup = match controller {
+        Some(c) => c.shutdown(!args.keep),
+        None => TeardownReport::default(),
+    };
+    let vcpus_out: Vec<VcpuOut> = vmm_vcpu_rows(&snapshot, &records);
+    let usage = match stats {
+        Some(Ok(s)) => Some(Usage {
+            cpu_seconds: s.cpu_usage_ns as f64 / 1e9,
+            nr_periods: s.nr_periods,
+            throttled_periods: s.nr_throttled,
+            throttled_seconds: s.throttled_ns as f64 / 1e9,
+        }),
+        Some(Err(e)) => {
+            notes.push(format!("usage not available: {e}"));
+            None
+        }
+        None => None,
+    };
+    let report = RunReport {
+        sandbox_id: plan.sandbox_id.clone(),
+        driver: plan.driver.to_string(),
+        cgroup_version: plan.cgroup_version,
+        placement: plan.placement.to_string(),
+        controller_active: config.vmm_in_process(),
+        vcpu_backend: backend_name,
+        vmm_pid: me,
+        sandbox: plan.sandbox.paths.clone(),
+        sandbox_path: plan.sandbox.path.clone(),
+        overhead: plan.overhead.as_ref().map(|o| o.paths.clone()),
+        sandbox_cgroup_only: plan.sandbox_cgroup_only,
+        wall_seconds: wall,
+        vcpus: vcpus_out,
+        threads: snapshot,
+        usage,
+        cleanup,
+        notes,
+    };
+    if args.json {
+        print_json(&report)?;
+    } else {
+        print_table(&report);
+    }
+    if let Err(e) = stopped {
+        return Err(runtime(format!("VMM stop failed: {e}")));
+    }
+    if let Some(f) = failure {
+        return Err(runtime(f));
+    }
+    if !report.cleanup.errors.is_empty() {
+        return Err(runtime(format!("cleanup failed: {}", report.cleanup.errors.join("; "))));
+    }
+    Ok(())
+}
+
+fn vmm_vcpu_rows(snapshot: &[ThreadInfo], records: &[VcpuRecord]) -> Vec<VcpuOut> {
+    let mut out: Vec<VcpuOut> = records
+        .iter()
+        .map(|r| {
+            let t = snapshot.iter().find(|t| t.tid == r.tid);
+            VcpuOut {
+                index: r.index,
+                tid: r.tid,
+                cgroups: t.map(|t| t.cgroups.clone()).unwrap_or_default(),
+                placed_after_us: r.placed_after_us,
+                exited: r.exited,
+                exited_before_placement: r.exited_before_placement,
+                pinned_cpu: r.pinned_cpu,
+                cpu_seconds: t.map(|t| t.cpu_ns as f64 / 1e9).unwrap_or(0.0),
+            }
+        })
+        .collect();
+    if records.is_empty() {
+        // Controller inactive: list the vCPU threads as they are.
+        out = snapshot
+            .iter()
+            .filter(|t| t.role == "vcpu")
+            .map(|t| VcpuOut {
+                index: t.name.trim_start_matches("db_vcpu").parse().unwrap_or(0),
+                tid: t.tid,
+                cgroups: t.cgroups.clone(),
+                placed_after_us: None,
+                exited: false,
+                exited_before_placement: false,
+                pinned_cpu: None,
+                cpu_seconds: t.cpu_ns as f64 / 1e9,
+            })
+            .collect();
+    }
+    out
+}
+
+fn print_table(r: &RunReport) {
+    println!(
+        "sandbox {}  driver {}  cgroup v{}  placement {}  vCPU backend {}  pid {}",
+        r.sandbox_id, r.driver, r.cgroup_version, r.placement, r.vcpu_backend, r.vmm_pid
+    );
+    println!("sandbox cgroup: {}", r.sandbox_path);
+    super::print_threads(&r.threads);
+    for v in &r.vcpus {
+        println!(
+            "vcpu{:<3} tid {:<8} placed after {:>8} µs{}{}",
+            v.index,
+            v.tid,
+            v.placed_after_us.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
+            if v.exited { "  (exited)" } else { "" },
+            v.pinned_cpu.map(|c| format!("  pinned to CPU {c}")).unwrap_or_default()
+        );
+    }
+    if let Some(u) = &r.usage {
+        println!(
+            "usage: {:.3} CPU-s in {:.1} s; throttled {} of {} periods ({:.3} s)",
+            u.cpu_seconds, r.wall_seconds, u.throttled_periods, u.nr_periods, u.throttled_seconds
+        );
+    }
+    if r.cleanup.kept {
+        println!("cleanup: kept (--keep); remove with `host-cgroups cleanup --sandbox-id {}`", r.sandbox_id);
+    } else {
+        println!("cleanup: removed {:?}", r.cleanup.removed);
+    }
+    for e in &r.cleanup.errors {
+        println!("cleanup error: {e}");
+    }
+    for n in &r.notes {
+        println!("note: {n}");
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_err()
+    {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        return u64::from(std::process::id()) ^ now.as_nanos() as u64;
+    }
+    u64::from_le_bytes(b)
+}
