@@ -42,7 +42,8 @@ pub const CODE_ADDR: u64 = 0x8000;
 pub const EXIT_PORT: u16 = 0xe9;
 /// Busy-loop iterations between two port writes. `dec ecx; jnz` retires about
 /// one iteration per cycle, so 4 Mi iterations is a couple of ms at 2-3 GHz
-/// (measured here: see the module tests and the report in the commit log).
+/// (measured on the kvm_pvm development host: ~1.7 ms between exits; the
+/// test `kvm_guest_runs_in_guest_mode` prints it).
 pub const LOOP_ITERATIONS: u32 = 4 << 20;
 
 // Page-table entry bits (Intel SDM vol. 3, 4.5): present, writable, user.

@@ -8,6 +8,8 @@
 //! - [`kick`]: stopping a vCPU in `KVM_RUN` (`immediate_exit` + signal);
 //! - `vcpu`: the spawn path (hook, gate, run loop, exit hook).
 
+#![deny(missing_docs)]
+
 pub mod guest;
 pub mod kick;
 pub mod kvm;
@@ -402,6 +404,7 @@ impl Vmm {
 
     /// Spawns `cfg.vcpus` vCPU threads; returns once each is placed (then all
     /// run) or one failed its hook (then all of them are stopped and joined).
+    /// Blocks as long as the slowest hook; `ChannelReporter` bounds that.
     pub fn start(&mut self) -> Result<(), VmmError> {
         if self.started {
             return Err(VmmError::AlreadyStarted {
@@ -630,6 +633,20 @@ mod tests {
         assert_eq!(VcpuBackend::Thread.to_string(), "thread");
         let e = "qemu".parse::<BackendChoice>().unwrap_err();
         assert!(e.to_string().contains("\"qemu\""), "{e}");
+    }
+
+    #[test]
+    fn vmm_can_move_to_another_thread() {
+        fn send<T: Send>() {}
+        send::<Vmm>();
+    }
+
+    #[test]
+    fn missing_kvm_error_says_so() {
+        let e = VmmError::KvmUnavailable(KvmUnavailable::Open(errno::Error::new(libc::ENOENT)));
+        let msg = e.to_string();
+        assert!(msg.contains("/dev/kvm is missing or unusable"), "{msg}");
+        assert!(msg.contains("cannot open /dev/kvm"), "{msg}");
     }
 
     #[test]
