@@ -518,8 +518,8 @@ fn kvm_stop_is_prompt_and_closes_the_vm() {
     let report = vmm.stop().unwrap();
     let took = t0.elapsed();
     eprintln!(
-        "stop took {took:?} (kick to VM fd closed: {:?}); {:?}",
-        report.elapsed, report.vcpus
+        "stop took {took:?} (kick to threads joined: {:?}, to VM fd closed: {:?}); {:?}",
+        report.joined_after, report.elapsed, report.vcpus
     );
     assert!(took < GENEROUS);
     assert!(report.vm_closed);
