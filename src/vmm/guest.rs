@@ -61,7 +61,8 @@ const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 
 /// RFLAGS: bit 1 is reserved and must be 1; IOPL=3 (bits 12-13) lets ring 3
-/// execute `out` without consulting the TSS I/O bitmap.
+/// execute `out` without consulting the TSS I/O bitmap (on VMX/SVM; kvm_pvm
+/// does not pass IOPL to the hardware, see [`write_image`]).
 pub const RFLAGS: u64 = (1 << 1) | (3 << 12);
 
 /// GDT selector of the 64-bit ring-0 code segment (unused, kept for a sane GDT).
