@@ -359,6 +359,7 @@ fn hotplug_and_unplug(backend: BackendChoice) {
             utime
         };
         if ran > 0 {
+            eprintln!("re-plugged vCPU 2 ran after {:?}", t0.elapsed());
             break;
         }
         assert!(t0.elapsed() < GENEROUS, "re-plugged vCPU 2 never ran");
@@ -449,6 +450,35 @@ fn failed_start_can_be_retried() {
 }
 
 #[test]
+fn refused_hotplug_leaves_running_vcpus_alone() {
+    let _g = serial();
+    let (hooks, rx) = hooks_and_rx();
+    // vCPU 2 is refused; vCPU 1 of the same hotplug batch is placed but aborted.
+    let ctl = Controller::spawn(rx, |i| {
+        Some(if i == 2 {
+            Err("cpuset full".into())
+        } else {
+            Ok(())
+        })
+    });
+    let mut vmm = Vmm::new(cfg(1, 3, BackendChoice::Auto), hooks).unwrap();
+    vmm.start().unwrap();
+    let boot = ctl.started(1).remove(0);
+    let err = vmm.hotplug(2).unwrap_err();
+    assert!(matches!(err, VmmError::Hook { index: 2, .. }), "{err}");
+    ctl.started(2);
+    assert_eq!(ctl.exited(1).first().map(|e| e.0), Some(1));
+    let online = vmm.vcpus();
+    assert_eq!(online.len(), 1);
+    assert_eq!(online[0].tid, boot.tid);
+    assert!(online[0].running);
+    assert_no_vcpu_threads_beyond(1);
+    vmm.stop().unwrap();
+    assert_eq!(ctl.exited(1), vec![(0, boot.tid)]);
+    assert_no_vcpu_threads();
+}
+
+#[test]
 fn unanswered_hook_times_out_and_start_fails() {
     let _g = serial();
     let (reporter, rx) = vcpu_hooks::channel(Duration::from_millis(100));
@@ -488,8 +518,8 @@ fn kvm_stop_is_prompt_and_closes_the_vm() {
     let report = vmm.stop().unwrap();
     let took = t0.elapsed();
     eprintln!(
-        "stop took {took:?} (kick to VM fd closed: {:?}); {:?}",
-        report.elapsed, report.vcpus
+        "stop took {took:?} (kick to threads joined: {:?}, to VM fd closed: {:?}); {:?}",
+        report.joined_after, report.elapsed, report.vcpus
     );
     assert!(took < GENEROUS);
     assert!(report.vm_closed);

@@ -74,14 +74,14 @@ pub enum KvmUnavailable {
     CreateVm(#[source] errno::Error),
 }
 
-/// The VM: its fd, its memory and the `/dev/kvm` handle.
+/// The VM: its fd and its memory (`/dev/kvm` itself is not needed after setup).
 ///
 /// Field order is drop order: the VM fd closes before its memory is unmapped.
 #[derive(Debug)]
 pub struct KvmVm {
     vm: VmFd,
-    memory: GuestMemory,
-    kvm: Kvm,
+    /// Held only to stay mapped for as long as the VM exists.
+    _memory: GuestMemory,
     cpuid: CpuId,
     run_size: usize,
     max_vcpus: u32,
@@ -96,7 +96,7 @@ impl KvmVm {
     }
 
     /// Sets up guest memory and reads what each vCPU needs (CPUID, kvm_run size).
-    pub fn new(kvm: Kvm, vm: VmFd) -> Result<Self, VmmError> {
+    pub fn new(kvm: &Kvm, vm: VmFd) -> Result<Self, VmmError> {
         let setup = |step: &'static str| move |source| VmmError::KvmSetup { step, source };
         let mut memory = GuestMemory::new(guest::MEM_SIZE).map_err(setup("mmap guest memory"))?;
         guest::write_image(memory.as_mut_slice()).map_err(VmmError::GuestImage)?;
@@ -124,8 +124,7 @@ impl KvmVm {
             .unwrap_or(1);
         Ok(KvmVm {
             vm,
-            memory,
-            kvm,
+            _memory: memory,
             cpuid,
             run_size,
             max_vcpus,
@@ -173,16 +172,6 @@ impl KvmVm {
     /// Puts a parked vCPU back at the guest entry point before it runs again.
     pub fn reset_vcpu(&self, vcpu: &KvmVcpu) -> Result<(), VmmError> {
         vcpu.reset()
-    }
-
-    /// The guest memory size, for reports.
-    pub fn memory_size(&self) -> usize {
-        self.memory.len
-    }
-
-    /// The `/dev/kvm` API version (always 12 on Linux).
-    pub fn api_version(&self) -> i32 {
-        self.kvm.get_api_version()
     }
 }
 

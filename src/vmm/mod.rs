@@ -3,15 +3,17 @@
 //! [`vcpu_hooks`] placement hooks run on the real spawn path.
 //!
 //! - [`guest`]: the hand-assembled 64-bit ring-3 guest and its page tables/GDT;
-//! - [`kvm`]: the KVM VM, vCPU fds and the `KVM_RUN` loop;
-//! - [`thread`]: the no-KVM spin loop;
-//! - [`kick`]: stopping a vCPU in `KVM_RUN` (`immediate_exit` + signal);
+//! - `kvm`: the KVM VM, vCPU fds and the `KVM_RUN` loop;
+//! - `thread`: the no-KVM spin loop;
+//! - `kick`: stopping a vCPU in `KVM_RUN` (`immediate_exit` + signal);
 //! - `vcpu`: the spawn path (hook, gate, run loop, exit hook).
 
+#![deny(missing_docs)]
+
 pub mod guest;
-pub mod kick;
-pub mod kvm;
-pub mod thread;
+mod kick;
+mod kvm;
+mod thread;
 mod vcpu;
 
 use std::collections::BTreeMap;
@@ -23,7 +25,8 @@ use std::time::{Duration, Instant};
 use vcpu_hooks::{HookError, VcpuHooks};
 use vmm_sys_util::errno;
 
-use self::kvm::{KvmUnavailable, KvmVcpu, KvmVm};
+pub use self::kvm::KvmUnavailable;
+use self::kvm::{KvmVcpu, KvmVm};
 use self::vcpu::{Joined, Outcome, Runner, VcpuThread};
 
 /// Upper bound on vCPUs for the thread backend (KVM has its own, `KVM_CAP_MAX_VCPUS`).
@@ -300,6 +303,8 @@ pub struct StopReport {
     pub vcpus: Vec<VcpuReport>,
     /// `true` if a KVM VM fd existed and is now closed.
     pub vm_closed: bool,
+    /// From the first kick until every vCPU thread was joined.
+    pub joined_after: Duration,
     /// From the first kick to the VM fd being closed.
     pub elapsed: Duration,
 }
@@ -354,10 +359,10 @@ impl Vmm {
             BackendChoice::Thread => None,
             BackendChoice::Kvm => {
                 let (kvm, vm) = KvmVm::open().map_err(VmmError::KvmUnavailable)?;
-                Some(KvmVm::new(kvm, vm)?)
+                Some(KvmVm::new(&kvm, vm)?)
             }
             BackendChoice::Auto => match KvmVm::open() {
-                Ok((kvm, vm)) => Some(KvmVm::new(kvm, vm)?),
+                Ok((kvm, vm)) => Some(KvmVm::new(&kvm, vm)?),
                 Err(e) => {
                     tracing::info!(reason = %e, "no usable KVM, vCPUs run as host threads");
                     None
@@ -402,6 +407,7 @@ impl Vmm {
 
     /// Spawns `cfg.vcpus` vCPU threads; returns once each is placed (then all
     /// run) or one failed its hook (then all of them are stopped and joined).
+    /// Blocks as long as the slowest hook; `ChannelReporter` bounds that.
     pub fn start(&mut self) -> Result<(), VmmError> {
         if self.started {
             return Err(VmmError::AlreadyStarted {
@@ -584,6 +590,7 @@ impl Vmm {
         let t0 = Instant::now();
         let threads = std::mem::take(&mut self.threads);
         let (mut vcpus, first_error) = self.kick_and_join(threads);
+        let joined_after = t0.elapsed();
         vcpus.sort_by_key(|r| r.index);
         // vCPU fds (and their kvm_run mappings) hold references on the VM;
         // they go first so that closing the VM fd destroys the VM right away.
@@ -594,6 +601,7 @@ impl Vmm {
             backend: self.backend,
             vcpus,
             vm_closed,
+            joined_after,
             elapsed: t0.elapsed(),
         };
         (report, first_error)
@@ -630,6 +638,20 @@ mod tests {
         assert_eq!(VcpuBackend::Thread.to_string(), "thread");
         let e = "qemu".parse::<BackendChoice>().unwrap_err();
         assert!(e.to_string().contains("\"qemu\""), "{e}");
+    }
+
+    #[test]
+    fn vmm_can_move_to_another_thread() {
+        fn send<T: Send>() {}
+        send::<Vmm>();
+    }
+
+    #[test]
+    fn missing_kvm_error_says_so() {
+        let e = VmmError::KvmUnavailable(KvmUnavailable::Open(errno::Error::new(libc::ENOENT)));
+        let msg = e.to_string();
+        assert!(msg.contains("/dev/kvm is missing or unusable"), "{msg}");
+        assert!(msg.contains("cannot open /dev/kvm"), "{msg}");
     }
 
     #[test]
