@@ -427,18 +427,22 @@ pub struct KvmInfo {
 }
 
 impl KvmInfo {
-    /// Opens `/dev/kvm` and asks its API version.
+    /// Asks the VMM whether `/dev/kvm` opens and can create a VM, and its API version.
     pub fn detect() -> Self {
-        match kvm_ioctls::Kvm::new() {
-            Ok(kvm) => KvmInfo {
+        match crate::vmm::kvm_api_version() {
+            Some(v) => KvmInfo {
                 available: true,
-                api_version: Some(kvm.get_api_version()),
+                api_version: Some(v),
                 reason: None,
             },
-            Err(e) => KvmInfo {
+            None => KvmInfo {
                 available: false,
                 api_version: None,
-                reason: Some(format!("cannot open /dev/kvm: {e}")),
+                reason: Some(if Path::new("/dev/kvm").exists() {
+                    "/dev/kvm cannot create a VM".to_string()
+                } else {
+                    "/dev/kvm is missing".to_string()
+                }),
             },
         }
     }

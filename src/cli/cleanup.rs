@@ -66,7 +66,9 @@ pub fn cleanup(args: &CleanupArgs) -> Result<(), CliError> {
             Err(e @ StateError::NotADirectory { .. }) => return Err(bad(e)),
             Err(e) => return Err(runtime(e)),
         };
-        report.source = SandboxState::file(&dir, &args.sandbox_id).display().to_string();
+        report.source = SandboxState::file(&dir, &args.sandbox_id)
+            .display()
+            .to_string();
         targets.push((state.sandbox.path.clone(), state.sandbox.created.clone()));
         if let Some(o) = &state.overhead {
             targets.push((o.path.clone(), o.created.clone()));
@@ -94,6 +96,10 @@ pub fn cleanup(args: &CleanupArgs) -> Result<(), CliError> {
     if report.errors.is_empty() {
         Ok(())
     } else {
-        Err(runtime(format!("cleanup of {}: {}", args.sandbox_id, report.errors.join("; "))))
+        Err(runtime(format!(
+            "cleanup of {}: {}",
+            args.sandbox_id,
+            report.errors.join("; ")
+        )))
     }
 }

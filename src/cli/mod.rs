@@ -91,7 +91,8 @@ fn inspect(args: &InspectArgs) -> Result<(), CliError> {
     if args.pid <= 0 {
         return Err(bad(format!("--pid {} is not a process id", args.pid)));
     }
-    let threads = crate::host::threads(args.pid).map_err(|e| bad(format!("process {}: {e}", args.pid)))?;
+    let threads =
+        crate::host::threads(args.pid).map_err(|e| bad(format!("process {}: {e}", args.pid)))?;
     if args.json {
         return print_json(&serde_json::json!({ "pid": args.pid, "threads": threads }));
     }
@@ -110,8 +111,17 @@ pub fn print_threads(threads: &[crate::host::ThreadInfo]) {
                 None => groups.push((p.clone(), vec![c])),
             }
         }
-        let cg: Vec<String> = groups.iter().map(|(p, cs)| format!("{}={p}", cs.join(","))).collect();
-        println!("{:<8} {:<16} {:<10} {}", t.tid, t.name, t.role, cg.join(" "));
+        let cg: Vec<String> = groups
+            .iter()
+            .map(|(p, cs)| format!("{}={p}", cs.join(",")))
+            .collect();
+        println!(
+            "{:<8} {:<16} {:<10} {}",
+            t.tid,
+            t.name,
+            t.role,
+            cg.join(" ")
+        );
     }
 }
 

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 
-use super::{bad, bundle_inputs, cgroups_path_str, layout_for, load_config, load_resources, print_json, runtime, CliError, SandboxArgs};
+use super::{
+    bad, bundle_inputs, cgroups_path_str, layout_for, load_config, load_resources, print_json,
+    runtime, CliError, SandboxArgs,
+};
 use crate::controller::{CgroupController, ControllerOptions, TeardownReport, VcpuRecord};
 use crate::host::{task_cpu_ns, threads, ThreadInfo};
 use crate::plan::SandboxPlan;
@@ -124,9 +127,14 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         .unwrap_or_else(|| format!("hcg{:016x}", random_u64()));
     let backend: BackendChoice = args.backend.parse().map_err(bad)?;
     if !(args.duration.is_finite() && args.duration >= 0.0) {
-        return Err(bad(format!("--duration {} must be 0 or more seconds", args.duration)));
+        return Err(bad(format!(
+            "--duration {} must be 0 or more seconds",
+            args.duration
+        )));
     }
-    let host_cpus = crate::host::online_cpus().map(|c| c.len() as u32).unwrap_or(1);
+    let host_cpus = crate::host::online_cpus()
+        .map(|c| c.len() as u32)
+        .unwrap_or(1);
     let vcpus = args.vcpus.unwrap_or_else(|| config.boot_vcpus());
     let mut max_vcpus = config.max_vcpus(host_cpus).max(vcpus);
     if let Some(m) = args.hotplug {
@@ -137,12 +145,15 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             )));
         }
         if m < vcpus {
-            return Err(bad(format!("--hotplug {m} is below the boot vCPUs {vcpus}")));
+            return Err(bad(format!(
+                "--hotplug {m} is below the boot vCPUs {vcpus}"
+            )));
         }
     }
     max_vcpus = max_vcpus.max(vcpus);
     let layout = layout_for(None)?;
-    let plan = SandboxPlan::new(&config, &path, &sandbox_id, &layout, resources.as_ref()).map_err(bad)?;
+    let plan =
+        SandboxPlan::new(&config, &path, &sandbox_id, &layout, resources.as_ref()).map_err(bad)?;
     let mut notes = plan.notes.clone();
 
     install_stop_handlers();
@@ -171,13 +182,24 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         Err(e) => {
             let cleanup = controller.map(|c| c.shutdown(true));
             let extra = cleanup
-                .map(|r| if r.errors.is_empty() { String::new() } else { format!(" (cleanup: {})", r.errors.join("; ")) })
+                .map(|r| {
+                    if r.errors.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (cleanup: {})", r.errors.join("; "))
+                    }
+                })
                 .unwrap_or_default();
             return Err(runtime(format!("VMM start failed: {e}{extra}")));
         }
     };
     let backend_name = vmm.backend().to_string();
     let me = std::process::id() as i32;
+    // Tests and users wait for this line: every boot vCPU is placed and running.
+    eprintln!(
+        "host-cgroups: sandbox {sandbox_id} running: {} vCPUs placed, pid {me}",
+        vmm.vcpus().len()
+    );
     let start = Instant::now();
     let total = Duration::from_secs_f64(args.duration);
     let live = !args.json || std::io::stderr().is_terminal();
@@ -197,6 +219,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
                     failure = Some(format!("hotplug to {want} vCPUs failed: {e}"));
                     break;
                 }
+                eprintln!("host-cgroups: hotplugged to {want} vCPUs");
             }
         }
         if !unplugged && start.elapsed() >= Duration::from_secs(2) {
@@ -208,6 +231,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
                     failure = Some(format!("unplug to {want} vCPUs failed: {e}"));
                     break;
                 }
+                eprintln!("host-cgroups: unplugged to {want} vCPUs");
             }
         }
         if live && last_at.elapsed() >= Duration::from_secs(1) {
@@ -282,7 +306,10 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         return Err(runtime(f));
     }
     if !report.cleanup.errors.is_empty() {
-        return Err(runtime(format!("cleanup failed: {}", report.cleanup.errors.join("; "))));
+        return Err(runtime(format!(
+            "cleanup failed: {}",
+            report.cleanup.errors.join("; ")
+        )));
     }
     Ok(())
 }
@@ -336,9 +363,13 @@ fn print_table(r: &RunReport) {
             "vcpu{:<3} tid {:<8} placed after {:>8} µs{}{}",
             v.index,
             v.tid,
-            v.placed_after_us.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
+            v.placed_after_us
+                .map(|u| u.to_string())
+                .unwrap_or_else(|| "-".into()),
             if v.exited { "  (exited)" } else { "" },
-            v.pinned_cpu.map(|c| format!("  pinned to CPU {c}")).unwrap_or_default()
+            v.pinned_cpu
+                .map(|c| format!("  pinned to CPU {c}"))
+                .unwrap_or_default()
         );
     }
     if let Some(u) = &r.usage {
@@ -348,7 +379,10 @@ fn print_table(r: &RunReport) {
         );
     }
     if r.cleanup.kept {
-        println!("cleanup: kept (--keep); remove with `host-cgroups cleanup --sandbox-id {}`", r.sandbox_id);
+        println!(
+            "cleanup: kept (--keep); remove with `host-cgroups cleanup --sandbox-id {}`",
+            r.sandbox_id
+        );
     } else {
         println!("cleanup: removed {:?}", r.cleanup.removed);
     }
@@ -366,7 +400,9 @@ fn random_u64() -> u64 {
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
         .is_err()
     {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         return u64::from(std::process::id()) ^ now.as_nanos() as u64;
     }
     u64::from_le_bytes(b)

@@ -34,6 +34,7 @@ pub fn mounts(layout: &CgroupLayout) -> Vec<PathBuf> {
 pub struct CgroupGuard {
     pub prefix: String,
     layout: CgroupLayout,
+    parents: Vec<String>,
 }
 
 impl CgroupGuard {
@@ -41,7 +42,15 @@ impl CgroupGuard {
         CgroupGuard {
             prefix: prefix.to_string(),
             layout: layout(),
+            parents: Vec::new(),
         }
+    }
+
+    /// Also removes `<mount>/<parent>` on drop, but only when empty (shared names
+    /// such as `kata_overhead` that other tests may be using right now).
+    pub fn and_parent_if_empty(mut self, parent: &str) -> Self {
+        self.parents.push(parent.to_string());
+        self
     }
 
     /// Directories that exist below the prefix, in all hierarchies.

@@ -1,0 +1,381 @@
+//! `host-cgroups run` end to end: real vCPU threads (KVM here, the thread
+//! backend in the test hosts) placed by the controller, checked from /proc.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use common::*;
+use host_cgroups::host::{CgroupLayout, CgroupVersion};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_host-cgroups");
+/// Generous: a loaded or emulated machine is slow, and slowness must not fail a test.
+const WAIT: Duration = Duration::from_secs(120);
+
+/// A `host-cgroups run` child with its stderr lines streamed to the test.
+struct RunChild {
+    child: Option<Child>,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl RunChild {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn host-cgroups run");
+        let err = child.stderr.take().expect("stderr");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        RunChild {
+            child: Some(child),
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    fn wait_for(&mut self, needle: &str) {
+        let start = Instant::now();
+        while start.elapsed() < WAIT {
+            match self.lines.recv_timeout(Duration::from_millis(200)) {
+                Ok(l) => {
+                    let hit = l.contains(needle);
+                    self.seen.push(l);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(_) => {}
+            }
+        }
+        panic!("no line with {needle:?}; stderr so far: {:#?}", self.seen);
+    }
+
+    /// Waits for exit; returns status and stdout parsed as JSON (Null if not JSON).
+    fn finish(mut self) -> (ExitStatus, Value, Vec<String>) {
+        let mut child = self.child.take().expect("child");
+        let mut out = String::new();
+        if let Some(mut o) = child.stdout.take() {
+            let _ = o.read_to_string(&mut out);
+        }
+        let status = child.wait().expect("wait");
+        self.seen.extend(self.lines.try_iter());
+        let v = serde_json::from_str(&out).unwrap_or(Value::Null);
+        (status, v, std::mem::take(&mut self.seen))
+    }
+}
+
+impl Drop for RunChild {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `db_vcpu*` threads of `pid`: (tid, name).
+fn vcpu_threads(pid: i32) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .flatten()
+    {
+        let tid: i32 = e.file_name().to_string_lossy().parse().unwrap();
+        let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if name.starts_with("db_vcpu") {
+            out.push((tid, name.trim().to_string()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn other_threads(pid: i32) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .flatten()
+    {
+        let tid: i32 = e.file_name().to_string_lossy().parse().unwrap();
+        let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if !name.starts_with("db_vcpu") {
+            out.push((tid, name.trim().to_string()));
+        }
+    }
+    out
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(unique(tag));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn config(dir: &Path, sandbox_cgroup_only: bool, maxvcpus: u32, pinning: bool) -> String {
+    let p = dir.join("configuration.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[hypervisor.dragonball]\ndefault_vcpus = 1\ndefault_maxvcpus = {maxvcpus}\n\
+             [runtime]\nhypervisor_name = \"dragonball\"\nsandbox_cgroup_only = {sandbox_cgroup_only}\n\
+             enable_vcpus_pinning = {pinning}\n"
+        ),
+    )
+    .unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+fn place_and_check(vcpus: u32, sandbox_cgroup_only: bool) {
+    let layout = layout();
+    let prefix = unique("run");
+    let guard = CgroupGuard::new(&prefix);
+    let _overhead =
+        CgroupGuard::new(&format!("kata_overhead/{prefix}")).and_parent_if_empty("kata_overhead");
+    let dir = tmp("state");
+    let cfg = config(&dir, sandbox_cgroup_only, 8, false);
+    let rel = format!("{prefix}/sb");
+    let n = vcpus.to_string();
+    let state = dir.to_string_lossy().into_owned();
+    let mut run = RunChild::spawn(&[
+        "--config",
+        &cfg,
+        "--cgroups-path",
+        &rel,
+        "--sandbox-id",
+        "sb1",
+        "--vcpus",
+        &n,
+        "--duration",
+        "600",
+        "--state-dir",
+        &state,
+        "--json",
+    ]);
+    run.wait_for("running");
+    let pid = run.pid();
+    let vcpu = vcpu_threads(pid);
+    assert_eq!(vcpu.len(), vcpus as usize, "{vcpu:?}");
+    let placement_v1_fs = layout.version() == CgroupVersion::V1;
+    for (tid, name) in &vcpu {
+        assert!(name.starts_with("db_vcpu"));
+        assert_in(&layout, pid, *tid, &rel);
+    }
+    let overhead = format!("kata_overhead/{rel}");
+    for (tid, name) in other_threads(pid) {
+        let want = if !sandbox_cgroup_only && placement_v1_fs {
+            &overhead
+        } else {
+            &rel
+        };
+        // KVM's worker joins the first vCPU's cgroups (kernel rule), wherever its process is.
+        if name.starts_with("kvm") {
+            continue;
+        }
+        assert_in(&layout, pid, tid, want);
+    }
+    // Stop it early (SIGTERM ends the run and cleans up).
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let (status, v, err) = run.finish();
+    assert!(status.success(), "{status:?} {err:#?}");
+    assert_eq!(v["vcpus"].as_array().unwrap().len(), vcpus as usize, "{v}");
+    for c in v["vcpus"].as_array().unwrap() {
+        assert!(c["placed_after_us"].is_u64(), "{c}");
+    }
+    assert!(v["cleanup"]["errors"].as_array().unwrap().is_empty(), "{v}");
+    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
+    assert!(!layout.mounts.values().any(|m| m.join(&overhead).exists()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn one_vcpu_placed() {
+    place_and_check(1, true);
+}
+
+#[test]
+fn two_vcpus_placed() {
+    place_and_check(2, true);
+}
+
+#[test]
+fn eight_vcpus_placed() {
+    place_and_check(8, true);
+}
+
+#[test]
+fn overhead_cgroup_holds_the_rest_when_not_sandbox_only() {
+    place_and_check(2, false);
+}
+
+#[test]
+fn hotplug_places_new_threads_and_unplug_records_exits() {
+    let layout = layout();
+    let prefix = unique("hotplug");
+    let guard = CgroupGuard::new(&prefix);
+    let dir = tmp("state");
+    let cfg = config(&dir, true, 8, false);
+    let rel = format!("{prefix}/sb");
+    let state = dir.to_string_lossy().into_owned();
+    let mut run = RunChild::spawn(&[
+        "--config",
+        &cfg,
+        "--cgroups-path",
+        &rel,
+        "--sandbox-id",
+        "hp",
+        "--vcpus",
+        "1",
+        "--hotplug",
+        "4",
+        "--unplug-to",
+        "2",
+        "--duration",
+        "600",
+        "--state-dir",
+        &state,
+        "--json",
+    ]);
+    run.wait_for("hotplugged to 4");
+    let pid = run.pid();
+    let vcpu = vcpu_threads(pid);
+    assert_eq!(vcpu.len(), 4, "{vcpu:?}");
+    for (tid, _) in &vcpu {
+        assert_in(&layout, pid, *tid, &rel);
+    }
+    run.wait_for("unplugged to 2");
+    assert_eq!(vcpu_threads(pid).len(), 2);
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let (status, v, err) = run.finish();
+    assert!(status.success(), "{status:?} {err:#?}");
+    let recs = v["vcpus"].as_array().unwrap();
+    assert_eq!(recs.len(), 4, "{v}");
+    let exited: Vec<u64> = recs
+        .iter()
+        .filter(|r| r["exited"] == true)
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(exited.len(), 2, "{v}");
+    assert!(exited.contains(&2) && exited.contains(&3), "{exited:?}");
+    assert!(guard.leftovers().is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn usage_run(prefix: &str, resources: Option<&str>) -> Value {
+    let dir = tmp("state");
+    let rel = format!("{prefix}/sb");
+    let state = dir.to_string_lossy().into_owned();
+    let mut args = vec![
+        "--cgroups-path",
+        rel.as_str(),
+        "--sandbox-id",
+        "q",
+        "--vcpus",
+        "2",
+        "--duration",
+        "3",
+        "--state-dir",
+        state.as_str(),
+        "--json",
+    ];
+    if let Some(r) = resources {
+        args.extend(["--resources", r]);
+    }
+    let (status, v, err) = RunChild::spawn(&args).finish();
+    assert!(status.success(), "{status:?} {err:#?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    v
+}
+
+#[test]
+fn quota_holds_two_spinning_vcpus_to_half_a_cpu() {
+    let prefix = unique("quota");
+    let guard = CgroupGuard::new(&prefix);
+    let v = usage_run(&prefix, Some(r#"{"cpu":{"quota":50000,"period":100000}}"#));
+    let cpu = v["usage"]["cpu_seconds"].as_f64().unwrap();
+    let wall = v["wall_seconds"].as_f64().unwrap();
+    let throttled = v["usage"]["throttled_periods"].as_u64().unwrap();
+    eprintln!("with quota: {cpu:.3} CPU-s in {wall:.2} s, throttled {throttled} periods");
+    // The kernel enforces the quota per period: at most 0.5 CPU-s/s, with slack
+    // for the partial first period and set-up work before the limit applied.
+    assert!(cpu <= 0.6 * wall + 0.1, "{cpu} CPU-s in {wall} s");
+    assert!(throttled > 0, "{v}");
+
+    let v = usage_run(&prefix, None);
+    let cpu2 = v["usage"]["cpu_seconds"].as_f64().unwrap();
+    let wall2 = v["wall_seconds"].as_f64().unwrap();
+    eprintln!("without quota: {cpu2:.3} CPU-s in {wall2:.2} s (well above 1 CPU-s/s on an idle 2-core host)");
+    assert_eq!(v["usage"]["throttled_periods"].as_u64(), Some(0), "{v}");
+    assert!(guard.leftovers().is_empty());
+}
+
+#[test]
+fn killed_run_is_cleaned_up_by_cleanup() {
+    let layout: CgroupLayout = layout();
+    let prefix = unique("crash");
+    let guard = CgroupGuard::new(&prefix);
+    let _overhead =
+        CgroupGuard::new(&format!("kata_overhead/{prefix}")).and_parent_if_empty("kata_overhead");
+    let dir = tmp("state");
+    let cfg = config(&dir, false, 8, false);
+    let rel = format!("{prefix}/sb");
+    let state = dir.to_string_lossy().into_owned();
+    let mut run = RunChild::spawn(&[
+        "--config",
+        &cfg,
+        "--cgroups-path",
+        &rel,
+        "--sandbox-id",
+        "crash1",
+        "--vcpus",
+        "2",
+        "--duration",
+        "600",
+        "--state-dir",
+        &state,
+    ]);
+    run.wait_for("running");
+    let pid = run.pid();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let (status, _, _) = run.finish();
+    assert!(!status.success());
+    assert!(
+        !guard.leftovers().is_empty(),
+        "the killed run should have left its cgroups"
+    );
+    let out = Command::new(BIN)
+        .args(["cleanup", "--state-dir", &state, "--sandbox-id", "crash1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
+    let overhead = format!("kata_overhead/{prefix}");
+    assert!(!common::mounts(&layout)
+        .iter()
+        .any(|m| m.join(&overhead).exists()));
+    assert!(!dir.join("crash1.json").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
