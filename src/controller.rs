@@ -20,6 +20,7 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 use vcpu_hooks::{ChannelReporter, HookMessage, VcpuEvent, VcpuHooks};
 
+use crate::failpoint;
 use crate::host::CgroupLayout;
 use crate::manager::{self, CgroupError, Manager, Stats};
 use crate::placement::Placement;
@@ -42,6 +43,9 @@ pub enum ControllerError {
     /// The controller thread is gone.
     #[error("the cgroup controller thread is not running")]
     Stopped,
+    /// A failure injected by a test.
+    #[error(transparent)]
+    Injected(#[from] failpoint::Injected),
     /// Pinning a vCPU failed.
     #[error("pinning vCPU {index} (tid {tid}) to CPU {cpu}: {source}")]
     Pin {
@@ -188,11 +192,14 @@ impl CgroupController {
         }
         let setup = (|| -> Result<(), ControllerError> {
             sandbox.create()?;
+            failpoint::hit("create-sandbox")?;
             if let Some(o) = overhead.as_mut() {
                 o.create()?;
+                failpoint::hit("create-overhead")?;
             }
             if let Some(r) = &opts.sandbox_resources {
                 sandbox.set(r)?;
+                failpoint::hit("set-resources")?;
             }
             // Threads born later inherit the cgroup of the thread that creates them,
             // so one move of the whole process covers every non-vCPU thread.
@@ -201,6 +208,7 @@ impl CgroupController {
                 (None, Placement::VmmProcess, _) | (None, _, true) => sandbox.add_proc(me)?,
                 (None, Placement::VcpuThreads, false) => {}
             }
+            failpoint::hit("add-proc")?;
             state.sandbox.created = merge(&state.sandbox.created, &sandbox.created());
             if let (Some(os), Some(o)) = (state.overhead.as_mut(), overhead.as_ref()) {
                 os.created = merge(&os.created, &o.created());
@@ -457,6 +465,13 @@ impl Worker {
     }
 
     fn place(&mut self, tid: i32) -> Result<(), CgroupError> {
+        if let Err(e) = failpoint::hit("vcpu-placed") {
+            return Err(CgroupError::Io {
+                op: e.to_string(),
+                path: PathBuf::from(self.sandbox.relative()),
+                source: std::io::Error::other("failpoint"),
+            });
+        }
         match self.placement {
             Placement::VcpuThreads => self.sandbox.add_thread(tid),
             // The whole process moved at setup, and threads are born where their creator is.
@@ -621,6 +636,10 @@ impl Worker {
             }
         }
         if report.errors.is_empty() {
+            if let Err(e) = failpoint::hit("state-remove") {
+                report.errors.push(e.to_string());
+                return report;
+            }
             if let Some(dir) = &self.state_dir {
                 if let Err(e) = SandboxState::remove(dir, &self.state.sandbox_id) {
                     report.errors.push(e.to_string());

@@ -193,6 +193,10 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             return Err(runtime(format!("VMM start failed: {e}{extra}")));
         }
     };
+    if let Err(e) = crate::failpoint::hit("vmm-started") {
+        failure_early(&mut vmm, controller, e);
+        return Err(runtime("VMM start: injected failure"));
+    }
     let backend_name = vmm.backend().to_string();
     let me = std::process::id() as i32;
     // Tests and users wait for this line: every boot vCPU is placed and running.
@@ -257,6 +261,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let wall = start.elapsed().as_secs_f64();
     // The VM fd must be closed before rmdir: KVM's per-VM worker thread sits in the cgroup until then.
     let stopped = vmm.stop();
+    let _ = crate::failpoint::hit("vmm-stopped");
     let cleanup = match controller {
         Some(c) => c.shutdown(!args.keep),
         None => TeardownReport::default(),
@@ -312,6 +317,15 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         )));
     }
     Ok(())
+}
+
+fn failure_early(vmm: &mut Vmm, controller: Option<CgroupController>, e: crate::failpoint::Injected) {
+    eprintln!("host-cgroups: {e}");
+    let _ = vmm.unplug(0);
+    if let Some(c) = controller {
+        // The VMM is dropped by the caller's return; the cgroups go now.
+        let _ = c.shutdown(true);
+    }
 }
 
 fn vmm_vcpu_rows(snapshot: &[ThreadInfo], records: &[VcpuRecord]) -> Vec<VcpuOut> {

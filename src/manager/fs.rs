@@ -20,6 +20,7 @@ use oci_spec::runtime::LinuxResources;
 use tracing::{debug, warn};
 
 use super::{CgroupError, Manager, Stats};
+use crate::failpoint;
 use crate::host::{online_cpus, CgroupLayout, CgroupVersion, V2_CONTROLLERS};
 use crate::path::Driver;
 use crate::resources::{self, CpuList};
@@ -230,6 +231,7 @@ impl FsManager {
                     Ok(()) => {
                         debug!(dir = %dir.display(), "created cgroup");
                         made.push(dir.clone());
+                        failpoint::hit("fs-mkdir").map_err(|e| injected(&dir, e))?;
                     }
                     Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                         if !dir.is_dir() {
@@ -446,6 +448,10 @@ impl FsManager {
     }
 }
 
+fn injected(path: &Path, e: failpoint::Injected) -> CgroupError {
+    io_err(e.to_string(), path, std::io::Error::other("failpoint"))
+}
+
 fn map_place_err(r: std::io::Result<()>, id: i32, path: &Path) -> Result<(), CgroupError> {
     match r {
         Ok(()) => Ok(()),
@@ -657,6 +663,7 @@ impl Manager for FsManager {
                 });
             }
             Self::rmdir_retry(&dir)?;
+            failpoint::hit("fs-rmdir").map_err(|e| injected(&dir, e))?;
         }
         // Then the parents this manager made, deepest first, while no sibling is being created.
         let _lock = TreeLock::take(true);
