@@ -11,8 +11,15 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none hostcg "$SH
   || echo "runner: cannot mount the 9p share; exit code only via console/debug-exit"
 mkdir -p "$SHARE/out"
 case "$MODE" in
-  # systemd.run= boots only to sysinit.target: bring the system bus up
-  sd-*) systemctl start dbus.socket || echo "runner: cannot start dbus.socket" ;;
+  # systemd.run= boots only to sysinit.target: bring the system bus up, and wait until PID 1
+  # is connected to it (org.freedesktop.systemd1 owned)
+  sd-*)
+    systemctl start dbus.socket dbus.service || echo "runner: cannot start dbus"
+    i=0
+    until busctl --system status org.freedesktop.systemd1 >/dev/null 2>&1; do
+      i=$((i + 1)); [ $i -gt 100 ] && { echo "runner: systemd not on the bus after 10 s"; break; }
+      sleep 0.1
+    done ;;
 esac
 echo "=== hostcg: $MODE up at $(cut -d' ' -f1 /proc/uptime)s, kernel $(uname -r), running payload"
 /bin/sh /hostcg/payload.sh
