@@ -30,7 +30,10 @@ fn mounted(fstype: &str, at: &str) -> bool {
 }
 
 fn pid1() -> String {
-    std::fs::read_to_string("/proc/1/comm").expect("read /proc/1/comm").trim().to_string()
+    std::fs::read_to_string("/proc/1/comm")
+        .expect("read /proc/1/comm")
+        .trim()
+        .to_string()
 }
 
 /// The v1 controllers every v1-style host here must have, each at /sys/fs/cgroup/<name>
@@ -48,13 +51,23 @@ fn assert_v1_controllers() {
             cgroup_mounts()
         );
     }
-    assert!(!Path::new("/sys/fs/cgroup/cgroup.controllers").exists(), "cgroup2 at /sys/fs/cgroup");
+    assert!(
+        !Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+        "cgroup2 at /sys/fs/cgroup"
+    );
 }
 
 fn assert_v2_only() {
     assert!(Path::new("/sys/fs/cgroup/cgroup.controllers").exists());
-    assert!(mounted("cgroup2", "/sys/fs/cgroup"), "{:?}", cgroup_mounts());
-    let v1: Vec<_> = cgroup_mounts().into_iter().filter(|(t, _)| t == "cgroup").collect();
+    assert!(
+        mounted("cgroup2", "/sys/fs/cgroup"),
+        "{:?}",
+        cgroup_mounts()
+    );
+    let v1: Vec<_> = cgroup_mounts()
+        .into_iter()
+        .filter(|(t, _)| t == "cgroup")
+        .collect();
     assert!(v1.is_empty(), "v1 hierarchies mounted on a v2 host: {v1:?}");
 }
 
@@ -69,17 +82,33 @@ fn cgroup_layout_matches_host_kind() {
         "v2" => assert_v2_only(),
         "v1" => {
             assert_v1_controllers();
-            assert!(mounted("cgroup2", "/sys/fs/cgroup/unified"), "{:?}", cgroup_mounts());
+            assert!(
+                mounted("cgroup2", "/sys/fs/cgroup/unified"),
+                "{:?}",
+                cgroup_mounts()
+            );
         }
         "sd-v2" => assert_v2_only(),
         "sd-v1" => {
             assert_v1_controllers();
-            assert!(mounted("cgroup2", "/sys/fs/cgroup/unified"), "{:?}", cgroup_mounts());
-            assert!(mounted("cgroup", "/sys/fs/cgroup/systemd"), "{:?}", cgroup_mounts());
+            assert!(
+                mounted("cgroup2", "/sys/fs/cgroup/unified"),
+                "{:?}",
+                cgroup_mounts()
+            );
+            assert!(
+                mounted("cgroup", "/sys/fs/cgroup/systemd"),
+                "{:?}",
+                cgroup_mounts()
+            );
         }
         "sd-legacy" => {
             assert_v1_controllers();
-            assert!(mounted("cgroup", "/sys/fs/cgroup/systemd"), "{:?}", cgroup_mounts());
+            assert!(
+                mounted("cgroup", "/sys/fs/cgroup/systemd"),
+                "{:?}",
+                cgroup_mounts()
+            );
             assert!(
                 !cgroup_mounts().iter().any(|(t, _)| t == "cgroup2"),
                 "{:?}",
@@ -100,7 +129,10 @@ fn no_systemd_hosts_start_in_root_cgroup() {
                 assert!(l.ends_with(":/"), "{h}: not in a root cgroup: {l}\n{me}");
             }
         }
-        _ => skip("no_systemd_hosts_start_in_root_cgroup", "not a busybox (v1/v2) test host"),
+        _ => skip(
+            "no_systemd_hosts_start_in_root_cgroup",
+            "not a busybox (v1/v2) test host",
+        ),
     }
 }
 
@@ -113,12 +145,24 @@ fn systemd_is_pid1_with_system_bus() {
             std::os::unix::net::UnixStream::connect(sock)
                 .unwrap_or_else(|e| panic!("system bus {sock}: {e}"));
             let out = std::process::Command::new("busctl")
-                .args(["--system", "--no-pager", "status", "org.freedesktop.systemd1"])
+                .args([
+                    "--system",
+                    "--no-pager",
+                    "status",
+                    "org.freedesktop.systemd1",
+                ])
                 .output()
                 .expect("run busctl");
-            assert!(out.status.success(), "busctl: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "busctl: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        _ => skip("systemd_is_pid1_with_system_bus", "no systemd as PID 1 on this host"),
+        _ => skip(
+            "systemd_is_pid1_with_system_bus",
+            "no systemd as PID 1 on this host",
+        ),
     }
 }
 
