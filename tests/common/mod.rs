@@ -2,6 +2,8 @@
 //! remove what a test made even when it fails, and /proc readers.
 #![allow(dead_code)]
 
+pub mod skip;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
