@@ -60,6 +60,16 @@ pub enum ControllerError {
     },
 }
 
+impl ControllerError {
+    /// Whether the error is the caller's input (bad resources), not the host failing.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            ControllerError::Resource(_) | ControllerError::Cgroup(CgroupError::Resource(_))
+        )
+    }
+}
+
 /// Options for starting a controller.
 #[derive(Debug, Clone)]
 pub struct ControllerOptions {
@@ -165,6 +175,9 @@ impl CgroupController {
             Some(o) => Some(manager::build(&o.parsed, &layout, Vec::new())?),
             None => None,
         };
+        if let Some(r) = &opts.sandbox_resources {
+            sandbox.check(r)?;
+        }
         let me = std::process::id() as i32;
         let mut state = SandboxState {
             sandbox_id: plan.sandbox_id.clone(),

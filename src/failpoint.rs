@@ -93,7 +93,10 @@ mod tests {
     #[test]
     fn specs() {
         let a = parse("fs-mkdir:3=error").unwrap();
-        assert_eq!((a.name.as_str(), a.nth, a.action), ("fs-mkdir", 3, Action::Error));
+        assert_eq!(
+            (a.name.as_str(), a.nth, a.action),
+            ("fs-mkdir", 3, Action::Error)
+        );
         let a = parse("state-save").unwrap();
         assert_eq!((a.nth, a.action), (1, Action::Kill));
         assert!(parse("x=explode").is_none());

@@ -21,7 +21,7 @@ pub struct CleanupArgs {
     #[arg(long, value_name = "DIR", conflicts_with = "cgroups_path")]
     pub state_dir: Option<PathBuf>,
     /// Without state: the sandbox cgroups path (its overhead cgroup is removed too).
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", allow_hyphen_values = true)]
     pub cgroups_path: Option<std::ffi::OsString>,
     /// Print one JSON object.
     #[arg(long)]

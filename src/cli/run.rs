@@ -164,7 +164,8 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             enable_vcpus_pinning: config.enable_vcpus_pinning,
             ..Default::default()
         };
-        Some(CgroupController::start(plan.clone(), opts).map_err(runtime)?)
+        let started = CgroupController::start(plan.clone(), opts);
+        Some(started.map_err(|e| if e.is_bad_input() { bad(e) } else { runtime(e) })?)
     } else {
         None
     };
@@ -319,7 +320,11 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn failure_early(vmm: &mut Vmm, controller: Option<CgroupController>, e: crate::failpoint::Injected) {
+fn failure_early(
+    vmm: &mut Vmm,
+    controller: Option<CgroupController>,
+    e: crate::failpoint::Injected,
+) {
     eprintln!("host-cgroups: {e}");
     let _ = vmm.unplug(0);
     if let Some(c) = controller {

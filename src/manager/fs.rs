@@ -378,7 +378,13 @@ impl FsManager {
             return Ok(());
         }
         let dir = self.dir_of("cpuset")?;
-        let parent = dir.parent().unwrap_or(&dir).to_path_buf();
+        // The nearest existing ancestor grants the CPUs: the cgroup may not exist yet.
+        let parent = dir
+            .ancestors()
+            .skip(1)
+            .find(|a| a.is_dir())
+            .unwrap_or(&dir)
+            .to_path_buf();
         let eff = |name: &str| -> Result<Option<CpuList>, CgroupError> {
             // v2 lists what the parent really grants in *.effective; v1 in the plain file.
             let f = match self.version {
@@ -589,6 +595,11 @@ impl Manager for FsManager {
             CgroupVersion::V2 => "cgroup.threads",
         };
         read_ids(&self.first_dir()?.join(file))
+    }
+
+    fn check(&self, res: &LinuxResources) -> Result<(), CgroupError> {
+        resources::validate(res)?;
+        self.check_cpuset(res)
     }
 
     fn set(&mut self, res: &LinuxResources) -> Result<(), CgroupError> {
