@@ -20,9 +20,18 @@ fn fifty_sandboxes_at_once_under_one_parent() {
         .map(|i| {
             let child = Command::new(BIN)
                 .args([
-                    "run", "--cgroups-path", &format!("{prefix}/kata_sandboxed_pod/sb{i}"),
-                    "--sandbox-id", &format!("sb{i}"), "--vcpus", "1", "--duration", "0.5",
-                    "--state-dir", &state, "--json",
+                    "run",
+                    "--cgroups-path",
+                    &format!("{prefix}/kata_sandboxed_pod/sb{i}"),
+                    "--sandbox-id",
+                    &format!("sb{i}"),
+                    "--vcpus",
+                    "1",
+                    "--duration",
+                    "0.5",
+                    "--state-dir",
+                    &state,
+                    "--json",
                 ])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -42,7 +51,11 @@ fn fifty_sandboxes_at_once_under_one_parent() {
         // Each saw its own vCPU placed in its own cgroup, read from /proc by the run.
         let own = format!("/{prefix}/kata_sandboxed_pod/sb{i}");
         let vcpu = &v["vcpus"][0]["cgroups"];
-        let key = if vcpu.get("cpu").is_some() { "cpu" } else { "unified" };
+        let key = if vcpu.get("cpu").is_some() {
+            "cpu"
+        } else {
+            "unified"
+        };
         if vcpu[key] != own.as_str() {
             failures.push(format!("sb{i}: vCPU in {} not {own}", vcpu[key]));
         }
@@ -51,10 +64,17 @@ fn fifty_sandboxes_at_once_under_one_parent() {
     let leaves: Vec<_> = guard
         .leftovers()
         .into_iter()
-        .filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy().starts_with("sb")))
+        .filter(|d| {
+            d.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("sb"))
+        })
         .collect();
     assert!(leaves.is_empty(), "{leaves:?}");
-    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "state files left");
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "state files left"
+    );
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 
