@@ -276,7 +276,7 @@ impl CgroupController {
         plan: SandboxPlan,
         opts: ControllerOptions,
     ) -> Result<Self, ControllerError> {
-        let state = SandboxState::load(&state_dir, sandbox_id)?;
+        let state = SandboxState::load(&state_dir, sandbox_id, &layout.mount_points())?;
         let sandbox = manager::build(&state.sandbox.path, layout, state.sandbox.created.clone())?;
         let overhead = match &state.overhead {
             Some(o) => Some(manager::build(&o.path, layout, o.created.clone())?),

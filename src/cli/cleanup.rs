@@ -60,7 +60,7 @@ pub fn cleanup(args: &CleanupArgs) -> Result<(), CliError> {
             .state_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-        let state = match SandboxState::load(&dir, &args.sandbox_id) {
+        let state = match SandboxState::load(&dir, &args.sandbox_id, &layout.mount_points()) {
             Ok(s) => s,
             Err(e @ StateError::Untrusted { .. }) => return Err(bad(e)),
             Err(e @ StateError::NotADirectory { .. }) => return Err(bad(e)),
