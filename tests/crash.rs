@@ -55,7 +55,7 @@ fn run_with(
             "--sandbox-id",
             id,
             "--vcpus",
-            "2",
+            "3",
             "--duration",
             "0.2",
             "--state-dir",
@@ -91,11 +91,19 @@ fn sigkill_at_every_step_then_cleanup_leaves_nothing() {
         "set-resources",
         "add-proc",
         "state-save:2",
+        "controller-started",
         "vcpu-placed:1",
         "vcpu-placed:2",
+        "vcpu-placed:3",
         "vmm-started",
         "vmm-stopped",
         "state-remove",
+        "fs-write:1",
+        "fs-write:2",
+        "fs-write:3",
+        "fs-write:5",
+        "fs-write:7",
+        "fs-write:9",
     ]
     .into_iter()
     .map(String::from)
