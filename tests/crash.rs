@@ -101,7 +101,9 @@ fn sigkill_at_every_step_then_cleanup_leaves_nothing() {
         "fs-write:1",
         "fs-write:2",
         "fs-write:3",
+        "fs-write:4",
         "fs-write:5",
+        "fs-write:6",
         "fs-write:7",
         "fs-write:9",
     ]
