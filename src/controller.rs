@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -132,6 +132,7 @@ enum Cmd {
     ),
     Sandbox(LinuxResources, Sender<Result<(), ControllerError>>),
     Stats(Sender<Result<Stats, ControllerError>>),
+    Vcpus(Sender<Vec<VcpuRecord>>),
     Shutdown(bool, Sender<TeardownReport>),
 }
 
@@ -140,7 +141,6 @@ pub struct CgroupController {
     hooks: ChannelReporter,
     cmd: Sender<Cmd>,
     thread: Option<JoinHandle<()>>,
-    records: Arc<Mutex<Vec<VcpuRecord>>>,
     /// The sandbox's plan.
     pub plan: SandboxPlan,
     paths: BTreeMap<String, PathBuf>,
@@ -153,13 +153,8 @@ struct Worker {
     overhead: Option<Box<dyn Manager>>,
     state: SandboxState,
     state_dir: Option<PathBuf>,
-    records: Arc<Mutex<Vec<VcpuRecord>>>,
+    records: Vec<VcpuRecord>,
     pinned: bool,
-}
-
-fn lock(records: &Mutex<Vec<VcpuRecord>>) -> MutexGuard<'_, Vec<VcpuRecord>> {
-    // A poisoned lock only means a reader panicked; the records stay usable.
-    records.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl CgroupController {
@@ -239,7 +234,7 @@ impl CgroupController {
                 overhead,
                 state,
                 state_dir: opts.state_dir.clone(),
-                records: Arc::default(),
+                records: Vec::new(),
                 pinned: false,
             };
             let report = w.teardown(true);
@@ -290,14 +285,13 @@ impl CgroupController {
         let overhead_paths = overhead.as_ref().map(|o| o.paths());
         let (hooks, events) = vcpu_hooks::channel(opts.placement_timeout);
         let (cmd, cmds) = unbounded();
-        let records: Arc<Mutex<Vec<VcpuRecord>>> = Arc::default();
         let worker = Worker {
             placement: plan.placement,
             sandbox,
             overhead,
             state,
             state_dir: opts.state_dir.clone(),
-            records: records.clone(),
+            records: Vec::new(),
             pinned: false,
         };
         let thread = std::thread::Builder::new()
@@ -308,7 +302,6 @@ impl CgroupController {
             hooks,
             cmd,
             thread,
-            records,
             plan,
             paths,
             overhead_paths,
@@ -320,9 +313,9 @@ impl CgroupController {
         Arc::new(self.hooks.clone())
     }
 
-    /// vCPU records so far.
+    /// vCPU records so far, including every hook event sent before this call.
     pub fn vcpus(&self) -> Vec<VcpuRecord> {
-        lock(&self.records).clone()
+        self.ask(Cmd::Vcpus).unwrap_or_default()
     }
 
     /// The sandbox cgroup's directories, controller → path.
@@ -397,14 +390,20 @@ impl Worker {
                     Ok(m) => self.on_event(m),
                     Err(_) => return,
                 },
-                recv(cmds) -> cmd => match cmd {
+                recv(cmds) -> cmd => {
+                    // A command sees every hook event sent before it: drain those first.
+                    while let Ok(m) = events.try_recv() {
+                        self.on_event(m);
+                    }
+                    match cmd {
                     Ok(Cmd::Shutdown(destroy, reply)) => {
                         let _ = reply.send(self.teardown(destroy));
                         return;
                     }
                     Ok(c) => self.on_command(c),
                     Err(_) => return,
-                },
+                    }
+                }
             }
         }
     }
@@ -438,15 +437,12 @@ impl Worker {
                     }
                 };
                 debug!(index, tid, placed_after_us = ?rec.placed_after_us, "vCPU placed");
-                {
-                    let mut recs = lock(&self.records);
-                    recs.push(rec);
-                }
+                self.records.push(rec);
                 msg.confirm(reply);
                 self.repin();
             }
             VcpuEvent::Exited { index, tid } => {
-                for r in lock(&self.records).iter_mut() {
+                for r in self.records.iter_mut() {
                     if r.index == index && r.tid == tid {
                         r.exited = true;
                     }
@@ -488,6 +484,9 @@ impl Worker {
             }
             Cmd::Stats(reply) => {
                 let _ = reply.send(self.sandbox.stats().map_err(ControllerError::from));
+            }
+            Cmd::Vcpus(reply) => {
+                let _ = reply.send(self.records.clone());
             }
             Cmd::Shutdown(..) => {}
         }
@@ -579,8 +578,8 @@ impl Worker {
                 .and_then(|(c, _)| c)
                 .unwrap_or_default(),
         };
-        let mut recs = lock(&self.records);
-        let mut live: Vec<&mut VcpuRecord> = recs
+        let mut live: Vec<&mut VcpuRecord> = self
+            .records
             .iter_mut()
             .filter(|r| !r.exited && !r.exited_before_placement && r.error.is_none())
             .collect();
@@ -778,7 +777,7 @@ mod tests {
                 sandbox_resources: None,
             },
             state_dir: None,
-            records: Arc::default(),
+            records: Vec::new(),
             pinned: false,
         }
     }
@@ -800,7 +799,7 @@ mod tests {
     fn exited_before_placement_is_not_an_error() {
         let mut w = worker(4242);
         assert_eq!(started(&mut w, 0, 4242), Ok(()));
-        let recs = lock(&w.records).clone();
+        let recs = w.records.clone();
         assert!(recs[0].exited_before_placement);
         assert!(recs[0].placed_after_us.is_none());
     }
@@ -811,14 +810,14 @@ mod tests {
         let err = started(&mut w, 1, -7).unwrap_err();
         assert!(err.contains("ENOSPC") || err.contains("space"), "{err}");
         assert_eq!(started(&mut w, 2, 77), Ok(()));
-        let recs = lock(&w.records).clone();
+        let recs = w.records.clone();
         assert!(recs[0].error.is_some());
         assert!(recs[1].placed_after_us.is_some());
         w.on_event(HookMessage {
             event: VcpuEvent::Exited { index: 2, tid: 77 },
             reply: None,
         });
-        assert!(lock(&w.records)[1].exited);
+        assert!(w.records[1].exited);
     }
 
     #[test]
