@@ -16,6 +16,7 @@ use super::{
 };
 use crate::controller::{CgroupController, ControllerOptions, TeardownReport, VcpuRecord};
 use crate::host::{task_cpu_ns, threads, ThreadInfo};
+use crate::manager::systemd::ignore_sigterm_during;
 use crate::plan::SandboxPlan;
 use crate::state::DEFAULT_STATE_DIR;
 use crate::vmm::{BackendChoice, Vmm, VmmConfig};
@@ -180,7 +181,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let mut vmm = match Vmm::new(vmm_cfg, hooks).and_then(|mut v| v.start().map(|()| v)) {
         Ok(v) => v,
         Err(e) => {
-            let cleanup = controller.map(|c| c.shutdown(true));
+            let cleanup = controller.map(|c| ignore_sigterm_during(|| c.shutdown(true)));
             let extra = cleanup
                 .map(|r| {
                     if r.errors.is_empty() {
@@ -257,8 +258,10 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let wall = start.elapsed().as_secs_f64();
     // The VM fd must be closed before rmdir: KVM's per-VM worker thread sits in the cgroup until then.
     let stopped = vmm.stop();
+    // With the systemd driver this process sits in the unit it stops: systemd's SIGTERM
+    // must not end the teardown (or the STOP handler's run); it is ignored until done.
     let cleanup = match controller {
-        Some(c) => c.shutdown(!args.keep),
+        Some(c) => ignore_sigterm_during(|| c.shutdown(!args.keep)),
         None => TeardownReport::default(),
     };
     let vcpus_out: Vec<VcpuOut> = vmm_vcpu_rows(&snapshot, &records);
