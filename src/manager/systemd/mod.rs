@@ -466,8 +466,14 @@ impl Manager for SystemdManager {
         &self.relative
     }
 
+    /// The unit's directories; on v1 without `devices`, which systemd realises only for
+    /// units with a device policy (a sandbox scope stays in an ancestor's devices cgroup).
     fn paths(&self) -> BTreeMap<String, PathBuf> {
-        self.reader.paths()
+        let mut p = self.reader.paths();
+        if self.version == CgroupVersion::V1 {
+            p.remove("devices");
+        }
+        p
     }
 
     /// Connects to systemd and checks it answers; starts the unit only when it is a slice.
