@@ -313,12 +313,24 @@ fn scope_in_nested_slice_with_properties() {
 
     // Freeze and thaw.
     m.freeze().expect("freeze");
-    let state = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    eprintln!(
-        "frozen: {}",
-        state.lines().find(|l| l.starts_with("State")).unwrap_or("")
-    );
+    match v {
+        // systemd freezes only on v2 (FreezeUnit); v1 uses the freezer hierarchy, which is ours.
+        CgroupVersion::V1 => assert_eq!(read(dir("freezer").join("freezer.state")), "FROZEN"),
+        CgroupVersion::V2 => {
+            assert!(read(dir("unified").join("cgroup.events")).contains("frozen 1"));
+            assert_eq!(
+                systemctl_show(&unit.unit, &["FreezerState"])["FreezerState"],
+                "frozen"
+            );
+        }
+    }
     m.thaw().expect("thaw");
+    match v {
+        CgroupVersion::V1 => assert_eq!(read(dir("freezer").join("freezer.state")), "THAWED"),
+        CgroupVersion::V2 => {
+            assert!(read(dir("unified").join("cgroup.events")).contains("frozen 0"))
+        }
+    }
     let s = m.stats().expect("stats");
     assert!(s.pids_current.unwrap_or(0) >= 4, "{s:?}");
 
@@ -377,6 +389,54 @@ fn second_manager_adopts_running_unit() {
     for d in unit_dirs(&layout, &rel) {
         assert!(!d.exists(), "{} still exists", d.display());
     }
+}
+
+#[test]
+fn failed_leftover_unit_is_reset_and_started_again() {
+    if !needs_systemd("failed_leftover_unit_is_reset_and_started_again") {
+        return;
+    }
+    let layout = layout();
+    let g = SliceGuard::new();
+    let id = unique("failed");
+    let unit = unit_of(&g.path(&id), &id);
+    // A scope of the same name whose stop timed out (its process ignores SIGTERM): failed.
+    let name = unit.unit.trim_end_matches(".scope").to_string();
+    let leftover = ChildGuard(
+        Command::new("systemd-run")
+            .args(["--scope", "--quiet", "--unit", &name, "--slice", &g.slice])
+            .args(["-p", "TimeoutStopSec=1", "--", "sh", "-c"])
+            .arg("trap '' TERM; exec sleep 600")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("systemd-run"),
+    );
+    wait_until("the leftover scope runs", || {
+        systemctl_show(&unit.unit, &["ActiveState"])["ActiveState"] == "active"
+    });
+    let st = Command::new("systemctl")
+        .args(["stop", &unit.unit])
+        .status()
+        .unwrap();
+    eprintln!("systemctl stop: {st}");
+    assert_eq!(
+        systemctl_show(&unit.unit, &["ActiveState"])["ActiveState"],
+        "failed"
+    );
+    drop(leftover);
+
+    let child = ChildGuard::sleep();
+    let mut m = SystemdManager::new(&layout, &unit);
+    m.create().unwrap();
+    m.add_proc(child.pid())
+        .expect("start over the failed leftover");
+    assert_eq!(
+        systemctl_show(&unit.unit, &["ActiveState"])["ActiveState"],
+        "active"
+    );
+    assert_in_unit(&layout, child.pid(), child.pid(), &unit.cgroup_path());
+    m.destroy().expect("destroy");
+    assert!(!listed(&unit.unit));
 }
 
 #[test]
