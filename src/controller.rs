@@ -20,6 +20,7 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 use vcpu_hooks::{ChannelReporter, HookMessage, VcpuEvent, VcpuHooks};
 
+use crate::failpoint;
 use crate::host::CgroupLayout;
 use crate::manager::{self, CgroupError, Manager, Stats};
 use crate::placement::Placement;
@@ -42,6 +43,9 @@ pub enum ControllerError {
     /// The controller thread is gone.
     #[error("the cgroup controller thread is not running")]
     Stopped,
+    /// A failure injected by a test.
+    #[error(transparent)]
+    Injected(#[from] failpoint::Injected),
     /// Pinning a vCPU failed.
     #[error("pinning vCPU {index} (tid {tid}) to CPU {cpu}: {source}")]
     Pin {
@@ -54,6 +58,16 @@ pub enum ControllerError {
         /// The kernel's answer.
         source: std::io::Error,
     },
+}
+
+impl ControllerError {
+    /// Whether the error is the caller's input (bad resources), not the host failing.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            ControllerError::Resource(_) | ControllerError::Cgroup(CgroupError::Resource(_))
+        )
+    }
 }
 
 /// Options for starting a controller.
@@ -161,6 +175,9 @@ impl CgroupController {
             Some(o) => Some(manager::build(&o.parsed, &layout, Vec::new())?),
             None => None,
         };
+        if let Some(r) = &opts.sandbox_resources {
+            sandbox.check(r)?;
+        }
         let me = std::process::id() as i32;
         let mut state = SandboxState {
             sandbox_id: plan.sandbox_id.clone(),
@@ -188,11 +205,14 @@ impl CgroupController {
         }
         let setup = (|| -> Result<(), ControllerError> {
             sandbox.create()?;
+            failpoint::hit("create-sandbox")?;
             if let Some(o) = overhead.as_mut() {
                 o.create()?;
+                failpoint::hit("create-overhead")?;
             }
             if let Some(r) = &opts.sandbox_resources {
                 sandbox.set(r)?;
+                failpoint::hit("set-resources")?;
             }
             // Threads born later inherit the cgroup of the thread that creates them,
             // so one move of the whole process covers every non-vCPU thread.
@@ -201,6 +221,7 @@ impl CgroupController {
                 (None, Placement::VmmProcess, _) | (None, _, true) => sandbox.add_proc(me)?,
                 (None, Placement::VcpuThreads, false) => {}
             }
+            failpoint::hit("add-proc")?;
             state.sandbox.created = merge(&state.sandbox.created, &sandbox.created());
             if let (Some(os), Some(o)) = (state.overhead.as_mut(), overhead.as_ref()) {
                 os.created = merge(&os.created, &o.created());
@@ -255,7 +276,7 @@ impl CgroupController {
         plan: SandboxPlan,
         opts: ControllerOptions,
     ) -> Result<Self, ControllerError> {
-        let state = SandboxState::load(&state_dir, sandbox_id)?;
+        let state = SandboxState::load(&state_dir, sandbox_id, &layout.mount_points())?;
         let sandbox = manager::build(&state.sandbox.path, layout, state.sandbox.created.clone())?;
         let overhead = match &state.overhead {
             Some(o) => Some(manager::build(&o.path, layout, o.created.clone())?),
@@ -457,6 +478,13 @@ impl Worker {
     }
 
     fn place(&mut self, tid: i32) -> Result<(), CgroupError> {
+        if let Err(e) = failpoint::hit("vcpu-placed") {
+            return Err(CgroupError::Io {
+                op: e.to_string(),
+                path: PathBuf::from(self.sandbox.relative()),
+                source: std::io::Error::other("failpoint"),
+            });
+        }
         match self.placement {
             Placement::VcpuThreads => self.sandbox.add_thread(tid),
             // The whole process moved at setup, and threads are born where their creator is.
@@ -621,6 +649,10 @@ impl Worker {
             }
         }
         if report.errors.is_empty() {
+            if let Err(e) = failpoint::hit("state-remove") {
+                report.errors.push(e.to_string());
+                return report;
+            }
             if let Some(dir) = &self.state_dir {
                 if let Err(e) = SandboxState::remove(dir, &self.state.sandbox_id) {
                     report.errors.push(e.to_string());
@@ -667,4 +699,168 @@ pub fn get_affinity(tid: i32) -> std::io::Result<Vec<u32>> {
         // SAFETY: CPU_ISSET reads inside `set`.
         .filter(|&c| unsafe { libc::CPU_ISSET(c as usize, &set) })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::CgroupVersion;
+    use crate::path::{CgroupsPath, Driver};
+
+    /// A manager whose thread placement answers as the kernel would for a given tid.
+    struct Fake {
+        gone: i32,
+        placed: Vec<i32>,
+    }
+
+    impl Manager for Fake {
+        fn driver(&self) -> Driver {
+            Driver::Cgroupfs
+        }
+        fn version(&self) -> CgroupVersion {
+            CgroupVersion::V1
+        }
+        fn relative(&self) -> &str {
+            "fake"
+        }
+        fn paths(&self) -> BTreeMap<String, PathBuf> {
+            BTreeMap::new()
+        }
+        fn create(&mut self) -> Result<(), CgroupError> {
+            Ok(())
+        }
+        fn add_proc(&mut self, _pid: i32) -> Result<(), CgroupError> {
+            Ok(())
+        }
+        fn add_thread(&mut self, tid: i32) -> Result<(), CgroupError> {
+            if tid == self.gone {
+                return Err(CgroupError::NoSuchTask {
+                    pid: tid,
+                    path: "fake/tasks".into(),
+                });
+            }
+            if tid < 0 {
+                return Err(CgroupError::Io {
+                    op: "write".into(),
+                    path: "fake/tasks".into(),
+                    source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+                });
+            }
+            self.placed.push(tid);
+            Ok(())
+        }
+        fn procs(&self) -> Result<Vec<i32>, CgroupError> {
+            Ok(vec![])
+        }
+        fn threads(&self) -> Result<Vec<i32>, CgroupError> {
+            Ok(self.placed.clone())
+        }
+        fn set(&mut self, _res: &LinuxResources) -> Result<(), CgroupError> {
+            Ok(())
+        }
+        fn freeze(&mut self) -> Result<(), CgroupError> {
+            Ok(())
+        }
+        fn thaw(&mut self) -> Result<(), CgroupError> {
+            Ok(())
+        }
+        fn stats(&self) -> Result<Stats, CgroupError> {
+            Ok(Stats::default())
+        }
+        fn destroy(&mut self) -> Result<(), CgroupError> {
+            Ok(())
+        }
+    }
+
+    fn worker(gone: i32) -> Worker {
+        let path = CgroupsPath::parse("fake", "sb").unwrap();
+        Worker {
+            placement: Placement::VcpuThreads,
+            sandbox: Box::new(Fake {
+                gone,
+                placed: vec![],
+            }),
+            overhead: None,
+            state: SandboxState {
+                sandbox_id: "sb".into(),
+                driver: Driver::Cgroupfs,
+                cgroup_version: CgroupVersion::V1,
+                placement: Placement::VcpuThreads,
+                sandbox_cgroup_only: true,
+                enable_vcpus_pinning: false,
+                vmm_pid: 1,
+                sandbox: CgroupState {
+                    path,
+                    created: vec![],
+                },
+                overhead: None,
+                containers: BTreeMap::new(),
+                sandbox_resources: None,
+            },
+            state_dir: None,
+            records: Arc::default(),
+            pinned: false,
+        }
+    }
+
+    fn started(w: &mut Worker, index: u32, tid: i32) -> Result<(), String> {
+        let (tx, rx) = bounded(1);
+        w.on_event(HookMessage {
+            event: VcpuEvent::Started {
+                index,
+                tid,
+                at: Instant::now(),
+            },
+            reply: Some(tx),
+        });
+        rx.recv().unwrap()
+    }
+
+    #[test]
+    fn exited_before_placement_is_not_an_error() {
+        let mut w = worker(4242);
+        assert_eq!(started(&mut w, 0, 4242), Ok(()));
+        let recs = lock(&w.records).clone();
+        assert!(recs[0].exited_before_placement);
+        assert!(recs[0].placed_after_us.is_none());
+    }
+
+    #[test]
+    fn placement_failure_refuses_the_vcpu() {
+        let mut w = worker(0);
+        let err = started(&mut w, 1, -7).unwrap_err();
+        assert!(err.contains("ENOSPC") || err.contains("space"), "{err}");
+        assert_eq!(started(&mut w, 2, 77), Ok(()));
+        let recs = lock(&w.records).clone();
+        assert!(recs[0].error.is_some());
+        assert!(recs[1].placed_after_us.is_some());
+        w.on_event(HookMessage {
+            event: VcpuEvent::Exited { index: 2, tid: 77 },
+            reply: None,
+        });
+        assert!(lock(&w.records)[1].exited);
+    }
+
+    #[test]
+    fn container_cpusets_union_and_roll_back() {
+        let mut w = worker(0);
+        let r = |c: &str| {
+            resources::from_json(&format!(r#"{{"cpu":{{"cpus":"{c}","mems":"0"}}}}"#)).unwrap()
+        };
+        w.update_container("a".into(), Some(r("0-1"))).unwrap();
+        w.update_container("b".into(), Some(r("3"))).unwrap();
+        let (cpus, mems) = Worker::cpuset_union(&w.state.containers).unwrap();
+        assert_eq!(cpus.to_string(), "0-1,3");
+        assert_eq!(mems.to_string(), "0");
+        assert!(w
+            .update_container(
+                "c".into(),
+                Some(resources::from_json(r#"{"cpu":{"quota":-9}}"#).unwrap())
+            )
+            .is_err());
+        assert_eq!(w.state.containers.len(), 2);
+        w.update_container("a".into(), None).unwrap();
+        let (cpus, _) = Worker::cpuset_union(&w.state.containers).unwrap();
+        assert_eq!(cpus.to_string(), "3");
+    }
 }

@@ -184,6 +184,15 @@ impl CgroupLayout {
         })
     }
 
+    /// Every cgroup mount point of the layout (v1 hierarchies and the unified mount).
+    pub fn mount_points(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = self.mounts.values().cloned().collect();
+        v.extend(self.unified.iter().cloned());
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// The version the drivers act on.
     pub fn version(&self) -> CgroupVersion {
         self.hierarchy.version()

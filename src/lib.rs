@@ -8,6 +8,7 @@
 //! - [`manager`]: the `Manager` trait with the cgroupfs (and systemd) drivers;
 //! - [`placement`]: which threads go where, per driver and cgroup version;
 //! - [`controller`]: the thread inside the VMM that places vCPU threads as they start;
+//! - [`failpoint`]: named crash and error points for the hardening tests;
 //! - [`state`]: the persisted sandbox state, for restore and crash cleanup;
 //! - [`plan`]: everything `resolve` reports, computed without side effects;
 //! - [`vmm`]: the minimal in-process VMM whose vCPU spawn path calls the hooks;
@@ -15,6 +16,7 @@
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod failpoint;
 pub mod host;
 pub mod manager;
 pub mod path;

@@ -23,8 +23,10 @@ pub const DEFAULT_SLICE: &str = "system.slice";
 
 /// Longest unit name systemd accepts (`UNIT_NAME_MAX` is 256 with the NUL).
 const UNIT_NAME_MAX: usize = 255;
-/// Longest directory name the kernel accepts (`NAME_MAX`).
+/// Longest directory name accepted (the kernel's `NAME_MAX`; cgroupfs itself takes more).
 const NAME_MAX: usize = 255;
+/// Longest relative path accepted: with a mount point and a file name it must stay under PATH_MAX.
+const PATH_LEN_MAX: usize = 3072;
 
 /// A cgroups path that cannot be used, with the offending value.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -57,6 +59,16 @@ pub enum PathError {
         /// The path as given.
         path: String,
         /// Length of the longest component.
+        len: usize,
+    },
+    /// The whole path is too long to address below a cgroup mount.
+    #[error(
+        "cgroups path of {len} bytes exceeds the limit of {PATH_LEN_MAX} (it starts {start:?})"
+    )]
+    PathTooLong {
+        /// The start of the path.
+        start: String,
+        /// Its length.
         len: usize,
     },
     /// A component that would collide with cgroupfs's own control files.
@@ -298,7 +310,14 @@ fn normalise_fs(raw: &str) -> Result<String, PathError> {
     if parts.is_empty() {
         return Err(PathError::Root { path: raw.into() });
     }
-    Ok(parts.join("/"))
+    let joined = parts.join("/");
+    if joined.len() > PATH_LEN_MAX {
+        return Err(PathError::PathTooLong {
+            start: joined.chars().take(40).collect(),
+            len: joined.len(),
+        });
+    }
+    Ok(joined)
 }
 
 /// Parses `slice:prefix:name`.
@@ -498,6 +517,11 @@ mod tests {
             assert!(CgroupsPath::parse(raw, ID).is_err(), "{raw:?} accepted");
         }
         assert!(fs(&"x".repeat(255)).len() == 255);
+        let deep = vec!["abcdefg"; 500].join("/");
+        assert!(matches!(
+            CgroupsPath::parse(&deep, ID),
+            Err(PathError::PathTooLong { len: 3999, .. })
+        ));
     }
 
     #[test]

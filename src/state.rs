@@ -138,11 +138,17 @@ impl SandboxState {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io("fsync", dir))?;
+        crate::failpoint::hit("state-save").map_err(|e| StateError::Io {
+            op: "save (injected)",
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         Ok(())
     }
 
-    /// Reads sandbox `id`'s state from `dir`, refusing symlinks and untrusted paths.
-    pub fn load(dir: &Path, id: &str) -> Result<Self, StateError> {
+    /// Reads sandbox `id`'s state from `dir`, refusing symlinks and paths outside the
+    /// sandbox's own subtree below one of `mounts` (the host's cgroup mount points).
+    pub fn load(dir: &Path, id: &str, mounts: &[PathBuf]) -> Result<Self, StateError> {
         check_dir(dir)?;
         let path = Self::file(dir, id);
         let f = OpenOptions::new()
@@ -164,7 +170,7 @@ impl SandboxState {
                 reason: format!("it is for sandbox {:?}, not {id:?}", state.sandbox_id),
             });
         }
-        state.verify(&path)?;
+        state.verify(&path, mounts)?;
         Ok(state)
     }
 
@@ -184,7 +190,7 @@ impl SandboxState {
 
     /// Checks that every cgroup named is the sandbox's own: a valid path, and
     /// created directories that are that path or its ancestors below a root.
-    pub fn verify(&self, file: &Path) -> Result<(), StateError> {
+    pub fn verify(&self, file: &Path, mounts: &[PathBuf]) -> Result<(), StateError> {
         let untrusted = |reason: String| StateError::Untrusted {
             path: file.into(),
             reason,
@@ -223,21 +229,13 @@ impl SandboxState {
                     && !d
                         .components()
                         .any(|c| matches!(c, std::path::Component::ParentDir))
-                    && d.starts_with(crate::host::CGROUP_ROOT)
-                    && crate::host::V1_CONTROLLERS
-                        .iter()
-                        .map(|c| Path::new(crate::host::CGROUP_ROOT).join(c))
-                        .chain([
-                            PathBuf::from(crate::host::CGROUP_ROOT),
-                            Path::new(crate::host::CGROUP_ROOT).join("unified"),
-                        ])
-                        .any(|mount| {
-                            d.strip_prefix(&mount).is_ok_and(|tail| {
-                                let tail = tail.to_string_lossy();
-                                !tail.is_empty()
-                                    && (rel == tail || rel.starts_with(&format!("{tail}/")))
-                            })
-                        });
+                    && mounts.iter().any(|mount| {
+                        d.strip_prefix(mount).is_ok_and(|tail| {
+                            let tail = tail.to_string_lossy();
+                            !tail.is_empty()
+                                && (rel == tail || rel.starts_with(&format!("{tail}/")))
+                        })
+                    });
                 if !ok {
                     return Err(untrusted(format!(
                         "created directory {} is not the sandbox cgroup {rel:?} or one of its parents",
@@ -315,6 +313,10 @@ mod tests {
         }
     }
 
+    fn mounts() -> Vec<PathBuf> {
+        crate::plan::nominal_layout(CgroupVersion::V1).mount_points()
+    }
+
     fn tmpdir() -> PathBuf {
         std::env::temp_dir().join(format!("hcg-state-{:08x}", rand::random::<u32>()))
     }
@@ -330,7 +332,7 @@ mod tests {
         s.save(&dir).unwrap();
         let md = std::fs::metadata(SandboxState::file(&dir, "sb1")).unwrap();
         assert_eq!(md.mode() & 0o777, 0o600);
-        assert_eq!(SandboxState::load(&dir, "sb1").unwrap(), s);
+        assert_eq!(SandboxState::load(&dir, "sb1", &mounts()).unwrap(), s);
         SandboxState::remove(&dir, "sb1").unwrap();
         SandboxState::remove(&dir, "sb1").unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
@@ -348,7 +350,7 @@ mod tests {
         ] {
             let s = sample("sb1", "", vec![created.clone()]);
             s.save(&dir).unwrap();
-            let err = SandboxState::load(&dir, "sb1").unwrap_err();
+            let err = SandboxState::load(&dir, "sb1", &mounts()).unwrap_err();
             assert!(
                 matches!(err, StateError::Untrusted { .. }),
                 "{created:?}: {err}"
@@ -356,7 +358,7 @@ mod tests {
         }
         let s = sample("sb1", "system.slice", vec![]);
         s.save(&dir).unwrap();
-        assert!(SandboxState::load(&dir, "sb1").is_err());
+        assert!(SandboxState::load(&dir, "sb1", &mounts()).is_err());
         // A state file written for another sandbox id.
         let s = sample("other", "", vec![]);
         s.save(&dir).unwrap();
@@ -365,7 +367,7 @@ mod tests {
             SandboxState::file(&dir, "sb2"),
         )
         .unwrap();
-        assert!(SandboxState::load(&dir, "sb2").is_err());
+        assert!(SandboxState::load(&dir, "sb2", &mounts()).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -380,7 +382,7 @@ mod tests {
             s.save(&link),
             Err(StateError::NotADirectory { .. })
         ));
-        assert!(SandboxState::load(&link, "sb1").is_err());
+        assert!(SandboxState::load(&link, "sb1", &mounts()).is_err());
         std::fs::remove_file(&link).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }

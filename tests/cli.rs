@@ -273,3 +273,30 @@ fn every_subcommand_has_help() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
     }
 }
+
+#[test]
+fn inspect_lists_every_thread_with_its_cgroups() {
+    let child = common::ChildGuard::sleep();
+    let v = json(&hc(&[
+        "inspect",
+        "--pid",
+        &child.pid().to_string(),
+        "--json",
+    ]));
+    let threads = v["threads"].as_array().unwrap();
+    assert_eq!(threads.len(), 1, "{v}");
+    let t = &threads[0];
+    assert_eq!(t["tid"], child.pid());
+    assert_eq!(t["name"], "sleep");
+    let proc_cg = common::task_cgroups(child.pid(), child.pid());
+    for (c, p) in proc_cg {
+        let key = if c.is_empty() {
+            "unified".to_string()
+        } else {
+            c
+        };
+        assert_eq!(t["cgroups"][&key], p.as_str(), "{key}");
+    }
+    let out = hc(&["inspect", "--pid", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+}

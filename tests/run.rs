@@ -318,7 +318,9 @@ fn quota_holds_two_spinning_vcpus_to_half_a_cpu() {
     // The kernel enforces the quota per period: at most 0.5 CPU-s/s, with slack
     // for the partial first period and set-up work before the limit applied.
     assert!(cpu <= 0.6 * wall + 0.1, "{cpu} CPU-s in {wall} s");
-    assert!(throttled > 0, "{v}");
+    // Throttling shows once the vCPUs could have used more than the quota; on a
+    // machine so loaded that they got less, there is nothing to throttle.
+    assert!(throttled > 0 || cpu < 0.45 * wall, "{v}");
 
     let v = usage_run(&prefix, None);
     let cpu2 = v["usage"]["cpu_seconds"].as_f64().unwrap();

@@ -7,20 +7,18 @@
 //! `hcg<random>.slice` above it) and stops that slice on drop, even on failure.
 
 mod common;
-#[path = "common/skip.rs"]
-mod skip;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::skip::skip;
 use common::*;
 use host_cgroups::host::{CgroupLayout, CgroupVersion};
 use host_cgroups::manager::{Manager, SystemdManager};
 use host_cgroups::path::CgroupsPath;
 use host_cgroups::resources::from_json;
 use serde_json::Value;
-use skip::skip;
 
 const BIN: &str = env!("CARGO_BIN_EXE_host-cgroups");
 /// Generous: the test hosts are emulated (TCG) and slow.

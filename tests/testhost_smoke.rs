@@ -171,6 +171,7 @@ fn cli_binary_is_at_its_build_path() {
     // Integration tests find the CLI through this compile-time absolute path.
     let exe = env!("CARGO_BIN_EXE_host-cgroups");
     let st = std::process::Command::new(exe)
+        .arg("--version")
         .status()
         .unwrap_or_else(|e| panic!("run {exe}: {e}"));
     assert!(st.success(), "{exe}: {st}");

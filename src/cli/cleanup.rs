@@ -21,7 +21,7 @@ pub struct CleanupArgs {
     #[arg(long, value_name = "DIR", conflicts_with = "cgroups_path")]
     pub state_dir: Option<PathBuf>,
     /// Without state: the sandbox cgroups path (its overhead cgroup is removed too).
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", allow_hyphen_values = true)]
     pub cgroups_path: Option<std::ffi::OsString>,
     /// Print one JSON object.
     #[arg(long)]
@@ -60,7 +60,7 @@ pub fn cleanup(args: &CleanupArgs) -> Result<(), CliError> {
             .state_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-        let state = match SandboxState::load(&dir, &args.sandbox_id) {
+        let state = match SandboxState::load(&dir, &args.sandbox_id, &layout.mount_points()) {
             Ok(s) => s,
             Err(e @ StateError::Untrusted { .. }) => return Err(bad(e)),
             Err(e @ StateError::NotADirectory { .. }) => return Err(bad(e)),

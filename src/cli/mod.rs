@@ -137,7 +137,7 @@ pub struct CheckArgs {
 #[derive(Debug, Args)]
 pub struct SandboxArgs {
     /// The sandbox cgroups path: `slice:prefix:name` (systemd), a path (cgroupfs), or empty.
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", allow_hyphen_values = true)]
     pub cgroups_path: Option<OsString>,
     /// The sandbox id.
     #[arg(long, value_name = "ID")]

@@ -165,7 +165,8 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             enable_vcpus_pinning: config.enable_vcpus_pinning,
             ..Default::default()
         };
-        Some(CgroupController::start(plan.clone(), opts).map_err(runtime)?)
+        let started = CgroupController::start(plan.clone(), opts);
+        Some(started.map_err(|e| if e.is_bad_input() { bad(e) } else { runtime(e) })?)
     } else {
         None
     };
@@ -194,6 +195,10 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             return Err(runtime(format!("VMM start failed: {e}{extra}")));
         }
     };
+    if let Err(e) = crate::failpoint::hit("vmm-started") {
+        failure_early(&mut vmm, controller, e);
+        return Err(runtime("VMM start: injected failure"));
+    }
     let backend_name = vmm.backend().to_string();
     let me = std::process::id() as i32;
     // Tests and users wait for this line: every boot vCPU is placed and running.
@@ -258,6 +263,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let wall = start.elapsed().as_secs_f64();
     // The VM fd must be closed before rmdir: KVM's per-VM worker thread sits in the cgroup until then.
     let stopped = vmm.stop();
+    let _ = crate::failpoint::hit("vmm-stopped");
     // With the systemd driver this process sits in the unit it stops: systemd's SIGTERM
     // must not end the teardown (or the STOP handler's run); it is ignored until done.
     let cleanup = match controller {
@@ -315,6 +321,19 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         )));
     }
     Ok(())
+}
+
+fn failure_early(
+    vmm: &mut Vmm,
+    controller: Option<CgroupController>,
+    e: crate::failpoint::Injected,
+) {
+    eprintln!("host-cgroups: {e}");
+    let _ = vmm.unplug(0);
+    if let Some(c) = controller {
+        // The VMM is dropped by the caller's return; the cgroups go now.
+        let _ = ignore_sigterm_during(|| c.shutdown(true));
+    }
 }
 
 fn vmm_vcpu_rows(snapshot: &[ThreadInfo], records: &[VcpuRecord]) -> Vec<VcpuOut> {

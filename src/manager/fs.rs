@@ -20,6 +20,7 @@ use oci_spec::runtime::LinuxResources;
 use tracing::{debug, warn};
 
 use super::{CgroupError, Manager, Stats};
+use crate::failpoint;
 use crate::host::{online_cpus, CgroupLayout, CgroupVersion, V2_CONTROLLERS};
 use crate::path::Driver;
 use crate::resources::{self, CpuList};
@@ -230,6 +231,7 @@ impl FsManager {
                     Ok(()) => {
                         debug!(dir = %dir.display(), "created cgroup");
                         made.push(dir.clone());
+                        failpoint::hit("fs-mkdir").map_err(|e| injected(&dir, e))?;
                     }
                     Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                         if !dir.is_dir() {
@@ -376,7 +378,13 @@ impl FsManager {
             return Ok(());
         }
         let dir = self.dir_of("cpuset")?;
-        let parent = dir.parent().unwrap_or(&dir).to_path_buf();
+        // The nearest existing ancestor grants the CPUs: the cgroup may not exist yet.
+        let parent = dir
+            .ancestors()
+            .skip(1)
+            .find(|a| a.is_dir())
+            .unwrap_or(&dir)
+            .to_path_buf();
         let eff = |name: &str| -> Result<Option<CpuList>, CgroupError> {
             // v2 lists what the parent really grants in *.effective; v1 in the plain file.
             let f = match self.version {
@@ -444,6 +452,10 @@ impl FsManager {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+}
+
+fn injected(path: &Path, e: failpoint::Injected) -> CgroupError {
+    io_err(e.to_string(), path, std::io::Error::other("failpoint"))
 }
 
 fn map_place_err(r: std::io::Result<()>, id: i32, path: &Path) -> Result<(), CgroupError> {
@@ -585,6 +597,11 @@ impl Manager for FsManager {
         read_ids(&self.first_dir()?.join(file))
     }
 
+    fn check(&self, res: &LinuxResources) -> Result<(), CgroupError> {
+        resources::validate(res)?;
+        self.check_cpuset(res)
+    }
+
     fn set(&mut self, res: &LinuxResources) -> Result<(), CgroupError> {
         let mut undo = Vec::new();
         let r = self.set_inner(res, &mut undo);
@@ -657,6 +674,7 @@ impl Manager for FsManager {
                 });
             }
             Self::rmdir_retry(&dir)?;
+            failpoint::hit("fs-rmdir").map_err(|e| injected(&dir, e))?;
         }
         // Then the parents this manager made, deepest first, while no sibling is being created.
         let _lock = TreeLock::take(true);

@@ -141,6 +141,10 @@ pub trait Manager: Send {
     fn procs(&self) -> Result<Vec<i32>, CgroupError>;
     /// Threads in the cgroup.
     fn threads(&self) -> Result<Vec<i32>, CgroupError>;
+    /// Checks resources against this host and the cgroup's parent before anything is written.
+    fn check(&self, _res: &LinuxResources) -> Result<(), CgroupError> {
+        Ok(())
+    }
     /// Applies resources; on failure the previous values are restored.
     fn set(&mut self, res: &LinuxResources) -> Result<(), CgroupError>;
     /// Freezes every task in the cgroup.

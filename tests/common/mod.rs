@@ -2,6 +2,8 @@
 //! remove what a test made even when it fails, and /proc readers.
 #![allow(dead_code)]
 
+pub mod skip;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -21,13 +23,7 @@ pub fn layout() -> CgroupLayout {
 
 /// Every mount point a test cgroup may appear under.
 pub fn mounts(layout: &CgroupLayout) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = layout.mounts.values().cloned().collect();
-    if let Some(u) = &layout.unified {
-        v.push(u.clone());
-    }
-    v.sort();
-    v.dedup();
-    v
+    layout.mount_points()
 }
 
 /// Removes `<mount>/<prefix>` in every hierarchy on drop, children first.

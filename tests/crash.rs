@@ -1,0 +1,225 @@
+//! SIGKILL at many points of start-up and teardown, then `cleanup`: nothing the
+//! run created is left, and nothing it did not create is touched. Also: an
+//! error while persisting state rolls the cgroups back.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_host-cgroups");
+
+/// Every cgroup directory on the host except test-owned ones (`hcg*`): what a run must not touch.
+fn foreign_tree() -> Vec<PathBuf> {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.starts_with("hcg") {
+                        continue;
+                    }
+                    out.push(p.clone());
+                    walk(&p, out);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for m in mounts(&layout()) {
+        walk(&m, &mut out);
+    }
+    out.retain(|p| !p.to_string_lossy().contains("/kata_overhead/hcg"));
+    out.sort();
+    out
+}
+
+fn run_with(
+    failpoint: &str,
+    prefix: &str,
+    id: &str,
+    cfg: &str,
+    state: &str,
+) -> std::process::Output {
+    Command::new(BIN)
+        .args([
+            "run",
+            "--config",
+            cfg,
+            "--cgroups-path",
+            &format!("{prefix}/sb"),
+            "--sandbox-id",
+            id,
+            "--vcpus",
+            "2",
+            "--duration",
+            "0.2",
+            "--state-dir",
+            state,
+            "--resources",
+            r#"{"cpu":{"quota":50000,"period":100000}}"#,
+        ])
+        .env("HOST_CGROUPS_FAILPOINT", failpoint)
+        .output()
+        .expect("run")
+}
+
+#[test]
+fn sigkill_at_every_step_then_cleanup_leaves_nothing() {
+    let layout = layout();
+    let hiers = layout.controllers().len();
+    let tmp = std::env::temp_dir().join(unique("crash"));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let cfg = tmp.join("c.toml");
+    // sandbox_cgroup_only = false: an overhead cgroup too, where the layout allows one.
+    std::fs::write(
+        &cfg,
+        "[hypervisor.dragonball]\ndefault_maxvcpus = 8\n[runtime]\nsandbox_cgroup_only = false\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_string_lossy().into_owned();
+    let state = tmp.join("state").to_string_lossy().into_owned();
+
+    let mut points: Vec<String> = vec![
+        "state-save:1",
+        "create-sandbox",
+        "create-overhead",
+        "set-resources",
+        "add-proc",
+        "state-save:2",
+        "vcpu-placed:1",
+        "vcpu-placed:2",
+        "vmm-started",
+        "vmm-stopped",
+        "state-remove",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    // Directory creation and removal, one hit at a time through the hierarchies.
+    let dirs = if layout.version() == host_cgroups::host::CgroupVersion::V1 {
+        hiers
+    } else {
+        1
+    };
+    for n in [1, 2, dirs, dirs + 1, 2 * dirs, 2 * dirs + 1, 4 * dirs] {
+        points.push(format!("fs-mkdir:{n}"));
+    }
+    for n in [1, 2, dirs, dirs + 1] {
+        points.push(format!("fs-rmdir:{n}"));
+    }
+    points.sort();
+    points.dedup();
+
+    let before = foreign_tree();
+    let mut killed = 0;
+    for (i, point) in points.iter().enumerate() {
+        let prefix = unique("crash");
+        let guard = CgroupGuard::new(&prefix);
+        let _overhead = CgroupGuard::new(&format!("kata_overhead/{prefix}"))
+            .and_parent_if_empty("kata_overhead");
+        let id = format!("crash{i}");
+        let out = run_with(&format!("{point}=kill"), &prefix, &id, &cfg, &state);
+        let was_killed = out.status.signal() == Some(libc::SIGKILL);
+        if !was_killed {
+            // A point this layout never reaches (e.g. no overhead on v2): the run finished normally.
+            assert!(
+                out.status.success(),
+                "{point}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                guard.leftovers().is_empty(),
+                "{point}: normal run left {:?}",
+                guard.leftovers()
+            );
+            continue;
+        }
+        killed += 1;
+        let c = Command::new(BIN)
+            .args(["cleanup", "--state-dir", &state, "--sandbox-id", &id])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&c.stderr);
+        // Killed after the state file was removed: the cgroups are already gone too.
+        let no_state = err.contains("No such file");
+        assert!(
+            c.status.success() || no_state,
+            "{point}: cleanup failed: {err}"
+        );
+        assert!(
+            guard.leftovers().is_empty(),
+            "{point}: left {:?}",
+            guard.leftovers()
+        );
+        let overhead_left: Vec<_> = mounts(&layout)
+            .into_iter()
+            .map(|m| m.join("kata_overhead").join(&prefix))
+            .filter(|p| p.exists())
+            .collect();
+        assert!(overhead_left.is_empty(), "{point}: left {overhead_left:?}");
+        assert!(
+            !Path::new(&state).join(format!("{id}.json")).exists(),
+            "{point}: state left"
+        );
+        assert_eq!(
+            foreign_tree(),
+            before,
+            "{point}: touched cgroups it did not create"
+        );
+    }
+    assert!(
+        killed >= 20,
+        "only {killed} of {} points were reached",
+        points.len()
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn state_write_failure_rolls_the_cgroups_back() {
+    let prefix = unique("stfail");
+    let guard = CgroupGuard::new(&prefix);
+    let tmp = std::env::temp_dir().join(&prefix);
+    let state = tmp.join("state").to_string_lossy().into_owned();
+    let cfg = tmp.join("c.toml");
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::write(&cfg, "[hypervisor.dragonball]\n").unwrap();
+    // The second save (after the cgroups exist) fails as a full disk would.
+    let out = run_with(
+        "state-save:2=error",
+        &prefix,
+        "stfail",
+        &cfg.to_string_lossy(),
+        &state,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("stfail.json"), "{err}");
+    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
+    assert!(!tmp.join("state/stfail.json").exists());
+    // A state directory that cannot be created: a clear error, nothing made.
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--cgroups-path",
+            &format!("{prefix}/sb"),
+            "--sandbox-id",
+            "ro",
+            "--state-dir",
+            "/proc/hcg-state",
+            "--duration",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("/proc/hcg-state"), "{err}");
+    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
