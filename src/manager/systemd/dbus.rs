@@ -326,3 +326,43 @@ impl Bus {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn io(e: std::io::Error) -> zbus::Error {
+        zbus::Error::InputOutput(Arc::new(e))
+    }
+
+    #[test]
+    fn closed_and_busy_are_told_apart() {
+        for kind in [
+            ErrorKind::BrokenPipe,
+            ErrorKind::ConnectionReset,
+            ErrorKind::UnexpectedEof,
+        ] {
+            assert!(is_closed(&io(kind.into())), "{kind:?}");
+            assert!(!is_busy(&io(kind.into())), "{kind:?}");
+        }
+        let eagain = io(std::io::Error::from_raw_os_error(libc::EAGAIN));
+        assert!(is_busy(&eagain) && !is_closed(&eagain));
+        // A method timeout is neither: it is reported, not retried.
+        let timed_out = io(ErrorKind::TimedOut.into());
+        assert!(!is_busy(&timed_out) && !is_closed(&timed_out));
+    }
+
+    #[test]
+    fn bus_error_names_the_dbus_error() {
+        let e = BusError {
+            name: Some(NO_SUCH_UNIT.into()),
+            message: "Unit x.scope not loaded.".into(),
+        };
+        assert!(e.is(NO_SUCH_UNIT) && !e.is(UNIT_EXISTS));
+        assert_eq!(
+            e.to_string(),
+            "org.freedesktop.systemd1.NoSuchUnit: Unit x.scope not loaded."
+        );
+    }
+}
