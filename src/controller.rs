@@ -255,17 +255,7 @@ impl CgroupController {
                 "sandbox_cgroup_only = false has no effect here: the whole VMM process is in the sandbox cgroup"
             );
         }
-        let paths = sandbox.paths();
-        let overhead_paths = overhead.as_ref().map(|o| o.paths());
-        Ok(Self::spawn(
-            plan,
-            opts,
-            sandbox,
-            overhead,
-            state,
-            paths,
-            overhead_paths,
-        ))
+        Ok(Self::spawn(plan, opts, sandbox, overhead, state))
     }
 
     /// Restores a sandbox from its persisted state (after a restart of the process).
@@ -282,21 +272,11 @@ impl CgroupController {
             Some(o) => Some(manager::build(&o.path, layout, o.created.clone())?),
             None => None,
         };
-        let paths = sandbox.paths();
-        let overhead_paths = overhead.as_ref().map(|o| o.paths());
         let opts = ControllerOptions {
             state_dir: Some(state_dir),
             ..opts
         };
-        Ok(Self::spawn(
-            plan,
-            opts,
-            sandbox,
-            overhead,
-            state,
-            paths,
-            overhead_paths,
-        ))
+        Ok(Self::spawn(plan, opts, sandbox, overhead, state))
     }
 
     fn spawn(
@@ -305,9 +285,9 @@ impl CgroupController {
         sandbox: Box<dyn Manager>,
         overhead: Option<Box<dyn Manager>>,
         state: SandboxState,
-        paths: BTreeMap<String, PathBuf>,
-        overhead_paths: Option<BTreeMap<String, PathBuf>>,
     ) -> Self {
+        let paths = sandbox.paths();
+        let overhead_paths = overhead.as_ref().map(|o| o.paths());
         let (hooks, events) = vcpu_hooks::channel(opts.placement_timeout);
         let (cmd, cmds) = unbounded();
         let records: Arc<Mutex<Vec<VcpuRecord>>> = Arc::default();

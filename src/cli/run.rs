@@ -45,6 +45,9 @@ pub struct RunArgs {
     /// Where sandbox state is persisted.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
+    /// Bound on a vCPU's wait for its placement, in seconds; past it the vCPU fails to start.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub placement_timeout: f64,
     /// Keep the cgroups and state after the run.
     #[arg(long)]
     pub keep: bool,
@@ -163,7 +166,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             state_dir: Some(args.state_dir.clone()),
             sandbox_resources: resources.clone(),
             enable_vcpus_pinning: config.enable_vcpus_pinning,
-            ..Default::default()
+            placement_timeout: Duration::from_secs_f64(args.placement_timeout),
         };
         let started = CgroupController::start(plan.clone(), opts);
         Some(started.map_err(|e| if e.is_bad_input() { bad(e) } else { runtime(e) })?)

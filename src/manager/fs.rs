@@ -68,6 +68,7 @@ fn io_err(op: impl Into<String>, path: &Path, source: std::io::Error) -> CgroupE
 
 /// Writes `value` to a cgroup file in one write(2), as cgroupfs expects.
 pub fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
+    failpoint::hit("fs-write").map_err(|e| injected(path, e))?;
     let mut f = OpenOptions::new()
         .write(true)
         .open(path)
@@ -258,6 +259,7 @@ impl FsManager {
         let value = id.to_string();
         for h in &self.hiers {
             let path = h.dir(&self.relative).join(file);
+            failpoint::hit("fs-write").map_err(|e| injected(&path, e))?;
             let r = OpenOptions::new()
                 .write(true)
                 .open(&path)
