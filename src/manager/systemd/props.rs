@@ -227,8 +227,8 @@ pub fn resource_properties(
                     ));
                 }
                 let swap2 = resources::swap_to_v2(swap, lim)?;
-                // swap == limit converts to 0 (no swap at all): runc drops it, which leaves
-                // swap unlimited; it is sent here, as the cgroupfs driver writes it too.
+                // swap == limit converts to 0 (no swap at all): runc's systemd driver drops
+                // it, leaving swap unlimited; it is sent here, as runc's fs2 driver writes it.
                 if swap2 != 0 || swap > 0 {
                     p.push(UnitProperty::new(
                         "MemorySwapMax",
