@@ -416,10 +416,16 @@ impl SystemdInfo {
         // sd_booted(): systemd creates this directory early at boot, and only it does.
         let pid1 = Path::new("/run/systemd/system").is_dir();
         let bus = std::os::unix::net::UnixStream::connect(SYSTEM_BUS_SOCKET).is_ok();
+        let reachable = pid1 && bus;
         SystemdInfo {
             pid1,
-            reachable: pid1 && bus,
-            version: None,
+            reachable,
+            // From the Manager's `Version` property over D-Bus.
+            version: if reachable {
+                crate::manager::systemd::query_version(std::time::Duration::from_secs(5))
+            } else {
+                None
+            },
         }
     }
 }

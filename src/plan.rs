@@ -14,6 +14,7 @@ use crate::config::RuntimeConfig;
 use crate::host::{
     CgroupLayout, CgroupVersion, Hierarchy, CGROUP_ROOT, V1_CONTROLLERS, V2_CONTROLLERS,
 };
+use crate::manager::systemd::props as sd_props;
 use crate::path::{CgroupsPath, Driver, PathError};
 use crate::placement::Placement;
 use crate::resources::{self, ResourceError, Write};
@@ -172,17 +173,45 @@ impl SandboxPlan {
                 config.hypervisor_name
             ));
         }
-        let (writes, properties) = match resources {
-            Some(r) => {
-                let mut writes = resources::plan(r, version)?;
-                if driver == Driver::Systemd {
-                    // systemd owns every controller it manages; only v1 cpuset is written by hand.
-                    writes.retain(|w| version == CgroupVersion::V1 && w.controller == "cpuset");
-                }
-                (writes, Vec::new())
-            }
+        let (writes, mut properties) = match resources {
+            // systemd owns every controller it manages: resources become unit properties,
+            // and only what it has no property for (v1 cpuset, memsw, soft limit) is written.
+            Some(r) if driver == Driver::Systemd => (
+                sd_props::cgroupfs_writes(r, version)?,
+                sd_props::systemd_properties(r, version)?,
+            ),
+            Some(r) => (resources::plan(r, version)?, Vec::new()),
             None => (Vec::new(), Vec::new()),
         };
+        if let Some(u) = parsed.unit() {
+            let start: Vec<Property> = sd_props::start_properties(u, version, None)
+                .iter()
+                .map(sd_props::UnitProperty::to_plan)
+                .collect();
+            properties.splice(0..0, start);
+            if !u.is_slice() {
+                notes.push(format!(
+                    "{} is started by the first process placed, with PIDs = [that pid] and the properties above",
+                    u.unit
+                ));
+            }
+            let gated: Vec<String> = resources
+                .map(|r| sd_props::resource_properties(r, version))
+                .transpose()?
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|p| {
+                    p.min_systemd
+                        .map(|v| format!("{} (systemd >= {v})", p.name))
+                })
+                .collect();
+            if !gated.is_empty() {
+                notes.push(format!(
+                    "left out with a warning on an older systemd: {}",
+                    gated.join(", ")
+                ));
+            }
+        }
         Ok(SandboxPlan {
             sandbox_id: sandbox_id.to_string(),
             driver,

@@ -16,6 +16,7 @@ use super::{
 };
 use crate::controller::{CgroupController, ControllerOptions, TeardownReport, VcpuRecord};
 use crate::host::{task_cpu_ns, threads, ThreadInfo};
+use crate::manager::systemd::ignore_sigterm_during;
 use crate::plan::SandboxPlan;
 use crate::state::DEFAULT_STATE_DIR;
 use crate::vmm::{BackendChoice, Vmm, VmmConfig};
@@ -184,7 +185,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let mut vmm = match Vmm::new(vmm_cfg, hooks).and_then(|mut v| v.start().map(|()| v)) {
         Ok(v) => v,
         Err(e) => {
-            let cleanup = controller.map(|c| c.shutdown(true));
+            let cleanup = controller.map(|c| ignore_sigterm_during(|| c.shutdown(true)));
             let extra = cleanup
                 .map(|r| {
                     if r.errors.is_empty() {
@@ -266,8 +267,10 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     // The VM fd must be closed before rmdir: KVM's per-VM worker thread sits in the cgroup until then.
     let stopped = vmm.stop();
     let _ = crate::failpoint::hit("vmm-stopped");
+    // With the systemd driver this process sits in the unit it stops: systemd's SIGTERM
+    // must not end the teardown (or the STOP handler's run); it is ignored until done.
     let cleanup = match controller {
-        Some(c) => c.shutdown(!args.keep),
+        Some(c) => ignore_sigterm_during(|| c.shutdown(!args.keep)),
         None => TeardownReport::default(),
     };
     let vcpus_out: Vec<VcpuOut> = vmm_vcpu_rows(&snapshot, &records);
@@ -332,7 +335,7 @@ fn failure_early(
     let _ = vmm.unplug(0);
     if let Some(c) = controller {
         // The VMM is dropped by the caller's return; the cgroups go now.
-        let _ = c.shutdown(true);
+        let _ = ignore_sigterm_during(|| c.shutdown(true));
     }
 }
 

@@ -4,6 +4,7 @@
 //! driver is behind it, except to decide placement (see [`crate::placement`]).
 
 pub mod fs;
+pub mod systemd;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 pub use fs::FsManager;
+pub use systemd::SystemdManager;
 
 use crate::host::{CgroupLayout, CgroupVersion, HostError};
 use crate::path::{CgroupsPath, Driver};
@@ -84,6 +86,22 @@ pub enum CgroupError {
     /// systemd refused or could not be reached.
     #[error("systemd: {0}")]
     Systemd(String),
+    /// systemd is not on the system bus (not PID 1, or no bus daemon); nothing was created.
+    #[error("systemd is not reachable on the system bus ({address}): {message}")]
+    SystemdUnreachable {
+        /// The bus address tried.
+        address: String,
+        /// The D-Bus answer.
+        message: String,
+    },
+    /// systemd refused a request on a unit, or the unit's job did not end `done`.
+    #[error("systemd unit {unit}: {message}")]
+    SystemdUnit {
+        /// The unit.
+        unit: String,
+        /// The method and systemd's D-Bus error or job result.
+        message: String,
+    },
 }
 
 /// Usage and throttling counters of a cgroup.
@@ -156,9 +174,6 @@ pub fn build(
 ) -> Result<Box<dyn Manager>, CgroupError> {
     match path {
         CgroupsPath::Cgroupfs { path } => Ok(Box::new(FsManager::adopt(layout, path, created))),
-        CgroupsPath::Systemd(u) => Err(CgroupError::Systemd(format!(
-            "unit {}: the systemd driver is not available in this build",
-            u.unit
-        ))),
+        CgroupsPath::Systemd(u) => Ok(Box::new(SystemdManager::adopt(layout, u, created))),
     }
 }

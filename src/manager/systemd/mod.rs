@@ -1,0 +1,631 @@
+//! `SystemdManager`: the systemd driver, for `slice:prefix:name` cgroups paths.
+//!
+//! systemd owns the unit's cgroup, so every change goes through it over D-Bus:
+//! the scope is started with `StartTransientUnit`, resources are unit properties
+//! (`SetUnitProperties`), and removal is `StopUnit`. cgroupfs is written only
+//! where systemd does not manage a controller itself: on cgroup v1 the cpuset and
+//! freezer hierarchies (and the memory+swap and soft limits, which have no unit
+//! property). Reads (`procs`, `threads`, `stats`) come from cgroupfs.
+//!
+//! `create` only opens the bus connection and checks that systemd answers: a
+//! scope cannot exist without a process, so the unit is started by the first
+//! `add_proc`, with every property `set` was given before. A `.slice` unit is
+//! started by `create` itself (a slice holds no processes).
+
+pub mod dbus;
+pub mod props;
+pub mod sigterm;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use oci_spec::runtime::{LinuxCpuBuilder, LinuxResources, LinuxResourcesBuilder};
+use tracing::{debug, info, warn};
+use zbus::zvariant::Value;
+
+use self::dbus::{Bus, BusError, NO_SUCH_UNIT, UNIT_EXISTS};
+use self::props::{UnitProperty, SYSTEMD_ATTACH, SYSTEMD_FREEZE};
+use super::fs::{read_file, write_file};
+use super::{CgroupError, FsManager, Manager, Stats};
+use crate::host::{CgroupLayout, CgroupVersion};
+use crate::path::{Driver, SystemdUnit};
+use crate::resources::{self, Write};
+
+pub use self::sigterm::{ignore_sigterm_during, SigtermIgnored};
+
+/// How long a systemd job (start, stop) and each D-Bus call may take by default.
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(30);
+/// v1 hierarchies systemd does not manage; the driver makes the unit's directory there itself.
+const UNMANAGED_V1: [&str; 2] = ["cpuset", "freezer"];
+/// How long `destroy` waits for the other processes of a unit we sit in to exit.
+const EXIT_WAIT: Duration = Duration::from_secs(3);
+
+/// The systemd driver.
+pub struct SystemdManager {
+    unit: SystemdUnit,
+    version: CgroupVersion,
+    relative: String,
+    /// Reads cgroupfs at the unit's cgroup (all hierarchies); never creates or removes.
+    reader: FsManager,
+    /// v1 only: the cpuset and freezer hierarchies, which this driver fills itself.
+    unmanaged: Option<FsManager>,
+    bus: Option<Bus>,
+    timeout: Duration,
+    /// The unit exists and holds (or held) our process.
+    started: bool,
+    /// Resources given before the unit existed; they go with `StartTransientUnit`.
+    pending: Option<LinuxResources>,
+}
+
+impl std::fmt::Debug for SystemdManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SystemdManager")
+            .field("unit", &self.unit.unit)
+            .field("slice", &self.unit.slice)
+            .field("version", &self.version)
+            .field("started", &self.started)
+            .field("bus", &self.bus)
+            .finish()
+    }
+}
+
+fn unreachable(e: BusError) -> CgroupError {
+    CgroupError::SystemdUnreachable {
+        address: dbus::bus_address(),
+        message: e.to_string(),
+    }
+}
+
+/// systemd's version over D-Bus, when it answers within `timeout` (for `check`).
+pub fn query_version(timeout: Duration) -> Option<u32> {
+    Bus::connect(timeout).ok().and_then(|b| b.version)
+}
+
+impl SystemdManager {
+    /// A manager for `unit` on `layout`; touches nothing yet.
+    pub fn new(layout: &CgroupLayout, unit: &SystemdUnit) -> Self {
+        Self::adopt(layout, unit, Vec::new())
+    }
+
+    /// A manager that also owns `created` v1 cpuset/freezer directories (restored from state).
+    pub fn adopt(layout: &CgroupLayout, unit: &SystemdUnit, created: Vec<PathBuf>) -> Self {
+        let relative = unit.cgroup_path();
+        let version = layout.version();
+        let unmanaged = (version == CgroupVersion::V1).then(|| {
+            let mut only = layout.clone();
+            only.mounts
+                .retain(|c, _| UNMANAGED_V1.contains(&c.as_str()));
+            FsManager::adopt(&only, &relative, created)
+        });
+        SystemdManager {
+            unit: unit.clone(),
+            version,
+            reader: FsManager::new(layout, &relative),
+            relative,
+            unmanaged,
+            bus: None,
+            timeout: DEFAULT_JOB_TIMEOUT,
+            started: false,
+            pending: None,
+        }
+    }
+
+    /// Bounds every D-Bus call and job wait by `timeout` instead of 30 s.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The unit's name (`<prefix>-<name>.scope` or a slice).
+    pub fn unit(&self) -> &str {
+        &self.unit.unit
+    }
+
+    /// systemd's version, once connected.
+    pub fn systemd_version(&self) -> Option<u32> {
+        self.bus.as_ref().and_then(|b| b.version)
+    }
+
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> CgroupError {
+        CgroupError::SystemdUnit {
+            unit: self.unit.unit.clone(),
+            message: format!("{what}: {e}"),
+        }
+    }
+
+    fn bus(&mut self) -> Result<&mut Bus, CgroupError> {
+        if self.bus.is_none() {
+            self.bus = Some(Bus::connect(self.timeout).map_err(unreachable)?);
+        }
+        // Just set when it was missing.
+        self.bus
+            .as_mut()
+            .ok_or_else(|| CgroupError::SystemdUnreachable {
+                address: dbus::bus_address(),
+                message: "no connection".into(),
+            })
+    }
+
+    /// Leaves out (with a warning) what this systemd is too old for.
+    fn gated(&mut self, props: Vec<UnitProperty>) -> Result<Vec<UnitProperty>, CgroupError> {
+        let version = self.bus()?.version;
+        let (kept, dropped) = props::gate(props, version);
+        for p in dropped {
+            warn!(
+                unit = %self.unit.unit,
+                property = p.name,
+                needs = p.min_systemd,
+                systemd = version,
+                "systemd is too old for this property; it is not applied"
+            );
+        }
+        Ok(kept)
+    }
+
+    fn active_state(&mut self) -> Result<Option<String>, CgroupError> {
+        let unit = self.unit.unit.clone();
+        match self.bus()?.unit_state(&unit, "ActiveState") {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.is(NO_SUCH_UNIT) => Ok(None),
+            Err(e) => Err(self.err("reading ActiveState", e)),
+        }
+    }
+
+    fn reset_failed(&mut self) -> Result<(), CgroupError> {
+        let unit = self.unit.unit.clone();
+        match self.bus()?.call("ResetFailedUnit", &(unit.as_str(),)) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is(NO_SUCH_UNIT) => Ok(()),
+            Err(e) => Err(self.err("ResetFailedUnit", e)),
+        }
+    }
+
+    /// Starts the unit (with `pid` for a scope), or joins it when it already runs.
+    fn start(&mut self, pid: Option<i32>) -> Result<(), CgroupError> {
+        let mut props = props::start_properties(&self.unit, self.version, pid.map(|p| p as u32));
+        if let Some(res) = &self.pending {
+            props.extend(props::resource_properties(res, self.version)?);
+        }
+        let props = self.gated(props)?;
+        let unit = self.unit.unit.clone();
+        for attempt in 0..2 {
+            let values: Vec<(&str, Value<'_>)> =
+                props.iter().map(|p| (p.name, p.to_value())).collect();
+            let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
+            let body = (unit.as_str(), "replace", values, aux);
+            match self.bus()?.run_job(&unit, "StartTransientUnit", &body) {
+                Ok(j) if j.result == "done" => {
+                    debug!(unit = %unit, job = %j.job, "unit started");
+                    self.started = true;
+                    return Ok(());
+                }
+                Ok(j) => {
+                    // Leave nothing behind: a failed transient unit stays loaded until reset.
+                    let _ = self.reset_failed();
+                    return Err(self.err(
+                        "StartTransientUnit",
+                        format!(
+                            "job {} ended '{}' (see `journalctl -u {unit}`)",
+                            j.job, j.result
+                        ),
+                    ));
+                }
+                Err(e) if e.is(UNIT_EXISTS) => {
+                    let state = self.active_state()?;
+                    match state.as_deref() {
+                        Some("active") | Some("activating") | Some("reloading") => {
+                            // A restarted runtime adopting its sandbox: join, don't recreate.
+                            info!(unit = %unit, "unit exists; joining it");
+                            self.started = true;
+                            if let Some(pid) = pid {
+                                self.attach(pid)?;
+                            }
+                            if let Some(res) = self.pending.clone() {
+                                self.set_properties(&res)?;
+                            }
+                            return Ok(());
+                        }
+                        _ if attempt == 0 => {
+                            // A failed (or stopped but still loaded) leftover: reset it and start once more.
+                            info!(unit = %unit, state = ?state, "resetting a leftover unit");
+                            self.reset_failed()?;
+                        }
+                        _ => {
+                            return Err(self.err(
+                                "StartTransientUnit",
+                                format!("{e} (the unit is {})", state.as_deref().unwrap_or("gone")),
+                            ))
+                        }
+                    }
+                }
+                Err(e) => return Err(self.err("StartTransientUnit", e)),
+            }
+        }
+        Err(self.err("StartTransientUnit", "the unit still exists after a reset"))
+    }
+
+    fn attach(&mut self, pid: i32) -> Result<(), CgroupError> {
+        let unit = self.unit.unit.clone();
+        let bus = self.bus()?;
+        if bus.version.is_some_and(|v| v < SYSTEMD_ATTACH) {
+            return Err(CgroupError::SystemdUnit {
+                unit,
+                message: format!(
+                    "joining a running unit needs AttachProcessesToUnit (systemd ≥ {SYSTEMD_ATTACH}); this is systemd {}",
+                    bus.version_string
+                ),
+            });
+        }
+        // "/" is the unit's own cgroup; systemd moves the whole thread group.
+        match bus.call(
+            "AttachProcessesToUnit",
+            &(unit.as_str(), "/", vec![pid as u32]),
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.err(&format!("AttachProcessesToUnit pid {pid}"), e)),
+        }
+    }
+
+    /// `SetUnitProperties` (runtime) with the unit properties of `res`.
+    fn set_properties(&mut self, res: &LinuxResources) -> Result<(), CgroupError> {
+        let props = props::resource_properties(res, self.version)?;
+        let props = self.gated(props)?;
+        if props.is_empty() {
+            return Ok(());
+        }
+        let unit = self.unit.unit.clone();
+        let values: Vec<(&str, Value<'_>)> = props.iter().map(|p| (p.name, p.to_value())).collect();
+        let names: Vec<&str> = props.iter().map(|p| p.name).collect();
+        match self
+            .bus()?
+            .call("SetUnitProperties", &(unit.as_str(), true, values))
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.err(&format!("SetUnitProperties {names:?}"), e)),
+        }
+    }
+
+    fn memory_dir(&self) -> Result<PathBuf, CgroupError> {
+        self.reader
+            .paths()
+            .remove("memory")
+            .ok_or_else(|| CgroupError::NoController {
+                controller: "memory".into(),
+                path: PathBuf::from(&self.relative),
+            })
+    }
+
+    /// v1: the cgroupfs part of `res` (cpuset through the unmanaged hierarchy, memsw,
+    /// soft limit) around the unit properties, so the kernel's ordering rules hold.
+    fn apply(&mut self, res: &LinuxResources, with_properties: bool) -> Result<(), CgroupError> {
+        let writes: Vec<Write> = props::cgroupfs_writes(res, self.version)?;
+        let get = |file: &str| {
+            writes
+                .iter()
+                .find(|w| w.file == file)
+                .map(|w| w.value.clone())
+        };
+        let cpus = get("cpuset.cpus");
+        let mems = get("cpuset.mems");
+        let mut undo: Vec<(PathBuf, String)> = Vec::new();
+        if cpus.is_some() || mems.is_some() {
+            let mut cpu = LinuxCpuBuilder::default();
+            if let Some(c) = cpus {
+                cpu = cpu.cpus(c);
+            }
+            if let Some(m) = mems {
+                cpu = cpu.mems(m);
+            }
+            let only = cpu
+                .build()
+                .and_then(|c| LinuxResourcesBuilder::default().cpu(c).build())
+                .map_err(|e| self.err("cpuset", e))?;
+            if let Some(u) = self.unmanaged.as_mut() {
+                if let Some(dir) = u.paths().get("cpuset") {
+                    for f in ["cpuset.cpus", "cpuset.mems"] {
+                        let p = dir.join(f);
+                        if let Ok(old) = read_file(&p) {
+                            undo.push((p, old));
+                        }
+                    }
+                }
+                // Checks the lists against the host and the parent, restores on failure.
+                u.set(&only)?;
+            }
+        }
+        // v1 refuses a memory limit above memory+swap: raise memsw before the limit, lower it after.
+        let memsw = get("memory.memsw.limit_in_bytes");
+        let mut memsw_done = false;
+        if let Some(v) = &memsw {
+            let file = self.memory_dir()?.join("memory.memsw.limit_in_bytes");
+            let cur: i128 = read_file(&file)?.parse().unwrap_or(i128::MAX);
+            let new: i128 = v
+                .parse()
+                .map(|n: i128| if n < 0 { i128::MAX } else { n })
+                .unwrap_or(i128::MAX);
+            if new >= cur {
+                write_file(&file, v)?;
+                memsw_done = true;
+            }
+        }
+        if with_properties {
+            if let Err(e) = self.set_properties(res) {
+                for (p, old) in undo.iter().rev() {
+                    if let Err(re) = write_file(p, old) {
+                        warn!(error = %re, "could not restore the previous cpuset");
+                    }
+                }
+                return Err(e);
+            }
+        }
+        if let (Some(v), false) = (&memsw, memsw_done) {
+            write_file(&self.memory_dir()?.join("memory.memsw.limit_in_bytes"), v)?;
+        }
+        if let Some(v) = get("memory.soft_limit_in_bytes") {
+            write_file(&self.memory_dir()?.join("memory.soft_limit_in_bytes"), &v)?;
+        }
+        Ok(())
+    }
+
+    /// Whether this process is in the unit's cgroup.
+    fn self_inside(&self) -> bool {
+        let me = std::process::id() as i32;
+        self.reader
+            .procs()
+            .map(|p| p.contains(&me))
+            .unwrap_or(false)
+    }
+
+    /// `StopUnit` while this process is in the unit: the job only ends when we exit, so
+    /// wait until systemd has sent its SIGTERM (the unit is in `stop-sigterm`), with
+    /// SIGTERM ignored meanwhile.
+    fn stop_self(&mut self) -> Result<(), CgroupError> {
+        let unit = self.unit.unit.clone();
+        let _ignore = SigtermIgnored::new();
+        match self.bus()?.call("StopUnit", &(unit.as_str(), "replace")) {
+            Ok(_) => {}
+            Err(e) if e.is(NO_SUCH_UNIT) => return Ok(()),
+            Err(e) => return Err(self.err("StopUnit", e)),
+        }
+        let start = Instant::now();
+        loop {
+            let sub = match self.bus()?.unit_state(&unit, "SubState") {
+                Ok(s) => s,
+                Err(e) if e.is(NO_SUCH_UNIT) => return Ok(()),
+                Err(e) => return Err(self.err("reading SubState", e)),
+            };
+            if matches!(
+                sub.as_str(),
+                "stop-sigterm" | "stop-sigkill" | "dead" | "failed"
+            ) {
+                info!(unit = %unit, state = %sub, "stop requested; the unit ends when this process exits");
+                return Ok(());
+            }
+            if start.elapsed() > self.timeout {
+                return Err(self.err(
+                    "StopUnit",
+                    format!(
+                        "the unit did not start stopping within {} s (state {sub})",
+                        self.timeout.as_secs_f64()
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn stop_and_wait(&mut self) -> Result<(), CgroupError> {
+        let unit = self.unit.unit.clone();
+        let r = self
+            .bus()?
+            .run_job(&unit, "StopUnit", &(unit.as_str(), "replace"));
+        match r {
+            Ok(j) if j.result == "done" => {}
+            Ok(j) => {
+                warn!(unit = %unit, result = %j.result, "stop job did not end 'done'");
+            }
+            Err(e) if e.is(NO_SUCH_UNIT) => return Ok(()),
+            Err(e) => return Err(self.err("StopUnit", e)),
+        }
+        // A unit that ended failed stays loaded (and its name taken) until reset.
+        if self.active_state()?.as_deref() == Some("failed") {
+            self.reset_failed()?;
+        }
+        Ok(())
+    }
+
+    /// v1: removes the cpuset/freezer directories, once the unit's other processes are gone.
+    fn remove_unmanaged(&mut self) -> Result<(), CgroupError> {
+        let Some(u) = self.unmanaged.as_mut() else {
+            return Ok(());
+        };
+        let start = Instant::now();
+        loop {
+            match u.destroy() {
+                // SIGTERMed processes of the unit may need a moment to exit.
+                Err(CgroupError::Busy { .. }) if start.elapsed() < EXIT_WAIT => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+impl Manager for SystemdManager {
+    fn driver(&self) -> Driver {
+        Driver::Systemd
+    }
+
+    fn version(&self) -> CgroupVersion {
+        self.version
+    }
+
+    fn relative(&self) -> &str {
+        &self.relative
+    }
+
+    /// The unit's directories; on v1 without `devices`, which systemd realises only for
+    /// units with a device policy (a sandbox scope stays in an ancestor's devices cgroup).
+    fn paths(&self) -> BTreeMap<String, PathBuf> {
+        let mut p = self.reader.paths();
+        if self.version == CgroupVersion::V1 {
+            p.remove("devices");
+        }
+        p
+    }
+
+    /// Connects to systemd and checks it answers; starts the unit only when it is a slice.
+    fn create(&mut self) -> Result<(), CgroupError> {
+        self.bus()?;
+        if self.unit.is_slice() && !self.started {
+            self.start(None)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the scope with `pid` in it (first call), else `AttachProcessesToUnit`.
+    fn add_proc(&mut self, pid: i32) -> Result<(), CgroupError> {
+        if self.unit.is_slice() {
+            return Err(CgroupError::Unsupported {
+                what: "placing a process in a slice unit",
+                driver: Driver::Systemd,
+                version: self.version,
+                why: "systemd keeps processes in scopes and services only; use a 'slice:prefix:name' path whose name is not a slice",
+            });
+        }
+        if self.started {
+            self.attach(pid)?;
+        } else {
+            self.start(Some(pid))?;
+        }
+        if let Some(u) = self.unmanaged.as_mut() {
+            // v1: systemd leaves cpuset and freezer alone; the unit's directory there is ours.
+            u.create()?;
+            if let Some(res) = self.pending.take() {
+                self.apply(&res, false)?;
+            }
+            if let Some(u) = self.unmanaged.as_mut() {
+                u.add_proc(pid)?;
+            }
+        }
+        self.pending = None;
+        Ok(())
+    }
+
+    /// Same as `add_proc`: systemd places whole processes, so the thread's whole
+    /// thread group moves (the kernel moves every thread on a `cgroup.procs` write).
+    fn add_thread(&mut self, tid: i32) -> Result<(), CgroupError> {
+        self.add_proc(tid)
+    }
+
+    fn procs(&self) -> Result<Vec<i32>, CgroupError> {
+        self.reader.procs()
+    }
+
+    fn threads(&self) -> Result<Vec<i32>, CgroupError> {
+        self.reader.threads()
+    }
+
+    fn set(&mut self, res: &LinuxResources) -> Result<(), CgroupError> {
+        resources::validate(res)?;
+        if let (Some(cpus), _) = resources::cpuset_of(res)? {
+            let raw = res
+                .cpu()
+                .as_ref()
+                .and_then(|c| c.cpus().clone())
+                .unwrap_or_default();
+            cpus.check_within("cpus", &raw, &crate::host::online_cpus()?)?;
+        }
+        if !self.started && self.active_state()?.is_some_and(|s| s == "active") {
+            // A manager restored from state: the unit runs already.
+            self.started = true;
+        }
+        if !self.started {
+            // Sent with StartTransientUnit by the first add_proc.
+            self.pending = Some(res.clone());
+            return Ok(());
+        }
+        self.apply(res, true)
+    }
+
+    /// `FreezeUnit` on cgroup v2 with systemd ≥ 246, the cgroupfs freezer otherwise
+    /// (systemd 252 does not freeze on v1).
+    fn freeze(&mut self) -> Result<(), CgroupError> {
+        if self.version == CgroupVersion::V2
+            && self.bus()?.version.is_none_or(|v| v >= SYSTEMD_FREEZE)
+        {
+            let unit = self.unit.unit.clone();
+            return self
+                .bus()?
+                .call("FreezeUnit", &(unit.as_str(),))
+                .map(|_| ())
+                .map_err(|e| self.err("FreezeUnit", e));
+        }
+        match self.unmanaged.as_mut() {
+            Some(u) => u.freeze(),
+            None => self.reader.freeze(),
+        }
+    }
+
+    fn thaw(&mut self) -> Result<(), CgroupError> {
+        if self.version == CgroupVersion::V2
+            && self.bus()?.version.is_none_or(|v| v >= SYSTEMD_FREEZE)
+        {
+            let unit = self.unit.unit.clone();
+            return self
+                .bus()?
+                .call("ThawUnit", &(unit.as_str(),))
+                .map(|_| ())
+                .map_err(|e| self.err("ThawUnit", e));
+        }
+        match self.unmanaged.as_mut() {
+            Some(u) => u.thaw(),
+            None => self.reader.thaw(),
+        }
+    }
+
+    fn stats(&self) -> Result<Stats, CgroupError> {
+        self.reader.stats()
+    }
+
+    /// `StopUnit` (mode replace) and its job; `ResetFailedUnit` when it ended failed.
+    /// A unit that no longer exists is not an error. When this process is in the
+    /// unit, the job cannot finish before it exits: see [`ignore_sigterm_during`].
+    fn destroy(&mut self) -> Result<(), CgroupError> {
+        if let Err(e) = self.bus() {
+            // No systemd on the bus and no cgroup of the unit: nothing was ever started.
+            let exists = self.reader.paths().values().any(|d| d.exists());
+            if self.started || exists {
+                return Err(e);
+            }
+            debug!(unit = %self.unit.unit, error = %e, "systemd unreachable and the unit's cgroup absent: nothing to stop");
+            return self.remove_unmanaged();
+        }
+        let inside = self.self_inside();
+        if inside {
+            self.stop_self()?;
+        } else {
+            self.stop_and_wait()?;
+        }
+        self.remove_unmanaged()?;
+        self.started = false;
+        self.pending = None;
+        Ok(())
+    }
+
+    fn created(&self) -> Vec<PathBuf> {
+        self.unmanaged
+            .as_ref()
+            .map(|u| u.created())
+            .unwrap_or_default()
+    }
+
+    fn missing(&self) -> Vec<PathBuf> {
+        self.unmanaged
+            .as_ref()
+            .map(|u| u.missing())
+            .unwrap_or_default()
+    }
+}
