@@ -426,7 +426,8 @@ pub fn plan(res: &LinuxResources, version: CgroupVersion) -> Result<Vec<Write>, 
                     w.push(Write::new("memory", "memory.max", max_or(limit)));
                 }
                 let swap2 = swap_to_v2(swap, limit)?;
-                if swap2 != 0 {
+                // swap == limit converts to 0, which here means "no swap", not "unset".
+                if swap2 != 0 || swap > 0 {
                     w.push(Write::new("memory", "memory.swap.max", max_or(swap2)));
                 }
                 if reservation != 0 {
@@ -585,6 +586,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(w[0].value, "max 50000");
+        let w = plan(
+            &res(r#"{"memory":{"limit":100,"swap":100}}"#),
+            CgroupVersion::V2,
+        )
+        .unwrap();
+        assert_eq!(w[1].file, "memory.swap.max");
+        assert_eq!(w[1].value, "0");
         let w = plan(&res(r#"{"memory":{"limit":-1}}"#), CgroupVersion::V2).unwrap();
         assert_eq!(
             w.iter()
