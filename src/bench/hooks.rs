@@ -146,7 +146,16 @@ pub fn run(args: &HooksArgs) -> Result<(), BenchError> {
     let (pn, pc) = (Summary::of(&no_spawn), Summary::of(&ch_spawn));
     let call_cost = sc.p50 - sn.p50;
     let spawn_cost = pc.p50 - pn.p50;
-    let mut t = Table::new(&["what", "NoHooks p50 ns", "p99", "max", "ChannelReporter p50 ns", "p99", "max", "hook cost (p50 difference) ns"]);
+    let mut t = Table::new(&[
+        "what",
+        "NoHooks p50 ns",
+        "p99",
+        "max",
+        "ChannelReporter p50 ns",
+        "p99",
+        "max",
+        "hook cost (p50 difference) ns",
+    ]);
     t.row(vec![
         "hook call on the vCPU thread".into(),
         num(sn.p50),

@@ -300,7 +300,10 @@ pub fn run(args: &LifecycleArgs) -> Result<(), BenchError> {
                     };
                     let with_0 = util::strace_count(&argv(0))?;
                     let with_k = util::strace_count(&argv(k))?;
-                    syscalls.insert(which.name(), util::per_iteration(&with_k, &with_0, k as u64));
+                    syscalls.insert(
+                        which.name(),
+                        util::per_iteration(&with_k, &with_0, k as u64),
+                    );
                 }
                 strace_note = format!(
                     "Syscalls: `strace -f -c` of this program doing {k} iterations of one implementation, \
@@ -314,12 +317,7 @@ pub fn run(args: &LifecycleArgs) -> Result<(), BenchError> {
     drop(guard);
 
     let sum = |w: Impl| Summary::of(times.get(w.name()).map(Vec::as_slice).unwrap_or(&[]));
-    let calls = |w: Impl| {
-        syscalls
-            .get(w.name())
-            .and_then(|m| m.get("total"))
-            .copied()
-    };
+    let calls = |w: Impl| syscalls.get(w.name()).and_then(|m| m.get("total")).copied();
     let floor = sum(Impl::Floor);
     let floor_calls = calls(Impl::Floor);
     let mut results = Vec::new();

@@ -39,7 +39,7 @@ pub fn load_note(load_start: f64, load_end: f64) -> String {
     format!(
         "Machine: {cpus} CPUs, 1-min load average {load_start:.2} at start and {load_end:.2} at end. \
          Figures taken while other work shares the CPUs are noisy (higher tails, lower ratios); \
-         re-run on a quiet machine for reference figures."
+         re-run on a quiet machine for reference figures.\n"
     )
 }
 
@@ -192,7 +192,12 @@ pub fn cdf_svg(title: &str, x_label: &str, series: &[Series]) -> String {
     );
     for (i, se) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let mut v: Vec<f64> = se.values.iter().copied().filter(|v| v.is_finite()).collect();
+        let mut v: Vec<f64> = se
+            .values
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .collect();
         v.sort_by(f64::total_cmp);
         let n = v.len();
         if n > 0 {
@@ -206,12 +211,7 @@ pub fn cdf_svg(title: &str, x_label: &str, series: &[Series]) -> String {
                 let p_before = k as f64 / n as f64;
                 let p_after = (k + 1) as f64 / n as f64;
                 let xv = x(*val);
-                let _ = write!(
-                    pts,
-                    " {xv:.1},{:.1} {xv:.1},{:.1}",
-                    y(p_before),
-                    y(p_after)
-                );
+                let _ = write!(pts, " {xv:.1},{:.1} {xv:.1},{:.1}", y(p_before), y(p_after));
             }
             let _ = writeln!(
                 s,

@@ -124,7 +124,10 @@ fn systemctl(args: &[&str]) -> Result<(), BenchError> {
         .status()
         .map_err(|e| BenchError::step("run systemctl", e))?;
     if !st.success() {
-        return Err(BenchError::step(format!("systemctl {}", args.join(" ")), st));
+        return Err(BenchError::step(
+            format!("systemctl {}", args.join(" ")),
+            st,
+        ));
     }
     Ok(())
 }
@@ -253,7 +256,8 @@ pub fn run(args: &SystemdArgs) -> Result<(), BenchError> {
     let layout = CgroupLayout::detect().map_err(|e| BenchError::Unsupported(e.to_string()))?;
     let res = resources::from_json(r#"{"cpu":{"quota":50000,"period":100000}}"#)
         .map_err(|e| BenchError::step("resources", e))?;
-    let systemd_run = Path::new("/usr/bin/systemd-run").exists() || Path::new("/bin/systemd-run").exists();
+    let systemd_run =
+        Path::new("/usr/bin/systemd-run").exists() || Path::new("/bin/systemd-run").exists();
     let t0 = Instant::now();
     let mut steps: Vec<(Impl, Vec<Steps>, Option<String>)> =
         Impl::ALL.iter().map(|i| (*i, Vec::new(), None)).collect();
@@ -299,8 +303,8 @@ pub fn run(args: &SystemdArgs) -> Result<(), BenchError> {
         let start = Summary::of(&got.iter().map(|s| s.0).collect::<Vec<_>>()).scaled(1e-3);
         let set = Summary::of(&got.iter().map(|s| s.1).collect::<Vec<_>>()).scaled(1e-3);
         let stop = Summary::of(&got.iter().map(|s| s.2).collect::<Vec<_>>()).scaled(1e-3);
-        let total = Summary::of(&got.iter().map(|s| s.0 + s.1 + s.2).collect::<Vec<_>>())
-            .scaled(1e-3);
+        let total =
+            Summary::of(&got.iter().map(|s| s.0 + s.1 + s.2).collect::<Vec<_>>()).scaled(1e-3);
         let note = match (failed, *which == Impl::SystemdRun && !systemd_run) {
             (_, true) => "systemd-run not installed".to_string(),
             (Some(e), _) => format!("failed: {e}"),

@@ -296,8 +296,8 @@ pub fn strace_path() -> Option<PathBuf> {
 
 /// Runs this program with `args` under `strace -f -c` and returns calls per syscall.
 pub fn strace_count(args: &[String]) -> Result<BTreeMap<String, u64>, BenchError> {
-    let strace = strace_path()
-        .ok_or_else(|| BenchError::Unsupported("strace is not installed".into()))?;
+    let strace =
+        strace_path().ok_or_else(|| BenchError::Unsupported("strace is not installed".into()))?;
     let exe = self_exe()?;
     let out_file = std::env::temp_dir().join(format!("hcgbench-strace-{:08x}", random_u32()));
     let status = Command::new(&strace)
