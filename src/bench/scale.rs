@@ -7,7 +7,8 @@
 //! 1. controllers only: RSS growth per controller (sandbox cgroup created, thread running);
 //! 2. full sandboxes: create N (timed), RSS growth per sandbox, then freeze each
 //!    sandbox's vCPUs (untimed: N×2 spinning vCPUs would otherwise starve the
-//!    host), probe placement latency with N alive, thaw, destroy N (timed).
+//!    host), probe placement latency with N alive, destroy N (timed; each
+//!    sandbox is thawed, untimed, just before its destroy).
 //!
 //! The sandboxes place only their vCPU threads (v1 cgroupfs, no process-wide
 //! move): several sandboxes share this process, which a per-process move
@@ -203,14 +204,15 @@ fn measure(n: u32, probes: u32, backend: BackendChoice) -> Result<Value, BenchEr
             probe_placed.extend(placed);
             sb.destroy()?;
         }
-        for sb in &alive {
-            sb.freeze(false)?;
-        }
-        let t = Instant::now();
+        // Thaw each sandbox just before its destroy (untimed): thawed all at
+        // once, 2×N spinning vCPUs would starve the thread doing the destroys.
+        let mut destroy_ms = 0.0;
         for sb in alive.drain(..) {
+            sb.freeze(false)?;
+            let t = Instant::now();
             sb.destroy()?;
+            destroy_ms += t.elapsed().as_secs_f64() * 1e3;
         }
-        let destroy_ms = t.elapsed().as_secs_f64() * 1e3;
         let c = Summary::of(&create_ms);
         let pc = Summary::of(&placed_create);
         let pp = Summary::of(&probe_placed);
