@@ -50,6 +50,9 @@ pub struct PlacementArgs {
     /// vCPU backend: auto (KVM when usable), kvm or thread.
     #[arg(long, value_name = "auto|kvm|thread", default_value = "auto")]
     pub backend: String,
+    /// Skip the self-placement prototype (each vCPU thread writes `0` to the sandbox's `tasks`).
+    #[arg(long)]
+    pub no_self_place: bool,
     /// Samples of the first `tasks` write after 100 ms idle, by tid and by `0` (0 to skip).
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub idle_samples: u32,
@@ -78,6 +81,8 @@ struct ProbeRec {
     placed_at_exit: bool,
     /// The fields above were read (see [`Probe::verify`]).
     verified: bool,
+    /// Self-placement prototype: when the thread's own `0` writes returned.
+    self_placed: Option<Instant>,
 }
 
 /// Wraps the controller's hooks (or none, for pull) and records what each vCPU saw.
@@ -86,15 +91,34 @@ struct Probe {
     sandbox_cpu_cgroup: String,
     /// Read CPU time, guest time and cgroup when the hook returns.
     verify: bool,
+    /// Self-placement prototype: the sandbox's `tasks` files, each vCPU writes `0` to them.
+    self_place: Option<Vec<std::fs::File>>,
     recs: Mutex<Vec<ProbeRec>>,
 }
 
 impl VcpuHooks for Probe {
     fn vcpu_started(&self, index: u32) -> Result<(), HookError> {
         let entry = Instant::now();
-        let r = match &self.inner {
-            Some(h) => h.vcpu_started(index),
-            None => Ok(()),
+        let mut self_placed = None;
+        let r = match (&self.inner, &self.self_place) {
+            (Some(h), _) => h.vcpu_started(index),
+            (None, Some(files)) => {
+                use std::io::Write as _;
+                let mut r = Ok(());
+                for mut f in files {
+                    if let Err(e) = f.write_all(b"0") {
+                        r = Err(HookError::Refused {
+                            index,
+                            tid: gettid(),
+                            reason: e.to_string(),
+                        });
+                        break;
+                    }
+                }
+                self_placed = Some(Instant::now());
+                r
+            }
+            (None, None) => Ok(()),
         };
         // The /proc reads cost CPU that the controller would otherwise have: hooks
         // mode does them only in verifying runs, after the placement was confirmed.
@@ -104,10 +128,11 @@ impl VcpuHooks for Probe {
                 entry,
                 cpu_ns_at_exit: util::thread_cpu_ns(),
                 guest_ticks_at_exit: util::task_guest_ticks(gettid()).unwrap_or(0),
-                placed_at_exit: self.inner.is_some()
+                placed_at_exit: (self.inner.is_some() || self.self_place.is_some())
                     && util::thread_cgroup("cpu").as_deref()
                         == Some(self.sandbox_cpu_cgroup.as_str()),
                 verified: true,
+                self_placed,
             }
         } else {
             ProbeRec {
@@ -117,6 +142,7 @@ impl VcpuHooks for Probe {
                 guest_ticks_at_exit: 0,
                 placed_at_exit: false,
                 verified: false,
+                self_placed,
             }
         };
         self.recs
@@ -149,6 +175,8 @@ struct RunOut {
 enum Mode {
     Hooks,
     Pull,
+    /// Prototype: each vCPU thread writes `0` to the sandbox's `tasks` files itself.
+    SelfPlace,
 }
 
 fn config() -> Result<RuntimeConfig, BenchError> {
@@ -181,6 +209,29 @@ fn one_run(
         inner: (mode == Mode::Hooks).then(|| ctl.hooks()),
         sandbox_cpu_cgroup: sandbox_cpu,
         verify: mode == Mode::Pull || verify,
+        self_place: if mode == Mode::SelfPlace {
+            let mut dirs: Vec<std::path::PathBuf> = ctl.paths().values().cloned().collect();
+            dirs.sort();
+            dirs.dedup();
+            let files: Result<Vec<std::fs::File>, BenchError> = dirs
+                .iter()
+                .map(|d| {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(d.join("tasks"))
+                        .map_err(|e| BenchError::step(format!("open {}/tasks", d.display()), e))
+                })
+                .collect();
+            match files {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    let _ = ctl.shutdown(true);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        },
         recs: Mutex::new(Vec::new()),
     });
     let cfg = VmmConfig {
@@ -229,6 +280,31 @@ fn one_run(
                         out.unplaced_guest_us.push(0.0);
                     } else {
                         out.unplaced_at_gate += 1;
+                    }
+                }
+                if let (Some(f), Some(l)) = (first, last) {
+                    out.all_placed_us = l.duration_since(f).as_secs_f64() * 1e6;
+                }
+            }
+            Mode::SelfPlace => {
+                let probes = probe
+                    .recs
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                let first = probes.iter().map(|p| p.entry).min();
+                let last = probes.iter().filter_map(|p| p.self_placed).max();
+                for p in &probes {
+                    if let Some(done) = p.self_placed {
+                        out.latency_us
+                            .push(done.duration_since(p.entry).as_secs_f64() * 1e6);
+                    }
+                    if p.verified {
+                        if p.placed_at_exit {
+                            out.unplaced_guest_us.push(0.0);
+                        } else {
+                            out.unplaced_at_gate += 1;
+                        }
                     }
                 }
                 if let (Some(f), Some(l)) = (first, last) {
@@ -426,29 +502,52 @@ pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
     let mut rows = Vec::new();
     let mut series = Vec::new();
     let mut backend_used = String::new();
+    let mut proto_rows = Vec::new();
     for &n in &counts {
         let runs = args.runs.unwrap_or_else(|| default_runs(n)).max(1);
-        let (mut hooks, mut pull) = (Agg::default(), Agg::default());
+        let (mut hooks, mut pull, mut selfp) = (Agg::default(), Agg::default(), Agg::default());
+        let modes = [Mode::Hooks, Mode::Pull, Mode::SelfPlace];
         for r in 0..runs {
-            // Alternate the order so that drift in machine load hits both alike.
-            let order = if r % 2 == 0 {
-                [Mode::Hooks, Mode::Pull]
-            } else {
-                [Mode::Pull, Mode::Hooks]
-            };
-            for mode in order {
-                let tag = format!("{}{n}-{r}", if mode == Mode::Hooks { "h" } else { "p" });
+            // Rotate the order so that drift in machine load hits all alike.
+            for k in 0..modes.len() {
+                let mode = modes[(r as usize + k) % modes.len()];
+                if mode == Mode::SelfPlace && args.no_self_place {
+                    continue;
+                }
+                let letter = match mode {
+                    Mode::Hooks => "h",
+                    Mode::Pull => "p",
+                    Mode::SelfPlace => "s",
+                };
+                let tag = format!("{letter}{n}-{r}");
                 let out = one_run(&layout, &guard, &tag, n, backend, mode, r == 0)?;
                 backend_used = out.backend.clone();
                 match mode {
                     Mode::Hooks => hooks.add(out),
                     Mode::Pull => pull.add(out),
+                    Mode::SelfPlace => selfp.add(out),
                 }
             }
         }
         let (h, p) = (hooks.json(), pull.json());
         let hs = Summary::of(&hooks.latency_us);
         let ps = Summary::of(&pull.latency_us);
+        let ss = Summary::of(&selfp.latency_us);
+        if ss.n > 0 {
+            proto_rows.push(vec![
+                n.to_string(),
+                num(ss.p50),
+                num(ss.p99),
+                num(ss.max),
+                num(Summary::of(&selfp.all_placed_us).max / 1e3),
+                format!("{:.0}×", ratio(ps.p50, ss.p50)),
+                selfp.unplaced_at_gate.to_string(),
+            ]);
+            series.push(Series {
+                label: format!("self-place prototype, {n} vCPUs"),
+                values: selfp.latency_us.clone(),
+            });
+        }
         eprintln!(
             "placement: {n} vCPUs, {runs} runs each: hooks p50 {:.0} µs, pull p50 {:.0} µs",
             hs.p50, ps.p50
@@ -490,6 +589,7 @@ pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
             "runs": runs,
             "hooks": h,
             "pull": p,
+            "self_place_prototype": if ss.n > 0 { selfp.json() } else { Value::Null },
             "speedup": round3(ratio(ps.p50, hs.p50)),
             "speedup_p99": round3(ratio(ps.p99, hs.p99)),
         }));
@@ -560,7 +660,7 @@ pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
          Targets: hooks p99 < 1 ms: {} (worst {:.0} µs); speedup ≥ 100×: {} (min {:.0}×); \
          240 vCPUs all placed within 20 ms: {}.\n\n\
          First `tasks` write after 100 ms without cgroup migrations ({} samples each): by tid \
-         p50 {} µs, max {} µs; by `0` from the thread itself p50 {} µs, max {} µs.\n",
+         p50 {} µs, max {} µs; by `0` from the thread itself p50 {} µs, max {} µs.\n{}",
         report::load_note(load_start, load_end),
         t.markdown(),
         yes_no(worst_p99 < 1000.0),
@@ -576,6 +676,28 @@ pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
         num(it.max),
         num(iz.p50),
         num(iz.max),
+        if proto_rows.is_empty() {
+            String::new()
+        } else {
+            let mut pt = Table::new(&[
+                "vCPUs",
+                "self-place p50 µs",
+                "p99 µs",
+                "max µs",
+                "all placed, max ms",
+                "pull p50 / self-place p50",
+                "released unplaced (checked in run 1)",
+            ]);
+            for r in proto_rows {
+                pt.row(r);
+            }
+            format!(
+                "\nPrototype, not the library: the same runs with each vCPU thread placing itself \
+                 by writing `0` to the sandbox's kept-open `tasks` files (no controller round trip, \
+                 no global threadgroup lock):\n\n{}",
+                pt.markdown()
+            )
+        },
     );
     let json = json!({
         "bench": "placement",
