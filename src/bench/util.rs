@@ -198,12 +198,28 @@ pub fn own_tids() -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// CPU time the calling thread has run, in ns (schedstat; guest time included).
+fn clock_ns(clock: libc::clockid_t) -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// CPU time the calling thread has run, in ns (guest time included).
+///
+/// From the scheduler clock brought up to date at the call, unlike
+/// `/proc/.../schedstat`, which lags a running thread by up to a tick.
 pub fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0)
+}
+
+/// CPU time thread `tid` of this process has run, in ns, up to date at the
+/// call (its per-thread CPU clock: `(~tid << 3) | CPUCLOCK_PERTHREAD | CPUCLOCK_SCHED`).
+pub fn task_cpu_ns_now(tid: i32) -> Option<u64> {
+    clock_ns(((!tid) << 3) | 4 | 2)
 }
 
 /// `guest_time` of one of our threads, in clock ticks (field 43 of `stat`).
@@ -383,7 +399,10 @@ mod tests {
 
     #[test]
     fn proc_readers_work_on_this_thread() {
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(2) {}
         assert!(thread_cpu_ns() > 0);
+        assert!(task_cpu_ns_now(vcpu_hooks::gettid()).is_some_and(|n| n > 0));
         assert!(own_tids().contains(&vcpu_hooks::gettid()));
         assert!(task_guest_ticks(vcpu_hooks::gettid()).is_some());
         assert!(rss_bytes() > 0);
