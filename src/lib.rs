@@ -12,7 +12,9 @@
 //! - [`state`]: the persisted sandbox state, for restore and crash cleanup;
 //! - [`plan`]: everything `resolve` reports, computed without side effects;
 //! - [`vmm`]: the minimal in-process VMM whose vCPU spawn path calls the hooks;
-//! - [`cli`]: the `host-cgroups` command line.
+//! - [`cli`]: the `host-cgroups` command line;
+//! - [`bench`]: the benchmark harness behind `host-cgroups bench`.
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod controller;

@@ -74,6 +74,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Remove what a crashed run left: its cgroups and state.
     Cleanup(cleanup::CleanupArgs),
+    /// Benchmarks: placement, lifecycle, systemd, scale, hooks.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Arguments of `inspect`.
@@ -342,6 +344,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Run(a) => run::run(&a),
         Command::Inspect(a) => inspect(&a),
         Command::Cleanup(a) => cleanup::cleanup(&a),
+        Command::Bench(a) => crate::bench::run(&a).map_err(CliError::from),
     }
 }
 

@@ -303,10 +303,6 @@ impl FsManager {
         } else {
             home
         };
-        let own: Vec<i32> = std::fs::read_dir("/proc/self/task")
-            .map_err(|e| io_err("read", Path::new("/proc/self/task"), e))?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
         let procs = read_ids(&dir.join("cgroup.procs"))?;
         if procs.contains(&me) {
             match self.version {
@@ -314,6 +310,12 @@ impl FsManager {
                     write_file(&home.join("cgroup.procs"), &me.to_string())?;
                 }
                 CgroupVersion::V1 => {
+                    // Listed only when needed: with many threads (vCPUs of other
+                    // sandboxes in this process) the scan is what destroy costs most.
+                    let own: Vec<i32> = std::fs::read_dir("/proc/self/task")
+                        .map_err(|e| io_err("read", Path::new("/proc/self/task"), e))?
+                        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                        .collect();
                     // Threads, not the process: other threads may sit elsewhere by design.
                     for tid in read_ids(&dir.join("tasks"))? {
                         if own.contains(&tid) {

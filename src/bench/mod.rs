@@ -1,0 +1,145 @@
+//! `host-cgroups bench ...`: whole-sandbox benchmarks, each comparison measured
+//! side by side in one run on the same machine (issue "Benchmarks").
+//!
+//! - [`placement`]: vCPU placement latency, hooks vs the pull baseline (scan `/proc`);
+//! - [`lifecycle`]: sandbox cgroup lifecycle, this project vs `cgroups-rs` vs the syscall floor;
+//! - [`systemd`]: transient scope round trips, this project vs `systemd-run --scope` vs `cgroups-rs`;
+//! - [`scale`]: many sandboxes alive at once;
+//! - [`hooks`]: the cost of the hook on the vCPU spawn path.
+//!
+//! Every bench prints a Markdown table (or, with `--json`, one JSON object) and
+//! writes `<out>/<bench>.json`, `<out>/<bench>.md` and `<out>/<bench>.svg`.
+//! Progress goes to stderr. All cgroups are named `hcgbench-<random>` and are
+//! removed by guards even when a run fails.
+
+pub mod hooks;
+pub mod lifecycle;
+pub mod placement;
+pub mod report;
+pub mod scale;
+pub mod stats;
+pub mod systemd;
+pub mod util;
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use thiserror::Error;
+
+use crate::cli::CliError;
+
+/// A benchmark that could not run or finish.
+#[derive(Debug, Error)]
+pub enum BenchError {
+    /// Bad arguments (exit code 2).
+    #[error("{0}")]
+    BadInput(String),
+    /// The host is not what the bench needs (no cgroup v1, not root, ...).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A step of the bench failed.
+    #[error("{step}: {message}")]
+    Step {
+        /// What was being done.
+        step: String,
+        /// The error.
+        message: String,
+    },
+    /// Writing the results failed.
+    #[error("writing {path}: {source}")]
+    Output {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl BenchError {
+    /// A failed step, with its error rendered.
+    pub fn step(step: impl Into<String>, e: impl std::fmt::Display) -> Self {
+        BenchError::Step {
+            step: step.into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<BenchError> for CliError {
+    fn from(e: BenchError) -> Self {
+        match e {
+            BenchError::BadInput(m) => CliError::BadInput(m),
+            other => CliError::Runtime(other.to_string()),
+        }
+    }
+}
+
+/// Options every bench takes.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Print one JSON object on stdout instead of the Markdown table.
+    #[arg(long)]
+    pub json: bool,
+    /// Directory for the JSON, Markdown and SVG files.
+    #[arg(long, value_name = "DIR", default_value = "target/bench")]
+    pub out: PathBuf,
+}
+
+/// Arguments of `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Which benchmark.
+    #[command(subcommand)]
+    pub which: Which,
+}
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum Which {
+    /// vCPU placement latency: hooks (push) vs scanning /proc (pull), cgroup v1 + cgroupfs.
+    Placement(placement::PlacementArgs),
+    /// Sandbox cgroup lifecycle: this project vs cgroups-rs FsManager vs the bare syscalls.
+    Lifecycle(lifecycle::LifecycleArgs),
+    /// systemd transient scope round trips: this project vs systemd-run --scope vs cgroups-rs.
+    Systemd(systemd::SystemdArgs),
+    /// 1..500 sandboxes alive at once: create/destroy time, memory, placement latency.
+    Scale(scale::ScaleArgs),
+    /// Cost of the placement hook on the vCPU spawn path, in nanoseconds.
+    Hooks(hooks::HooksArgs),
+}
+
+/// Runs the chosen benchmark.
+pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
+    match &args.which {
+        Which::Placement(a) => placement::run(a),
+        Which::Lifecycle(a) => lifecycle::run(a),
+        Which::Systemd(a) => systemd::run(a),
+        Which::Scale(a) => scale::run(a),
+        Which::Hooks(a) => hooks::run(a),
+    }
+}
+
+/// Parses a comma-separated list of positive numbers (`1,8,64,240`).
+pub fn parse_list(s: &str) -> Result<Vec<u32>, String> {
+    s.split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("{p:?} is not a positive number"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_parse() {
+        assert_eq!(parse_list("1,8, 64").unwrap(), vec![1, 8, 64]);
+        assert!(parse_list("1,0").is_err());
+        assert!(parse_list("x").is_err());
+    }
+}

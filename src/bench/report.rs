@@ -1,0 +1,326 @@
+//! Output of a bench: one JSON object, a Markdown table and an SVG plot of the
+//! latency distributions (empirical CDFs on a log axis), written by hand.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::{BenchError, Common};
+
+/// The machine a figure was taken on, and how busy it was.
+pub fn machine() -> Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let model = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_string())
+        .unwrap_or_default();
+    json!({
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        "cpus": crate::host::online_cpus().map(|c| c.len()).unwrap_or(0),
+        "cpu_model": model,
+        "loadavg": loadavg(),
+    })
+}
+
+/// The 1-minute load average.
+pub fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// One line saying how loaded the machine was, to print next to every figure.
+pub fn load_note(load_start: f64, load_end: f64) -> String {
+    let cpus = crate::host::online_cpus().map(|c| c.len()).unwrap_or(0);
+    format!(
+        "Machine: {cpus} CPUs, 1-min load average {load_start:.2} at start and {load_end:.2} at end. \
+         Figures taken while other work shares the CPUs are noisy (higher tails, lower ratios); \
+         re-run on a quiet machine for reference figures.\n"
+    )
+}
+
+/// A Markdown table.
+#[derive(Debug, Default)]
+pub struct Table {
+    /// Column headers.
+    pub headers: Vec<String>,
+    /// Rows of cells.
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these headers.
+    pub fn new(headers: &[&str]) -> Self {
+        Table {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row.
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// The table as GitHub Markdown.
+    pub fn markdown(&self) -> String {
+        let mut s = format!("| {} |\n", self.headers.join(" | "));
+        s.push_str(&format!(
+            "|{}\n",
+            self.headers.iter().map(|_| "---|").collect::<String>()
+        ));
+        for r in &self.rows {
+            s.push_str(&format!("| {} |\n", r.join(" | ")));
+        }
+        s
+    }
+}
+
+/// Formats a number for a table: integers above 100, 3 significant digits below.
+pub fn num(x: f64) -> String {
+    if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// One distribution to plot.
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// Legend label.
+    pub label: String,
+    /// The values (any order).
+    pub values: Vec<f64>,
+}
+
+const COLORS: &[&str] = &[
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#17becf", "#bcbd22",
+];
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Empirical CDFs of `series` on a log10 x axis, as a standalone SVG document.
+pub fn cdf_svg(title: &str, x_label: &str, series: &[Series]) -> String {
+    let (w, h) = (900.0_f64, 480.0_f64);
+    let (left, right, top, bottom) = (70.0, 260.0, 40.0, 60.0);
+    let pw = w - left - right;
+    let ph = h - top - bottom;
+    let positive = series
+        .iter()
+        .flat_map(|s| s.values.iter().copied())
+        .filter(|v| *v > 0.0 && v.is_finite());
+    let (mut lo, mut hi) = (f64::INFINITY, 0.0_f64);
+    for v in positive {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if !lo.is_finite() {
+        lo = 1.0;
+        hi = 10.0;
+    }
+    let lo_dec = lo.log10().floor();
+    let hi_dec = hi.log10().ceil().max(lo_dec + 1.0);
+    let x = |v: f64| {
+        let v = v.max(10f64.powf(lo_dec));
+        left + (v.log10() - lo_dec) / (hi_dec - lo_dec) * pw
+    };
+    let y = |p: f64| top + (1.0 - p) * ph;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" font-size="15" text-anchor="middle">{}</text>"#,
+        left + pw / 2.0,
+        xml_escape(title)
+    );
+    // Grid: decades on x, quartiles on y.
+    let mut d = lo_dec;
+    while d <= hi_dec + 1e-9 {
+        let xv = x(10f64.powf(d));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{xv:.1}" y1="{top}" x2="{xv:.1}" y2="{}" stroke="#ddd"/><text x="{xv:.1}" y="{}" text-anchor="middle">{}</text>"##,
+            top + ph,
+            top + ph + 18.0,
+            xml_escape(&decade_label(d))
+        );
+        d += 1.0;
+    }
+    for q in [0.0, 0.25, 0.5, 0.75, 0.99, 1.0] {
+        let yv = y(q);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{yv:.1}" x2="{}" y2="{yv:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end">{q}</text>"##,
+            left + pw,
+            left - 6.0,
+            yv + 4.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        r##"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+        left + pw / 2.0,
+        h - 15.0,
+        xml_escape(x_label)
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="18" y="{}" text-anchor="middle" transform="rotate(-90 18 {})">fraction of samples ≤ x</text>"#,
+        top + ph / 2.0,
+        top + ph / 2.0
+    );
+    for (i, se) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let mut v: Vec<f64> = se
+            .values
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n > 0 {
+            let mut pts = format!("{:.1},{:.1}", x(v[0]), y(0.0));
+            // A step function; thinned to at most ~2000 points per series.
+            let step = (n / 2000).max(1);
+            for (k, val) in v.iter().enumerate() {
+                if k % step != 0 && k != n - 1 {
+                    continue;
+                }
+                let p_before = k as f64 / n as f64;
+                let p_after = (k + 1) as f64 / n as f64;
+                let xv = x(*val);
+                let _ = write!(pts, " {xv:.1},{:.1} {xv:.1},{:.1}", y(p_before), y(p_after));
+            }
+            let _ = writeln!(
+                s,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{pts}"/>"#
+            );
+        }
+        let ly = top + 10.0 + i as f64 * 20.0;
+        let lx = left + pw + 15.0;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{} (n={n})</text>"#,
+            lx + 25.0,
+            lx + 32.0,
+            ly + 4.0,
+            xml_escape(&se.label)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn decade_label(d: f64) -> String {
+    let v = 10f64.powf(d);
+    if v >= 1.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Everything a bench produces.
+#[derive(Debug)]
+pub struct Output {
+    /// File stem: `placement`, `lifecycle`, ...
+    pub name: &'static str,
+    /// The JSON object (printed with `--json`).
+    pub json: Value,
+    /// The Markdown report (printed otherwise).
+    pub markdown: String,
+    /// The plot, if the bench has distributions.
+    pub svg: Option<String>,
+}
+
+fn write(path: &Path, text: &str) -> Result<(), BenchError> {
+    std::fs::write(path, text).map_err(|source| BenchError::Output {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Writes `<out>/<name>.{json,md,svg}` and prints the JSON or the Markdown.
+pub fn emit(common: &Common, out: Output) -> Result<(), BenchError> {
+    std::fs::create_dir_all(&common.out).map_err(|source| BenchError::Output {
+        path: common.out.clone(),
+        source,
+    })?;
+    let json_text = serde_json::to_string_pretty(&out.json)
+        .map_err(|e| BenchError::step("serialising the results", e))?;
+    let base = common.out.join(out.name);
+    write(&base.with_extension("json"), &format!("{json_text}\n"))?;
+    write(&base.with_extension("md"), &out.markdown)?;
+    let mut files = vec![base.with_extension("json"), base.with_extension("md")];
+    if let Some(svg) = &out.svg {
+        write(&base.with_extension("svg"), svg)?;
+        files.push(base.with_extension("svg"));
+    }
+    if common.json {
+        println!("{json_text}");
+    } else {
+        print!("{}", out.markdown);
+    }
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    eprintln!("host-cgroups bench: wrote {}", names.join(", "));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_and_svg() {
+        let mut t = Table::new(&["a", "b"]);
+        t.row(vec!["1".into(), "2".into()]);
+        assert_eq!(t.markdown(), "| a | b |\n|---|---|\n| 1 | 2 |\n");
+        let svg = cdf_svg(
+            "t <x>",
+            "µs",
+            &[
+                Series {
+                    label: "hooks".into(),
+                    values: vec![10.0, 20.0, 30.0],
+                },
+                Series {
+                    label: "pull".into(),
+                    values: vec![5000.0, 60000.0],
+                },
+                Series {
+                    label: "empty".into(),
+                    values: vec![],
+                },
+            ],
+        );
+        assert!(svg.starts_with("<svg"));
+        assert!(svg.contains("t &lt;x&gt;"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(svg.trim_end().ends_with("</svg>"));
+        assert_eq!(num(1234.4), "1234");
+        assert_eq!(num(12.34), "12.3");
+        assert_eq!(num(1.234), "1.23");
+    }
+}
