@@ -640,3 +640,124 @@ fn resolve_prints_unit_properties() {
         }
     }
 }
+
+/// Restores the system bus on drop (a test stopped it), and waits until systemd answers on it again.
+struct BusRestorer;
+
+fn bus_answers() -> bool {
+    Command::new("busctl")
+        .args([
+            "get-property",
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "Version",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Drop for BusRestorer {
+    fn drop(&mut self) {
+        // systemctl talks to PID 1 over its private socket, so it works without the bus.
+        let _ = Command::new("systemctl")
+            .args(["start", "dbus.socket", "dbus.service"])
+            .status();
+        let start = Instant::now();
+        while !bus_answers() && start.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn bus_going_away_mid_run_is_reported_and_cleanup_finishes_later() {
+    if !needs_systemd("bus_going_away_mid_run_is_reported_and_cleanup_finishes_later") {
+        return;
+    }
+    let layout = layout();
+    let g = SliceGuard::new();
+    let id = unique("busgone");
+    let path = g.path(&id);
+    let unit = unit_of(&path, &id);
+    let state = std::env::temp_dir().join(unique("state"));
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--cgroups-path",
+            &path,
+            "--sandbox-id",
+            &id,
+            "--duration",
+            "600",
+            "--vcpus",
+            "1",
+            "--backend",
+            "thread",
+            "--state-dir",
+        ])
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    let pid = child.id() as i32;
+    let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    let start = Instant::now();
+    while !seen.contains("running") {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut err, &mut line).unwrap_or(0);
+        assert!(
+            n > 0 && start.elapsed() < WAIT * 2,
+            "run ended early: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    assert!(listed(&unit.unit));
+
+    // The system bus goes away while the sandbox runs; then the runtime tears down.
+    let _restore = BusRestorer;
+    let st = Command::new("systemctl")
+        .args(["stop", "dbus.socket", "dbus.service"])
+        .status()
+        .expect("systemctl stop dbus");
+    assert!(st.success());
+    wait_until("the bus is gone", || !bus_answers());
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut err, &mut rest);
+    let status = child.wait().expect("wait run");
+    // A clear runtime failure (exit 1), not a crash; the state is kept for cleanup.
+    assert_eq!(status.code(), Some(1), "{rest}");
+    assert!(
+        rest.contains("not reachable") || rest.contains("D-Bus") || rest.contains("bus"),
+        "{rest}"
+    );
+    assert!(
+        state.join(format!("{id}.json")).exists(),
+        "state was dropped: {rest}"
+    );
+
+    // The bus comes back: `cleanup` finishes the job from the state.
+    drop(_restore);
+    let out = Command::new(BIN)
+        .args(["cleanup", "--sandbox-id", &id, "--state-dir"])
+        .arg(&state)
+        .output()
+        .expect("cleanup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("the unit is gone", || !listed(&unit.unit));
+    let rel = unit.cgroup_path();
+    wait_until("the unit's cgroups are gone", || {
+        unit_dirs(&layout, &rel).iter().all(|d| !d.exists())
+    });
+    assert!(!state.join(format!("{id}.json")).exists());
+    let _ = std::fs::remove_dir_all(&state);
+}
