@@ -228,15 +228,7 @@ impl CgroupController {
         })();
         if let Err(e) = setup {
             warn!(error = %e, "sandbox setup failed; rolling back");
-            let mut w = Worker {
-                placement: plan.placement,
-                sandbox,
-                overhead,
-                state,
-                state_dir: opts.state_dir.clone(),
-                records: Vec::new(),
-                pinned: false,
-            };
+            let mut w = Worker::new(plan.placement, sandbox, overhead, state, opts.state_dir);
             let report = w.teardown(true);
             for err in report.errors {
                 warn!(error = %err, "rollback");
@@ -285,15 +277,13 @@ impl CgroupController {
         let overhead_paths = overhead.as_ref().map(|o| o.paths());
         let (hooks, events) = vcpu_hooks::channel(opts.placement_timeout);
         let (cmd, cmds) = unbounded();
-        let worker = Worker {
-            placement: plan.placement,
+        let worker = Worker::new(
+            plan.placement,
             sandbox,
             overhead,
             state,
-            state_dir: opts.state_dir.clone(),
-            records: Vec::new(),
-            pinned: false,
-        };
+            opts.state_dir.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name("hcg-controller".into())
             .spawn(move || worker.run(events, cmds))
@@ -383,6 +373,24 @@ fn merge(a: &[PathBuf], b: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 impl Worker {
+    fn new(
+        placement: Placement,
+        sandbox: Box<dyn Manager>,
+        overhead: Option<Box<dyn Manager>>,
+        state: SandboxState,
+        state_dir: Option<PathBuf>,
+    ) -> Self {
+        Worker {
+            placement,
+            sandbox,
+            overhead,
+            state,
+            state_dir,
+            records: Vec::new(),
+            pinned: false,
+        }
+    }
+
     fn run(mut self, events: Receiver<HookMessage>, cmds: Receiver<Cmd>) {
         loop {
             select! {
@@ -753,33 +761,27 @@ mod tests {
 
     fn worker(gone: i32) -> Worker {
         let path = CgroupsPath::parse("fake", "sb").unwrap();
-        Worker {
+        let state = SandboxState {
+            sandbox_id: "sb".into(),
+            driver: Driver::Cgroupfs,
+            cgroup_version: CgroupVersion::V1,
             placement: Placement::VcpuThreads,
-            sandbox: Box::new(Fake {
-                gone,
-                placed: vec![],
-            }),
-            overhead: None,
-            state: SandboxState {
-                sandbox_id: "sb".into(),
-                driver: Driver::Cgroupfs,
-                cgroup_version: CgroupVersion::V1,
-                placement: Placement::VcpuThreads,
-                sandbox_cgroup_only: true,
-                enable_vcpus_pinning: false,
-                vmm_pid: 1,
-                sandbox: CgroupState {
-                    path,
-                    created: vec![],
-                },
-                overhead: None,
-                containers: BTreeMap::new(),
-                sandbox_resources: None,
+            sandbox_cgroup_only: true,
+            enable_vcpus_pinning: false,
+            vmm_pid: 1,
+            sandbox: CgroupState {
+                path,
+                created: vec![],
             },
-            state_dir: None,
-            records: Vec::new(),
-            pinned: false,
-        }
+            overhead: None,
+            containers: BTreeMap::new(),
+            sandbox_resources: None,
+        };
+        let fake = Box::new(Fake {
+            gone,
+            placed: vec![],
+        });
+        Worker::new(Placement::VcpuThreads, fake, None, state, None)
     }
 
     fn started(w: &mut Worker, index: u32, tid: i32) -> Result<(), String> {
