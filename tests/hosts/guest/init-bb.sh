@@ -1,6 +1,7 @@
 #!/bin/sh
 # /init of the busybox hosts v1 and v2 (PID 1 is this shell; no systemd). It:
-#  - mounts /proc, /sys, /dev (devtmpfs, devpts, /dev/shm), tmpfs on /tmp and /run;
+#  - mounts /proc, /sys, /dev (devtmpfs, devpts, /dev/shm) and tmpfs on /run; /tmp stays on the
+#    (writable, in-RAM) initramfs, since the payload may live there (a checkout under /tmp);
 #  - mounts cgroups like a systemd host of that kind would, and nothing else:
 #      v2: cgroup2 on /sys/fs/cgroup (nsdelegate,memory_recursiveprot); cgroup.subtree_control
 #          of the root is left empty (enabling controllers is up to the payload);
@@ -16,7 +17,7 @@ mount -t devtmpfs -o nosuid dev /dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o nosuid,noexec devpts /dev/pts
 mount -t tmpfs -o nosuid,nodev shm /dev/shm
-mount -t tmpfs -o nosuid,nodev tmp /tmp
+mkdir -p /tmp && chmod 1777 /tmp
 mount -t tmpfs -o nosuid,nodev,mode=755 run /run
 hostname testhost
 MODE=$(cat /hostcg/mode)

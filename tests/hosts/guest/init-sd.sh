@@ -22,6 +22,13 @@ copy_in() { # PATH ONLY_IF_MISSING
     || fail "cannot copy $1"
 }
 while IFS= read -r p; do copy_in "$p" 0; done < /hostcg/files.list
+# The payload may live under /tmp (a checkout there): keep systemd from mounting a tmpfs over
+# it (tmp.mount) or emptying it at boot (tmpfiles' `D /tmp`; `d` only creates).
+if grep -q '^/tmp/' /hostcg/files.list; then
+  ln -sf /dev/null /sysroot/etc/systemd/system/tmp.mount
+  mkdir -p /sysroot/etc/tmpfiles.d
+  echo 'd /tmp 1777 root root -' > /sysroot/etc/tmpfiles.d/tmp.conf
+fi
 while IFS= read -r p; do copy_in "$p" 1; done < /hostcg/libs.list
 umount /proc /sys /dev
 exec switch_root /sysroot /sbin/init
