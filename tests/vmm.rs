@@ -1,9 +1,13 @@
 //! Integration tests of the in-process VMM through its public API.
 //!
-//! Tests that need KVM print a skip reason and return when `/dev/kvm` is
-//! unusable. Tests share the process's thread list, so they take a global
+//! Tests that need KVM record a skip (tests/common/skip.rs) and return when
+//! `/dev/kvm` is unusable. Tests share the process's thread list, so they take a global
 //! lock and run one at a time. Time bounds are generous (seconds) so that a
 //! slow or loaded machine never fails them; observed latencies are printed.
+
+mod common {
+    pub mod skip;
+}
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,7 +30,10 @@ fn kvm_usable(test: &str) -> bool {
     match kvm_api_version() {
         Some(_) => true,
         None => {
-            eprintln!("skipping {test}: /dev/kvm is missing or unusable");
+            common::skip::skip(
+                test,
+                "needs /dev/kvm (missing or unusable here; runs in `cargo test` on a KVM host)",
+            );
             false
         }
     }
