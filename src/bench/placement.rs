@@ -180,6 +180,27 @@ enum Mode {
     SelfPlace,
 }
 
+/// Counts, over the verified probes, the vCPUs released from their hook already placed
+/// (no run-loop time outside the sandbox) or not, and the span from the first start to the
+/// last placement.
+fn record_gate_and_span(
+    out: &mut RunOut,
+    probes: &[ProbeRec],
+    first: Option<Instant>,
+    last: Option<Instant>,
+) {
+    for p in probes.iter().filter(|p| p.verified) {
+        if p.placed_at_exit {
+            out.unplaced_guest_us.push(0.0);
+        } else {
+            out.unplaced_at_gate += 1;
+        }
+    }
+    if let (Some(f), Some(l)) = (first, last) {
+        out.all_placed_us = l.duration_since(f).as_secs_f64() * 1e6;
+    }
+}
+
 fn config() -> Result<RuntimeConfig, BenchError> {
     let mut c = RuntimeConfig::embedded().map_err(|e| BenchError::step("embedded config", e))?;
     c.sandbox_cgroup_only = false;
@@ -276,16 +297,8 @@ fn one_run(
                 }
                 for p in probes.iter().filter(|p| p.verified) {
                     out.guest_ticks_before_placement += p.guest_ticks_at_exit;
-                    if p.placed_at_exit {
-                        // Released from the hook already placed: no run-loop time outside.
-                        out.unplaced_guest_us.push(0.0);
-                    } else {
-                        out.unplaced_at_gate += 1;
-                    }
                 }
-                if let (Some(f), Some(l)) = (first, last) {
-                    out.all_placed_us = l.duration_since(f).as_secs_f64() * 1e6;
-                }
+                record_gate_and_span(&mut out, &probes, first, last);
             }
             Mode::SelfPlace => {
                 let probes = probe
@@ -300,17 +313,8 @@ fn one_run(
                         out.latency_us
                             .push(done.duration_since(p.entry).as_secs_f64() * 1e6);
                     }
-                    if p.verified {
-                        if p.placed_at_exit {
-                            out.unplaced_guest_us.push(0.0);
-                        } else {
-                            out.unplaced_at_gate += 1;
-                        }
-                    }
                 }
-                if let (Some(f), Some(l)) = (first, last) {
-                    out.all_placed_us = l.duration_since(f).as_secs_f64() * 1e6;
-                }
+                record_gate_and_span(&mut out, &probes, first, last);
             }
             Mode::Pull => {
                 let mut delay = Duration::from_millis(50);
