@@ -145,17 +145,48 @@ fn config(dir: &Path, sandbox_cgroup_only: bool, maxvcpus: u32, pinning: bool) -
     p.to_string_lossy().into_owned()
 }
 
+/// One test's cgroup prefix (and its overhead twin), state directory and config; removed on drop.
+struct Fixture {
+    prefix: String,
+    guard: CgroupGuard,
+    _overhead: CgroupGuard,
+    dir: PathBuf,
+    cfg: String,
+    rel: String,
+    state: String,
+}
+
+impl Fixture {
+    fn new(tag: &str, sandbox_cgroup_only: bool) -> Self {
+        let prefix = unique(tag);
+        let guard = CgroupGuard::new(&prefix);
+        let overhead = CgroupGuard::new(&format!("kata_overhead/{prefix}"))
+            .and_parent_if_empty("kata_overhead");
+        let dir = tmp("state");
+        let cfg = config(&dir, sandbox_cgroup_only, 8, false);
+        Fixture {
+            rel: format!("{prefix}/sb"),
+            state: dir.to_string_lossy().into_owned(),
+            prefix,
+            guard,
+            _overhead: overhead,
+            dir,
+            cfg,
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn place_and_check(vcpus: u32, sandbox_cgroup_only: bool) {
     let layout = layout();
-    let prefix = unique("run");
-    let guard = CgroupGuard::new(&prefix);
-    let _overhead =
-        CgroupGuard::new(&format!("kata_overhead/{prefix}")).and_parent_if_empty("kata_overhead");
-    let dir = tmp("state");
-    let cfg = config(&dir, sandbox_cgroup_only, 8, false);
-    let rel = format!("{prefix}/sb");
+    let fx = Fixture::new("run", sandbox_cgroup_only);
+    let (cfg, rel, state) = (fx.cfg.clone(), fx.rel.clone(), fx.state.clone());
     let n = vcpus.to_string();
-    let state = dir.to_string_lossy().into_owned();
     let mut run = RunChild::spawn(&[
         "--config",
         &cfg,
@@ -202,9 +233,12 @@ fn place_and_check(vcpus: u32, sandbox_cgroup_only: bool) {
         assert!(c["placed_after_us"].is_u64(), "{c}");
     }
     assert!(v["cleanup"]["errors"].as_array().unwrap().is_empty(), "{v}");
-    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
+    assert!(
+        fx.guard.leftovers().is_empty(),
+        "{:?}",
+        fx.guard.leftovers()
+    );
     assert!(!layout.mounts.values().any(|m| m.join(&overhead).exists()));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -230,12 +264,8 @@ fn overhead_cgroup_holds_the_rest_when_not_sandbox_only() {
 #[test]
 fn hotplug_places_new_threads_and_unplug_records_exits() {
     let layout = layout();
-    let prefix = unique("hotplug");
-    let guard = CgroupGuard::new(&prefix);
-    let dir = tmp("state");
-    let cfg = config(&dir, true, 8, false);
-    let rel = format!("{prefix}/sb");
-    let state = dir.to_string_lossy().into_owned();
+    let fx = Fixture::new("hotplug", true);
+    let (cfg, rel, state) = (fx.cfg.clone(), fx.rel.clone(), fx.state.clone());
     let mut run = RunChild::spawn(&[
         "--config",
         &cfg,
@@ -282,8 +312,7 @@ fn hotplug_places_new_threads_and_unplug_records_exits() {
         .collect();
     assert_eq!(exited.len(), 2, "{v}");
     assert!(exited.contains(&2) && exited.contains(&3), "{exited:?}");
-    assert!(guard.leftovers().is_empty());
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(fx.guard.leftovers().is_empty());
 }
 
 fn usage_run(prefix: &str, resources: Option<&str>) -> Value {
@@ -339,14 +368,14 @@ fn quota_holds_two_spinning_vcpus_to_half_a_cpu() {
 #[test]
 fn killed_run_is_cleaned_up_by_cleanup() {
     let layout: CgroupLayout = layout();
-    let prefix = unique("crash");
-    let guard = CgroupGuard::new(&prefix);
-    let _overhead =
-        CgroupGuard::new(&format!("kata_overhead/{prefix}")).and_parent_if_empty("kata_overhead");
-    let dir = tmp("state");
-    let cfg = config(&dir, false, 8, false);
-    let rel = format!("{prefix}/sb");
-    let state = dir.to_string_lossy().into_owned();
+    let fx = Fixture::new("crash", false);
+    let (prefix, cfg, rel, state) = (
+        fx.prefix.clone(),
+        fx.cfg.clone(),
+        fx.rel.clone(),
+        fx.state.clone(),
+    );
+    let dir = fx.dir.clone();
     let mut run = RunChild::spawn(&[
         "--config",
         &cfg,
@@ -367,7 +396,7 @@ fn killed_run_is_cleaned_up_by_cleanup() {
     let (status, _, _) = run.finish();
     assert!(!status.success());
     assert!(
-        !guard.leftovers().is_empty(),
+        !fx.guard.leftovers().is_empty(),
         "the killed run should have left its cgroups"
     );
     let out = Command::new(BIN)
@@ -379,7 +408,11 @@ fn killed_run_is_cleaned_up_by_cleanup() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
+    assert!(
+        fx.guard.leftovers().is_empty(),
+        "{:?}",
+        fx.guard.leftovers()
+    );
     let overhead = format!("kata_overhead/{prefix}");
     assert!(!common::mounts(&layout)
         .iter()
