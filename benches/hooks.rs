@@ -10,7 +10,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use host_cgroups::bench::util::scan_vcpu_tids;
+use demo_vmm::scan_vcpu_tids;
 use vcpu_hooks::{NoHooks, VcpuHooks};
 
 fn hook_call(c: &mut Criterion) {

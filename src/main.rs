@@ -1,6 +1,9 @@
 //! `host-cgroups`: the command-line entry point.
 use clap::Parser;
 
+mod bench;
+mod cli;
+
 fn main() {
     // A closed stdout (`| head`) ends the program quietly, as for any Unix tool.
     // SAFETY: resetting a signal disposition before any thread exists.
@@ -14,8 +17,8 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = host_cgroups::cli::Cli::parse();
-    if let Err(e) = host_cgroups::cli::run(cli) {
+    let cli = cli::Cli::parse();
+    if let Err(e) = cli::run(cli) {
         eprintln!("host-cgroups: error: {e}");
         std::process::exit(e.exit_code());
     }

@@ -173,7 +173,7 @@ fn overhead_follows_sandbox_cgroup_only() {
 fn the_shipped_configuration_loads() {
     let cfg = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/configuration-dragonball.toml"
+        "/crates/host-cgroups/tests/data/configuration-dragonball.toml"
     );
     let v = json(&hc(&[
         "resolve",

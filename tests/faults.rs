@@ -7,11 +7,11 @@ mod common;
 use std::path::Path;
 
 use common::*;
+use demo_vmm::{BackendChoice, Vmm, VmmConfig};
 use host_cgroups::config::RuntimeConfig;
 use host_cgroups::controller::{CgroupController, ControllerOptions};
 use host_cgroups::host::CgroupVersion;
 use host_cgroups::plan::SandboxPlan;
-use host_cgroups::vmm::{BackendChoice, Vmm, VmmConfig};
 
 /// Moves every thread of this process out of `dir` to `home` (where it came from), as an outsider would.
 fn evict_own_threads(dir: &Path, home: &Path, v2: bool) {

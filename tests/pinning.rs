@@ -6,11 +6,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use demo_vmm::{BackendChoice, Vmm, VmmConfig};
 use host_cgroups::config::RuntimeConfig;
 use host_cgroups::controller::{CgroupController, ControllerOptions};
 use host_cgroups::plan::SandboxPlan;
 use host_cgroups::resources::from_json;
-use host_cgroups::vmm::{BackendChoice, Vmm, VmmConfig};
 
 fn allowed(tid: i32) -> String {
     let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();

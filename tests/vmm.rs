@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use host_cgroups::vmm::{kvm_api_version, BackendChoice, VcpuBackend, Vmm, VmmConfig, VmmError};
+use demo_vmm::{kvm_api_version, BackendChoice, VcpuBackend, Vmm, VmmConfig, VmmError};
 use vcpu_hooks::{HookError, HookMessage, NoHooks, PlacementReply, VcpuEvent};
 
 /// Bound for anything that should take milliseconds.

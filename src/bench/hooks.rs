@@ -16,7 +16,7 @@ use vcpu_hooks::{NoHooks, VcpuHooks};
 use super::report::{self, cdf_svg, num, Series, Table};
 use super::stats::{round3, Summary};
 use super::{BenchError, Common};
-use crate::vmm::{BackendChoice, Vmm, VmmConfig};
+use demo_vmm::{BackendChoice, Vmm, VmmConfig};
 
 /// Arguments of `bench hooks`.
 #[derive(Debug, Args)]

@@ -26,9 +26,9 @@ use super::report::{self, cdf_svg, num, Series, Table};
 use super::stats::{ratio, round3, Summary};
 use super::util::{self, BenchCgroups};
 use super::{BenchError, Common};
-use crate::host::CgroupLayout;
-use crate::manager::{FsManager, Manager};
-use crate::resources;
+use host_cgroups::host::CgroupLayout;
+use host_cgroups::manager::{FsManager, Manager};
+use host_cgroups::resources;
 
 /// Arguments of `bench lifecycle`.
 #[derive(Debug, Args)]
@@ -94,7 +94,7 @@ struct Setup {
 
 impl Setup {
     fn new(layout: &CgroupLayout, relative: &str) -> Result<Self, BenchError> {
-        let cpus = crate::host::online_cpus()
+        let cpus = host_cgroups::host::online_cpus()
             .map_err(|e| BenchError::step("online CPUs", e))?
             .iter()
             .next()

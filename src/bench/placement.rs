@@ -29,12 +29,12 @@ use super::report::{self, cdf_svg, num, Series, Table};
 use super::stats::{ratio, round3, Summary};
 use super::util::{self, BenchCgroups};
 use super::{BenchError, Common};
-use crate::config::RuntimeConfig;
-use crate::controller::{CgroupController, ControllerOptions};
-use crate::host::CgroupLayout;
-use crate::manager;
-use crate::plan::SandboxPlan;
-use crate::vmm::{BackendChoice, Vmm, VmmConfig};
+use demo_vmm::{BackendChoice, Vmm, VmmConfig};
+use host_cgroups::config::RuntimeConfig;
+use host_cgroups::controller::{CgroupController, ControllerOptions};
+use host_cgroups::host::CgroupLayout;
+use host_cgroups::manager;
+use host_cgroups::plan::SandboxPlan;
 
 /// Arguments of `bench placement`.
 #[derive(Debug, Args)]
@@ -319,7 +319,7 @@ fn one_run(
             Mode::Pull => {
                 let mut delay = Duration::from_millis(50);
                 let found = loop {
-                    let f = util::scan_vcpu_tids();
+                    let f = demo_vmm::scan_vcpu_tids();
                     if f.len() >= n as usize || out.retries >= 10 {
                         break f;
                     }
@@ -487,10 +487,13 @@ fn idle_first_write(
 /// Runs `bench placement`.
 pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
     let counts = super::parse_list(&args.vcpus).map_err(BenchError::BadInput)?;
-    if let Some(&big) = counts.iter().find(|&&n| n > crate::config::MAX_VCPUS) {
+    if let Some(&big) = counts
+        .iter()
+        .find(|&&n| n > host_cgroups::config::MAX_VCPUS)
+    {
         return Err(BenchError::BadInput(format!(
             "--vcpus {big}: at most {} vCPUs",
-            crate::config::MAX_VCPUS
+            host_cgroups::config::MAX_VCPUS
         )));
     }
     let backend: BackendChoice = args

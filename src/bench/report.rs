@@ -19,7 +19,7 @@ pub fn machine() -> Value {
         .unwrap_or_default();
     json!({
         "kernel": read("/proc/sys/kernel/osrelease").trim(),
-        "cpus": crate::host::online_cpus().map(|c| c.len()).unwrap_or(0),
+        "cpus": host_cgroups::host::online_cpus().map(|c| c.len()).unwrap_or(0),
         "cpu_model": model,
         "loadavg": loadavg(),
     })
@@ -35,7 +35,9 @@ pub fn loadavg() -> f64 {
 
 /// One line saying how loaded the machine was, to print next to every figure.
 pub fn load_note(load_start: f64, load_end: f64) -> String {
-    let cpus = crate::host::online_cpus().map(|c| c.len()).unwrap_or(0);
+    let cpus = host_cgroups::host::online_cpus()
+        .map(|c| c.len())
+        .unwrap_or(0);
     format!(
         "Machine: {cpus} CPUs, 1-min load average {load_start:.2} at start and {load_end:.2} at end. \
          Figures taken while other work shares the CPUs are noisy (higher tails, lower ratios); \

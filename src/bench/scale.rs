@@ -23,13 +23,13 @@ use super::report::{self, cdf_svg, num, Series, Table};
 use super::stats::{ratio, round3, Summary};
 use super::util::{self, BenchCgroups};
 use super::{BenchError, Common};
-use crate::config::RuntimeConfig;
-use crate::controller::{CgroupController, ControllerOptions};
-use crate::host::CgroupLayout;
-use crate::manager::fs::write_file;
-use crate::plan::SandboxPlan;
-use crate::resources;
-use crate::vmm::{BackendChoice, Vmm, VmmConfig};
+use demo_vmm::{BackendChoice, Vmm, VmmConfig};
+use host_cgroups::config::RuntimeConfig;
+use host_cgroups::controller::{CgroupController, ControllerOptions};
+use host_cgroups::host::CgroupLayout;
+use host_cgroups::manager::fs::write_file;
+use host_cgroups::plan::SandboxPlan;
+use host_cgroups::resources;
 
 /// Arguments of `bench scale`.
 #[derive(Debug, Args)]
@@ -65,7 +65,7 @@ fn plan(layout: &CgroupLayout, guard: &BenchCgroups, tag: &str) -> Result<Sandbo
 }
 
 fn options() -> Result<ControllerOptions, BenchError> {
-    let cpu = crate::host::online_cpus()
+    let cpu = host_cgroups::host::online_cpus()
         .map_err(|e| BenchError::step("online CPUs", e))?
         .iter()
         .next()

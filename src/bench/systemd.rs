@@ -22,10 +22,10 @@ use super::report::{self, cdf_svg, num, Series, Table};
 use super::stats::{ratio, round3, Summary};
 use super::util;
 use super::{BenchError, Common};
-use crate::host::{parse_proc_cgroup, CgroupLayout, CgroupVersion, SystemdInfo};
-use crate::manager;
-use crate::path::CgroupsPath;
-use crate::resources;
+use host_cgroups::host::{parse_proc_cgroup, CgroupLayout, CgroupVersion};
+use host_cgroups::manager;
+use host_cgroups::path::CgroupsPath;
+use host_cgroups::resources;
 
 /// Arguments of `bench systemd`.
 #[derive(Debug, Args)]
@@ -221,7 +221,7 @@ fn once(
 
 /// Runs `bench systemd`.
 pub fn run(args: &SystemdArgs) -> Result<(), BenchError> {
-    let info = SystemdInfo::detect();
+    let info = host_cgroups::manager::systemd_info();
     let load_start = report::loadavg();
     let machine = report::machine();
     if !info.reachable {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::host::{parse_proc_cgroup, CgroupLayout, CgroupVersion};
+use host_cgroups::host::{parse_proc_cgroup, CgroupLayout, CgroupVersion};
 
 use super::BenchError;
 
@@ -67,7 +67,7 @@ impl BenchCgroups {
     pub fn new(layout: &CgroupLayout) -> Self {
         let overhead_parents = mounts(layout)
             .into_iter()
-            .map(|m| m.join(crate::path::OVERHEAD_PARENT))
+            .map(|m| m.join(host_cgroups::path::OVERHEAD_PARENT))
             .filter(|p| !p.exists())
             .collect();
         BenchCgroups {
@@ -83,7 +83,7 @@ impl BenchCgroups {
         for m in mounts(&self.layout) {
             for top in [
                 m.join(&self.name),
-                m.join(crate::path::OVERHEAD_PARENT).join(&self.name),
+                m.join(host_cgroups::path::OVERHEAD_PARENT).join(&self.name),
             ] {
                 if top.is_dir() {
                     walk(&top, &mut out);
@@ -234,28 +234,6 @@ pub fn task_guest_ticks(tid: i32) -> Option<u64> {
 pub fn thread_cgroup(controller: &str) -> Option<String> {
     let t = std::fs::read_to_string("/proc/thread-self/cgroup").ok()?;
     parse_proc_cgroup(&t).get(controller).cloned()
-}
-
-/// The pull approach's lookup: `/proc/self/task/*/comm` named `db_vcpu<N>`, as (N, tid).
-pub fn scan_vcpu_tids() -> Vec<(u32, i32)> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc/self/task") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) else {
-            continue;
-        };
-        if let Some(i) = comm.trim().strip_prefix("db_vcpu") {
-            if let Ok(index) = i.parse() {
-                out.push((index, tid));
-            }
-        }
-    }
-    out
 }
 
 /// Resident memory of this process, in bytes (`/proc/self/statm`).

@@ -6,10 +6,10 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{bad, cgroups_path_str, print_json, runtime, CliError};
-use crate::host::CgroupLayout;
-use crate::manager;
-use crate::path::CgroupsPath;
-use crate::state::{SandboxState, StateError, DEFAULT_STATE_DIR};
+use host_cgroups::host::CgroupLayout;
+use host_cgroups::manager;
+use host_cgroups::path::CgroupsPath;
+use host_cgroups::state::{SandboxState, StateError, DEFAULT_STATE_DIR};
 
 /// Arguments of `cleanup`.
 #[derive(Debug, Args)]
@@ -38,7 +38,7 @@ struct CleanupReport {
 
 /// Removes the sandbox's cgroups and state.
 pub fn cleanup(args: &CleanupArgs) -> Result<(), CliError> {
-    crate::path::validate_sandbox_id(&args.sandbox_id).map_err(bad)?;
+    host_cgroups::path::validate_sandbox_id(&args.sandbox_id).map_err(bad)?;
     let layout = CgroupLayout::detect().map_err(runtime)?;
     let mut report = CleanupReport {
         sandbox_id: args.sandbox_id.clone(),

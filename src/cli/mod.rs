@@ -12,10 +12,10 @@ use clap::{Args, Parser, Subcommand};
 use oci_spec::runtime::LinuxResources;
 use serde::Serialize;
 
-use crate::config::{load_bundle, RuntimeConfig};
-use crate::host::{CgroupLayout, CgroupVersion, KvmInfo, SystemdInfo};
-use crate::plan::{nominal_layout, SandboxPlan};
-use crate::resources;
+use host_cgroups::config::{load_bundle, RuntimeConfig};
+use host_cgroups::host::{CgroupLayout, CgroupVersion, KvmInfo, SystemdInfo};
+use host_cgroups::plan::{nominal_layout, SandboxPlan};
+use host_cgroups::resources;
 
 /// An error the CLI reports, with the exit code it maps to.
 #[derive(Debug)]
@@ -93,8 +93,8 @@ fn inspect(args: &InspectArgs) -> Result<(), CliError> {
     if args.pid <= 0 {
         return Err(bad(format!("--pid {} is not a process id", args.pid)));
     }
-    let threads =
-        crate::host::threads(args.pid).map_err(|e| bad(format!("process {}: {e}", args.pid)))?;
+    let threads = host_cgroups::host::threads(args.pid)
+        .map_err(|e| bad(format!("process {}: {e}", args.pid)))?;
     if args.json {
         return print_json(&serde_json::json!({ "pid": args.pid, "threads": threads }));
     }
@@ -103,7 +103,7 @@ fn inspect(args: &InspectArgs) -> Result<(), CliError> {
 }
 
 /// Prints a thread table: tid, name, role, and the cgroup per controller.
-pub fn print_threads(threads: &[crate::host::ThreadInfo]) {
+pub fn print_threads(threads: &[host_cgroups::host::ThreadInfo]) {
     println!("{:<8} {:<16} {:<10} cgroups", "tid", "name", "role");
     for t in threads {
         let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
@@ -219,7 +219,7 @@ pub fn layout_for(version: Option<u8>) -> Result<CgroupLayout, CliError> {
 
 #[derive(Serialize)]
 struct CheckReport {
-    hierarchy: crate::host::Hierarchy,
+    hierarchy: host_cgroups::host::Hierarchy,
     cgroup_version: u8,
     controllers: Vec<String>,
     mounts: std::collections::BTreeMap<String, PathBuf>,
@@ -240,7 +240,7 @@ fn check(args: &CheckArgs) -> Result<(), CliError> {
         mounts: layout.mounts.clone(),
         unified: layout.unified.clone(),
         own_cgroups: layout.own.clone(),
-        systemd: SystemdInfo::detect(),
+        systemd: host_cgroups::manager::systemd_info(),
         vcpu_backend: if kvm.available { "kvm" } else { "thread" },
         kvm,
     };

@@ -14,12 +14,12 @@ use super::{
     bad, bundle_inputs, cgroups_path_str, layout_for, load_config, load_resources, print_json,
     runtime, CliError, SandboxArgs,
 };
-use crate::controller::{CgroupController, ControllerOptions, TeardownReport, VcpuRecord};
-use crate::host::{task_cpu_ns, threads, ThreadInfo};
-use crate::manager::systemd::ignore_sigterm_during;
-use crate::plan::SandboxPlan;
-use crate::state::DEFAULT_STATE_DIR;
-use crate::vmm::{BackendChoice, Vmm, VmmConfig};
+use demo_vmm::{BackendChoice, Vmm, VmmConfig};
+use host_cgroups::controller::{CgroupController, ControllerOptions, TeardownReport, VcpuRecord};
+use host_cgroups::host::{task_cpu_ns, threads, ThreadInfo};
+use host_cgroups::manager::systemd::ignore_sigterm_during;
+use host_cgroups::plan::SandboxPlan;
+use host_cgroups::state::DEFAULT_STATE_DIR;
 
 /// Arguments of `run`.
 #[derive(Debug, Args)]
@@ -136,7 +136,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             args.duration
         )));
     }
-    let host_cpus = crate::host::online_cpus()
+    let host_cpus = host_cgroups::host::online_cpus()
         .map(|c| c.len() as u32)
         .unwrap_or(1);
     let vcpus = args.vcpus.unwrap_or_else(|| config.boot_vcpus());
@@ -198,7 +198,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             return Err(runtime(format!("VMM start failed: {e}{extra}")));
         }
     };
-    if let Err(e) = crate::failpoint::hit("vmm-started") {
+    if let Err(e) = host_cgroups::failpoint::hit("vmm-started") {
         failure_early(&mut vmm, controller, e);
         return Err(runtime("VMM start: injected failure"));
     }
@@ -266,7 +266,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let wall = start.elapsed().as_secs_f64();
     // The VM fd must be closed before rmdir: KVM's per-VM worker thread sits in the cgroup until then.
     let stopped = vmm.stop();
-    let _ = crate::failpoint::hit("vmm-stopped");
+    let _ = host_cgroups::failpoint::hit("vmm-stopped");
     // With the systemd driver this process sits in the unit it stops: systemd's SIGTERM
     // must not end the teardown (or the STOP handler's run); it is ignored until done.
     let cleanup = match controller {
@@ -326,11 +326,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn failure_early(
-    vmm: &mut Vmm,
-    controller: Option<CgroupController>,
-    e: crate::failpoint::Injected,
-) {
+fn failure_early(vmm: &mut Vmm, controller: Option<CgroupController>, e: std::io::Error) {
     eprintln!("host-cgroups: {e}");
     let _ = vmm.unplug(0);
     if let Some(c) = controller {

@@ -13,8 +13,7 @@
 //! started by `create` itself (a slice holds no processes).
 
 pub mod dbus;
-pub mod props;
-pub mod sigterm;
+pub use crate::resources::systemd as props;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -32,7 +31,7 @@ use crate::host::{CgroupLayout, CgroupVersion};
 use crate::path::{Driver, SystemdUnit};
 use crate::resources::{self, Write};
 
-pub use self::sigterm::{ignore_sigterm_during, SigtermIgnored};
+pub use crate::sigterm::{ignore_sigterm_during, SigtermIgnored};
 
 /// How long a systemd job (start, stop) and each D-Bus call may take by default.
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(30);
@@ -191,7 +190,7 @@ impl SystemdManager {
         let unit = self.unit.unit.clone();
         for attempt in 0..2 {
             let values: Vec<(&str, Value<'_>)> =
-                props.iter().map(|p| (p.name, p.to_value())).collect();
+                props.iter().map(|p| (p.name, variant(&p.value))).collect();
             let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
             let body = (unit.as_str(), "replace", values, aux);
             match self.bus()?.run_job(&unit, "StartTransientUnit", &body) {
@@ -275,7 +274,8 @@ impl SystemdManager {
             return Ok(());
         }
         let unit = self.unit.unit.clone();
-        let values: Vec<(&str, Value<'_>)> = props.iter().map(|p| (p.name, p.to_value())).collect();
+        let values: Vec<(&str, Value<'_>)> =
+            props.iter().map(|p| (p.name, variant(&p.value))).collect();
         let names: Vec<&str> = props.iter().map(|p| p.name).collect();
         match self
             .bus()?
@@ -627,5 +627,52 @@ impl Manager for SystemdManager {
             .as_ref()
             .map(|u| u.missing())
             .unwrap_or_default()
+    }
+}
+
+/// A property value as the D-Bus variant body systemd expects (`b`, `t`, `s`, `as`, `au`, `ay`).
+fn variant(v: &props::PropValue) -> Value<'_> {
+    use props::PropValue;
+    match v {
+        PropValue::Bool(b) => Value::from(*b),
+        PropValue::U64(v) => Value::from(*v),
+        PropValue::Str(s) => Value::from(s.as_str()),
+        PropValue::Strs(v) => Value::from(v.iter().map(String::as_str).collect::<Vec<_>>()),
+        PropValue::U32s(v) => Value::from(v.clone()),
+        PropValue::Bytes(v) => Value::from(v.clone()),
+    }
+}
+
+#[cfg(test)]
+mod variant_tests {
+    use super::props::{resource_properties, start_properties};
+    use super::*;
+    use crate::resources::from_json;
+
+    #[test]
+    fn dbus_values_have_systemd_signatures() {
+        let scope = SystemdUnit {
+            slice: "a.slice".into(),
+            prefix: "p".into(),
+            name: "n".into(),
+            unit: "p-n.scope".into(),
+        };
+        for p in start_properties(&scope, CgroupVersion::V2, Some(1)) {
+            let sig = variant(&p.value).value_signature().to_string();
+            let want = match p.name {
+                "PIDs" => "au",
+                "Slice" | "Description" => "s",
+                "TimeoutStopUSec" => "t",
+                _ => "b",
+            };
+            assert_eq!(sig, want, "{}", p.name);
+        }
+        let r = from_json(r#"{"cpu":{"cpus":"0"},"pids":{"limit":5}}"#).unwrap();
+        let sigs: Vec<String> = resource_properties(&r, CgroupVersion::V2)
+            .unwrap()
+            .iter()
+            .map(|p| variant(&p.value).value_signature().to_string())
+            .collect();
+        assert_eq!(sigs, ["ay", "t"]);
     }
 }

@@ -411,7 +411,8 @@ pub struct SystemdInfo {
 pub const SYSTEM_BUS_SOCKET: &str = "/run/dbus/system_bus_socket";
 
 impl SystemdInfo {
-    /// Looks for systemd as PID 1 and a connectable system bus.
+    /// Looks for systemd as PID 1 and a connectable system bus; `version` stays `None`
+    /// (`crate::manager::systemd_info` reads it over D-Bus).
     pub fn detect() -> Self {
         // sd_booted(): systemd creates this directory early at boot, and only it does.
         let pid1 = Path::new("/run/systemd/system").is_dir();
@@ -420,12 +421,8 @@ impl SystemdInfo {
         SystemdInfo {
             pid1,
             reachable,
-            // From the Manager's `Version` property over D-Bus.
-            version: if reachable {
-                crate::manager::systemd::query_version(std::time::Duration::from_secs(5))
-            } else {
-                None
-            },
+            // Read over D-Bus by the systemd driver: `manager::systemd_info`.
+            version: None,
         }
     }
 }
@@ -442,25 +439,55 @@ pub struct KvmInfo {
 }
 
 impl KvmInfo {
-    /// Asks the VMM whether `/dev/kvm` opens and can create a VM, and its API version.
+    /// Opens `/dev/kvm`, reads `KVM_GET_API_VERSION` and creates (then closes) a VM, the
+    /// checks a VMM makes first; `reason` carries the OS error of the step that failed
+    /// (for example `open /dev/kvm: Permission denied (os error 13)`).
+    ///
+    /// The two ioctls are issued directly (numbers from `linux/kvm.h`: `_IO(0xAE, 0x00)` and
+    /// `_IO(0xAE, 0x01)`) so that the library does not depend on a VMM crate.
     pub fn detect() -> Self {
-        match crate::vmm::kvm_api_version() {
-            Some(v) => KvmInfo {
+        match kvm_probe() {
+            Ok(v) => KvmInfo {
                 available: true,
                 api_version: Some(v),
                 reason: None,
             },
-            None => KvmInfo {
+            Err((api, reason)) => KvmInfo {
                 available: false,
-                api_version: None,
-                reason: Some(if Path::new("/dev/kvm").exists() {
-                    "/dev/kvm cannot create a VM".to_string()
-                } else {
-                    "/dev/kvm is missing".to_string()
-                }),
+                api_version: api,
+                reason: Some(reason),
             },
         }
     }
+}
+
+/// `KVM_GET_API_VERSION`, `_IO(KVMIO, 0x00)` in `linux/kvm.h`.
+const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+/// `KVM_CREATE_VM`, `_IO(KVMIO, 0x01)` in `linux/kvm.h`.
+const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
+
+fn kvm_probe() -> Result<i32, (Option<i32>, String)> {
+    use std::os::fd::AsRawFd;
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| (None, format!("open /dev/kvm: {e}")))?;
+    // SAFETY: ioctls without arguments on a file descriptor this function owns.
+    let api = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_GET_API_VERSION as _, 0) };
+    if api < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err((None, format!("KVM_GET_API_VERSION on /dev/kvm: {e}")));
+    }
+    // SAFETY: as above; a returned descriptor is closed at once.
+    let vm = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_CREATE_VM as _, 0) };
+    if vm < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err((Some(api), format!("KVM_CREATE_VM on /dev/kvm: {e}")));
+    }
+    // SAFETY: `vm` is a descriptor the kernel just returned to us.
+    unsafe { libc::close(vm) };
+    Ok(api)
 }
 
 /// The CPUs the kernel has online (`/sys/devices/system/cpu/online`).

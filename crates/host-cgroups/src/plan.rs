@@ -14,9 +14,10 @@ use crate::config::RuntimeConfig;
 use crate::host::{
     CgroupLayout, CgroupVersion, Hierarchy, CGROUP_ROOT, V1_CONTROLLERS, V2_CONTROLLERS,
 };
-use crate::manager::systemd::props as sd_props;
 use crate::path::{CgroupsPath, Driver, PathError};
 use crate::placement::Placement;
+use crate::resources::systemd as sd_props;
+pub use crate::resources::systemd::Property;
 use crate::resources::{self, ResourceError, Write};
 
 /// Input that cannot make a plan.
@@ -44,15 +45,6 @@ pub struct CgroupPlan {
     pub unit: Option<String>,
     /// Controller → absolute directory.
     pub paths: BTreeMap<String, PathBuf>,
-}
-
-/// A unit property and the value that would be sent to systemd.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Property {
-    /// systemd's property name.
-    pub name: String,
-    /// The value, in JSON form.
-    pub value: serde_json::Value,
 }
 
 /// The whole cgroup setup of one sandbox.

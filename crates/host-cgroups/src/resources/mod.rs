@@ -4,6 +4,8 @@
 //! the systemd driver (which writes cpuset on v1 itself) and `resolve` (which
 //! prints them). Every value is validated here, before the first write.
 
+pub mod systemd;
+
 use std::collections::BTreeSet;
 use std::fmt;
 

@@ -138,10 +138,10 @@ impl SandboxState {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io("fsync", dir))?;
-        crate::failpoint::hit("state-save").map_err(|e| StateError::Io {
-            op: "save (injected)",
+        crate::failpoint::hit("state-save").map_err(|source| StateError::Io {
+            op: "save",
             path: path.clone(),
-            source: std::io::Error::other(e.to_string()),
+            source,
         })?;
         Ok(())
     }

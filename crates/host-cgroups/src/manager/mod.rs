@@ -4,6 +4,7 @@
 //! driver is behind it, except to decide placement (see [`crate::placement`]).
 
 pub mod fs;
+#[cfg(feature = "systemd")]
 pub mod systemd;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 pub use fs::FsManager;
+#[cfg(feature = "systemd")]
 pub use systemd::SystemdManager;
 
 use crate::host::{CgroupLayout, CgroupVersion, HostError};
@@ -167,6 +169,7 @@ pub trait Manager: Send {
 }
 
 /// The driver for `path` on `layout`, with `created` directories already owned (restore).
+#[cfg_attr(not(feature = "systemd"), allow(unused_variables))]
 pub fn build(
     path: &CgroupsPath,
     layout: &CgroupLayout,
@@ -174,6 +177,26 @@ pub fn build(
 ) -> Result<Box<dyn Manager>, CgroupError> {
     match path {
         CgroupsPath::Cgroupfs { path } => Ok(Box::new(FsManager::adopt(layout, path, created))),
+        #[cfg(feature = "systemd")]
         CgroupsPath::Systemd(u) => Ok(Box::new(SystemdManager::adopt(layout, u, created))),
+        #[cfg(not(feature = "systemd"))]
+        CgroupsPath::Systemd(_) => Err(CgroupError::Unsupported {
+            what: "a systemd cgroups path",
+            driver: Driver::Systemd,
+            version: layout.version(),
+            why: "this build of host-cgroups has no systemd driver (feature `systemd`)",
+        }),
     }
+}
+
+/// What this host's systemd looks like: [`SystemdInfo::detect`] plus, with the `systemd`
+/// feature, its version read over D-Bus (the Manager's `Version` property; up to 5 s).
+pub fn systemd_info() -> crate::host::SystemdInfo {
+    #[allow(unused_mut)]
+    let mut info = crate::host::SystemdInfo::detect();
+    #[cfg(feature = "systemd")]
+    if info.reachable {
+        info.version = systemd::query_version(std::time::Duration::from_secs(5));
+    }
+    info
 }

@@ -43,9 +43,6 @@ pub enum ControllerError {
     /// The controller thread is gone.
     #[error("the cgroup controller thread is not running")]
     Stopped,
-    /// A failure injected by a test.
-    #[error(transparent)]
-    Injected(#[from] failpoint::Injected),
     /// Pinning a vCPU failed.
     #[error("pinning vCPU {index} (tid {tid}) to CPU {cpu}: {source}")]
     Pin {
@@ -200,14 +197,14 @@ impl CgroupController {
         }
         let setup = (|| -> Result<(), ControllerError> {
             sandbox.create()?;
-            failpoint::hit("create-sandbox")?;
+            failpoint_hit("create-sandbox")?;
             if let Some(o) = overhead.as_mut() {
                 o.create()?;
-                failpoint::hit("create-overhead")?;
+                failpoint_hit("create-overhead")?;
             }
             if let Some(r) = &opts.sandbox_resources {
                 sandbox.set(r)?;
-                failpoint::hit("set-resources")?;
+                failpoint_hit("set-resources")?;
             }
             // Threads born later inherit the cgroup of the thread that creates them,
             // so one move of the whole process covers every non-vCPU thread.
@@ -216,7 +213,7 @@ impl CgroupController {
                 (None, Placement::VmmProcess, _) | (None, _, true) => sandbox.add_proc(me)?,
                 (None, Placement::VcpuThreads, false) => {}
             }
-            failpoint::hit("add-proc")?;
+            failpoint_hit("add-proc")?;
             state.sandbox.created = merge(&state.sandbox.created, &sandbox.created());
             if let (Some(os), Some(o)) = (state.overhead.as_mut(), overhead.as_ref()) {
                 os.created = merge(&os.created, &o.created());
@@ -464,9 +461,9 @@ impl Worker {
     fn place(&mut self, tid: i32) -> Result<(), CgroupError> {
         if let Err(e) = failpoint::hit("vcpu-placed") {
             return Err(CgroupError::Io {
-                op: e.to_string(),
+                op: "place".into(),
                 path: PathBuf::from(self.sandbox.relative()),
-                source: std::io::Error::other("failpoint"),
+                source: e,
             });
         }
         match self.placement {
@@ -686,6 +683,17 @@ pub fn get_affinity(tid: i32) -> std::io::Result<Vec<u32>> {
         // SAFETY: CPU_ISSET reads inside `set`.
         .filter(|&c| unsafe { libc::CPU_ISSET(c as usize, &set) })
         .collect())
+}
+
+/// A failpoint on the set-up path (no-op without the `failpoints` feature).
+fn failpoint_hit(name: &'static str) -> Result<(), ControllerError> {
+    failpoint::hit(name).map_err(|source| {
+        ControllerError::Cgroup(CgroupError::Io {
+            op: format!("set-up step {name}"),
+            path: PathBuf::new(),
+            source,
+        })
+    })
 }
 
 #[cfg(test)]

@@ -7,12 +7,19 @@
 
 use oci_spec::runtime::LinuxResources;
 use serde_json::json;
-use zbus::zvariant::Value;
 
 use crate::host::CgroupVersion;
 use crate::path::SystemdUnit;
-use crate::plan::Property;
 use crate::resources::{self, CpuList, ResourceError, Write};
+
+/// A unit property and the value that would be sent to systemd, as `resolve` prints it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Property {
+    /// systemd's property name.
+    pub name: String,
+    /// The value, in JSON form.
+    pub value: serde_json::Value,
+}
 
 /// The CFS period systemd and the kernel assume when none is given, in µs.
 pub const DEFAULT_CFS_PERIOD_US: u64 = 100_000;
@@ -69,18 +76,6 @@ impl UnitProperty {
     fn since(mut self, version: u32) -> Self {
         self.min_systemd = Some(version);
         self
-    }
-
-    /// The value as a D-Bus variant body.
-    pub fn to_value(&self) -> Value<'_> {
-        match &self.value {
-            PropValue::Bool(b) => Value::from(*b),
-            PropValue::U64(v) => Value::from(*v),
-            PropValue::Str(s) => Value::from(s.as_str()),
-            PropValue::Strs(v) => Value::from(v.iter().map(String::as_str).collect::<Vec<_>>()),
-            PropValue::U32s(v) => Value::from(v.clone()),
-            PropValue::Bytes(v) => Value::from(v.clone()),
-        }
     }
 
     /// The property as `resolve` prints it: name and the exact value, in JSON.
@@ -540,32 +535,5 @@ mod tests {
             .collect();
         assert!(names.contains(&"Wants"));
         assert!(!names.contains(&"Delegate") && !names.contains(&"TimeoutStopUSec"));
-    }
-
-    #[test]
-    fn dbus_values_have_systemd_signatures() {
-        let scope = SystemdUnit {
-            slice: "a.slice".into(),
-            prefix: "p".into(),
-            name: "n".into(),
-            unit: "p-n.scope".into(),
-        };
-        for p in start_properties(&scope, CgroupVersion::V2, Some(1)) {
-            let sig = p.to_value().value_signature().to_string();
-            let want = match p.name {
-                "PIDs" => "au",
-                "Slice" | "Description" => "s",
-                "TimeoutStopUSec" => "t",
-                _ => "b",
-            };
-            assert_eq!(sig, want, "{}", p.name);
-        }
-        let r = from_json(r#"{"cpu":{"cpus":"0"},"pids":{"limit":5}}"#).unwrap();
-        let sigs: Vec<String> = resource_properties(&r, CgroupVersion::V2)
-            .unwrap()
-            .iter()
-            .map(|p| p.to_value().value_signature().to_string())
-            .collect();
-        assert_eq!(sigs, ["ay", "t"]);
     }
 }

@@ -458,8 +458,8 @@ impl FsManager {
     }
 }
 
-fn injected(path: &Path, e: failpoint::Injected) -> CgroupError {
-    io_err(e.to_string(), path, std::io::Error::other("failpoint"))
+fn injected(path: &Path, e: std::io::Error) -> CgroupError {
+    io_err("failpoint at".to_string(), path, e)
 }
 
 fn map_place_err(r: std::io::Result<()>, id: i32, path: &Path) -> Result<(), CgroupError> {

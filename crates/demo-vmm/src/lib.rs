@@ -620,6 +620,28 @@ impl Drop for Vmm {
     }
 }
 
+/// The pull approach's lookup: `/proc/self/task/*/comm` named `db_vcpu<N>`, as (N, tid).
+pub fn scan_vcpu_tids() -> Vec<(u32, i32)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) else {
+            continue;
+        };
+        if let Some(i) = comm.trim().strip_prefix("db_vcpu") {
+            if let Ok(index) = i.parse() {
+                out.push((index, tid));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
