@@ -15,10 +15,10 @@ use super::{
     runtime, CliError, SandboxArgs,
 };
 use demo_vmm::{BackendChoice, Vmm, VmmConfig};
-use host_cgroups::controller::{CgroupController, ControllerOptions, TeardownReport, VcpuRecord};
+use host_cgroups::controller::{TeardownReport, VcpuRecord};
 use host_cgroups::host::{task_cpu_ns, threads, ThreadInfo};
-use host_cgroups::manager::systemd::ignore_sigterm_during;
 use host_cgroups::plan::SandboxPlan;
+use host_cgroups::sandbox::{Activation, Sandbox, SandboxOptions, Teardown};
 use host_cgroups::state::DEFAULT_STATE_DIR;
 
 /// Arguments of `run`.
@@ -108,6 +108,7 @@ struct RunReport {
     sandbox_path: String,
     overhead: Option<BTreeMap<String, PathBuf>>,
     sandbox_cgroup_only: bool,
+    state_dir: PathBuf,
     wall_seconds: f64,
     vcpus: Vec<VcpuOut>,
     threads: Vec<ThreadInfo>,
@@ -161,45 +162,40 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let mut notes = plan.notes.clone();
 
     install_stop_handlers();
-    let controller = if config.vmm_in_process() {
-        let opts = ControllerOptions {
-            state_dir: Some(args.state_dir.clone()),
-            sandbox_resources: resources.clone(),
-            enable_vcpus_pinning: config.enable_vcpus_pinning,
-            placement_timeout: Duration::from_secs_f64(args.placement_timeout),
-        };
-        let started = CgroupController::start(plan.clone(), opts);
-        Some(started.map_err(|e| if e.is_bad_input() { bad(e) } else { runtime(e) })?)
-    } else {
-        None
-    };
-    let hooks: std::sync::Arc<dyn vcpu_hooks::VcpuHooks> = match &controller {
-        Some(c) => c.hooks(),
-        None => std::sync::Arc::new(vcpu_hooks::NoHooks),
-    };
+    let opts = SandboxOptions::default()
+        .state_dir(args.state_dir.clone())
+        .placement_timeout(Duration::from_secs_f64(args.placement_timeout))
+        .sandbox_resources(resources.clone());
+    let sandbox = Sandbox::start(&config, plan.clone(), opts).map_err(|e| {
+        if e.is_bad_input() {
+            bad(e)
+        } else {
+            runtime(e)
+        }
+    })?;
+    if let Activation::Inactive { reason } = sandbox.activation() {
+        notes.push(format!("host-cgroups inactive: {reason}"));
+    }
     let vmm_cfg = VmmConfig {
         vcpus,
         max_vcpus,
         backend,
     };
-    let mut vmm = match Vmm::new(vmm_cfg, hooks).and_then(|mut v| v.start().map(|()| v)) {
+    let mut vmm = match Vmm::new(vmm_cfg, sandbox.hooks()).and_then(|mut v| v.start().map(|()| v)) {
         Ok(v) => v,
         Err(e) => {
-            let cleanup = controller.map(|c| ignore_sigterm_during(|| c.shutdown(true)));
-            let extra = cleanup
-                .map(|r| {
-                    if r.errors.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (cleanup: {})", r.errors.join("; "))
-                    }
-                })
-                .unwrap_or_default();
+            let r = sandbox.teardown(|| ()).report;
+            let extra = if r.errors.is_empty() {
+                String::new()
+            } else {
+                format!(" (cleanup: {})", r.errors.join("; "))
+            };
             return Err(runtime(format!("VMM start failed: {e}{extra}")));
         }
     };
     if let Err(e) = host_cgroups::failpoint::hit("vmm-started") {
-        failure_early(&mut vmm, controller, e);
+        eprintln!("host-cgroups: {e}");
+        let _ = sandbox.teardown(|| vmm.stop());
         return Err(runtime("VMM start: injected failure"));
     }
     let backend_name = vmm.backend().to_string();
@@ -261,17 +257,19 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     }
     // Snapshot where every thread sits while the sandbox still runs.
     let snapshot = threads(me).map_err(runtime)?;
-    let records: Vec<VcpuRecord> = controller.as_ref().map(|c| c.vcpus()).unwrap_or_default();
-    let stats = controller.as_ref().map(|c| c.stats());
+    let records: Vec<VcpuRecord> = sandbox.vcpus();
+    let stats = sandbox.stats().transpose();
     let wall = start.elapsed().as_secs_f64();
-    // The VM fd must be closed before rmdir: KVM's per-VM worker thread sits in the cgroup until then.
-    let stopped = vmm.stop();
-    let _ = host_cgroups::failpoint::hit("vmm-stopped");
-    // With the systemd driver this process sits in the unit it stops: systemd's SIGTERM
-    // must not end the teardown (or the STOP handler's run); it is ignored until done.
-    let cleanup = match controller {
-        Some(c) => ignore_sigterm_during(|| c.shutdown(!args.keep)),
-        None => TeardownReport::default(),
+    // The sandbox owns the order: the VMM stops (VM fd closed) before the cgroups go,
+    // and SIGTERM from a stopping systemd scope cannot end the teardown.
+    let Teardown {
+        vmm: stopped,
+        report: cleanup,
+        ..
+    } = if args.keep {
+        sandbox.keep(|| vmm.stop())
+    } else {
+        sandbox.teardown(|| vmm.stop())
     };
     let vcpus_out: Vec<VcpuOut> = vmm_vcpu_rows(&snapshot, &records);
     let usage = match stats {
@@ -299,6 +297,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         sandbox_path: plan.sandbox.path.clone(),
         overhead: plan.overhead.as_ref().map(|o| o.paths.clone()),
         sandbox_cgroup_only: plan.sandbox_cgroup_only,
+        state_dir: args.state_dir.clone(),
         wall_seconds: wall,
         vcpus: vcpus_out,
         threads: snapshot,
@@ -324,15 +323,6 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         )));
     }
     Ok(())
-}
-
-fn failure_early(vmm: &mut Vmm, controller: Option<CgroupController>, e: std::io::Error) {
-    eprintln!("host-cgroups: {e}");
-    let _ = vmm.unplug(0);
-    if let Some(c) = controller {
-        // The VMM is dropped by the caller's return; the cgroups go now.
-        let _ = ignore_sigterm_during(|| c.shutdown(true));
-    }
 }
 
 fn vmm_vcpu_rows(snapshot: &[ThreadInfo], records: &[VcpuRecord]) -> Vec<VcpuOut> {
@@ -401,8 +391,9 @@ fn print_table(r: &RunReport) {
     }
     if r.cleanup.kept {
         println!(
-            "cleanup: kept (--keep); remove with `host-cgroups cleanup --sandbox-id {}`",
-            r.sandbox_id
+            "cleanup: kept (--keep); remove with `host-cgroups cleanup --sandbox-id {} --state-dir {}`",
+            r.sandbox_id,
+            r.state_dir.display()
         );
     } else {
         println!("cleanup: removed {:?}", r.cleanup.removed);

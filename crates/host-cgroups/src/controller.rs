@@ -23,6 +23,7 @@ use vcpu_hooks::{ChannelReporter, HookMessage, VcpuEvent, VcpuHooks};
 use crate::failpoint;
 use crate::host::CgroupLayout;
 use crate::manager::{self, CgroupError, Manager, Stats};
+use crate::metrics::{IncMetric, METRICS};
 use crate::placement::Placement;
 use crate::plan::SandboxPlan;
 use crate::resources::{self, CpuList, ResourceError};
@@ -214,6 +215,9 @@ impl CgroupController {
                 (None, Placement::VcpuThreads, false) => {}
             }
             failpoint_hit("add-proc")?;
+            METRICS
+                .cgroups_created
+                .add(sandbox.created().len() + overhead.as_ref().map_or(0, |o| o.created().len()));
             state.sandbox.created = merge(&state.sandbox.created, &sandbox.created());
             if let (Some(os), Some(o)) = (state.overhead.as_mut(), overhead.as_ref()) {
                 os.created = merge(&os.created, &o.created());
@@ -428,7 +432,10 @@ impl Worker {
                 };
                 let reply = match outcome {
                     Ok(()) => {
-                        rec.placed_after_us = Some(at.elapsed().as_micros() as u64);
+                        let us = at.elapsed().as_micros() as u64;
+                        rec.placed_after_us = Some(us);
+                        METRICS.vcpus_placed.inc();
+                        METRICS.placement_latency.record(us);
                         Ok(())
                     }
                     // Gone before we got to it: nothing ran outside, nothing to place.
@@ -438,6 +445,7 @@ impl Worker {
                     }
                     Err(e) => {
                         rec.error = Some(e.to_string());
+                        METRICS.placement_failures.inc();
                         Err(e.to_string())
                     }
                 };

@@ -236,6 +236,31 @@ impl CgroupsPath {
         }
     }
 
+    /// The path as a user writes it (`slice:prefix:name` or `a/b/c`); parses back to `self`.
+    pub fn raw(&self) -> String {
+        match self {
+            CgroupsPath::Cgroupfs { path } => path.clone(),
+            CgroupsPath::Systemd(u) => format!("{}:{}:{}", u.slice, u.prefix, u.name),
+        }
+    }
+
+    /// Every overhead cgroup a run of this sandbox may have used, the current form
+    /// first: state-less cleanup looks for all of them.
+    pub fn overhead_candidates(&self, sandbox_id: &str) -> Result<Vec<Self>, PathError> {
+        let mut out = vec![self.overhead(sandbox_id)?];
+        // Runs before the overhead cgroup was named after the sandbox id used
+        // `kata_overhead/<cgroups path>`.
+        if let CgroupsPath::Cgroupfs { path } = self {
+            let legacy = CgroupsPath::Cgroupfs {
+                path: format!("{OVERHEAD_PARENT}/{path}"),
+            };
+            if !out.contains(&legacy) {
+                out.push(legacy);
+            }
+        }
+        Ok(out)
+    }
+
     /// The overhead cgroup that goes with this sandbox path (same driver).
     pub fn overhead(&self, sandbox_id: &str) -> Result<Self, PathError> {
         match self {

@@ -157,6 +157,10 @@ pub trait Manager: Send {
     fn stats(&self) -> Result<Stats, CgroupError>;
     /// Removes the cgroup; never moves or kills processes it did not place.
     fn destroy(&mut self) -> Result<(), CgroupError>;
+    /// Whether the cgroup exists now (any of its directories).
+    fn exists(&self) -> bool {
+        self.paths().values().any(|p| p.is_dir())
+    }
     /// Directories this manager created, outermost first (for state and crash cleanup).
     fn created(&self) -> Vec<PathBuf> {
         Vec::new()

@@ -1,0 +1,680 @@
+//! [`Sandbox`]: the one entry point a runtime calls.
+//!
+//! In Kata's Rust runtime (runtime-rs) with the dragonball hypervisor, the VMM
+//! runs inside the runtime (shim) process. The runtime builds a `Sandbox` when it
+//! creates the pod sandbox, before the VM starts, and hands [`Sandbox::hooks`] to
+//! dragonball's `VcpuManager`, whose `Vcpu::start_threaded` calls them from each
+//! vCPU thread before the thread may run guest code. Containers' resources are
+//! added, updated and removed by container id as the runtime's resource manager
+//! sees them; at sandbox stop, [`Sandbox::teardown`] takes the VMM's stop as a
+//! closure so that the order rules below cannot be got wrong.
+//!
+//! Order rules the teardown owns:
+//! 1. The VMM stops first and its VM file descriptor is closed: KVM's per-VM
+//!    worker thread (`kvm-nx-lpage-recovery`) joins the first vCPU's cgroups and
+//!    leaves only when the VM fd closes, so a cgroup removed before that is busy.
+//! 2. The cgroups are then removed with SIGTERM ignored: with the systemd driver
+//!    this very process sits in the scope it asks systemd to stop, and systemd
+//!    sends SIGTERM to every process of a stopping scope (`KillMode=control-group`).
+//! 3. The state file goes last, only when everything it lists is gone.
+//!
+//! Activation: the component acts only when the VMM runs in this process, that is
+//! when the runtime TOML's `runtime.hypervisor_name` is `dragonball`. For any other
+//! hypervisor the `Sandbox` is inactive: it creates nothing, its hooks confirm at
+//! once, and [`Sandbox::activation`] says why.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use oci_spec::runtime::LinuxResources;
+use serde::Serialize;
+use thiserror::Error;
+use tracing::{info, warn};
+use vcpu_hooks::VcpuHooks;
+
+use crate::config::{load_bundle, ConfigError, RuntimeConfig};
+use crate::controller::{
+    CgroupController, ControllerError, ControllerOptions, TeardownReport, VcpuRecord,
+};
+use crate::host::{CgroupLayout, HostError};
+use crate::manager::{self, CgroupError, Stats};
+use crate::metrics::IncMetric;
+use crate::path::{validate_sandbox_id, CgroupsPath, PathError};
+use crate::plan::{PlanError, SandboxPlan};
+use crate::sigterm::ignore_sigterm_during;
+use crate::state::{SandboxState, StateError, DEFAULT_STATE_DIR};
+
+/// Why a sandbox could not be set up, changed or cleaned up.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SandboxError {
+    /// The runtime configuration or the OCI bundle could not be read.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The cgroups path, sandbox id or resources cannot make a plan.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The sandbox id or a cgroups path is malformed.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// This host's cgroup layout could not be read.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// The controller failed (creation, placement policy, resources).
+    #[error(transparent)]
+    Controller(#[from] ControllerError),
+    /// A cgroup operation failed.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// The state file could not be written, read or trusted.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// State for this sandbox id exists already: another sandbox (or a crashed one)
+    /// owns the id. Nothing was created; the existing record is left as it is.
+    #[error("sandbox {sandbox_id} already has state in {}; clean it up first: host-cgroups cleanup --sandbox-id {sandbox_id} --state-dir {}", state_file.display(), state_dir.display())]
+    AlreadyExists {
+        /// The sandbox id.
+        sandbox_id: String,
+        /// The existing state file.
+        state_file: PathBuf,
+        /// Its directory.
+        state_dir: PathBuf,
+    },
+    /// The sandbox still runs: its VMM process is alive and in the sandbox cgroup.
+    #[error("sandbox {sandbox_id} is still running (pid {pid}); stop it before cleaning up")]
+    Running {
+        /// The sandbox id.
+        sandbox_id: String,
+        /// The VMM's pid.
+        pid: i32,
+    },
+    /// No state file for the sandbox id in the directory searched.
+    #[error("no state for sandbox {sandbox_id} in {} (searched {}); pass the directory the run used (--state-dir) or the cgroups path", state_dir.display(), state_file.display())]
+    NoState {
+        /// The sandbox id.
+        sandbox_id: String,
+        /// The directory searched.
+        state_dir: PathBuf,
+        /// The file looked for.
+        state_file: PathBuf,
+    },
+}
+
+impl SandboxError {
+    /// Whether the error is the caller's input (exit code 2 in the CLI): nothing was
+    /// changed on the host.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            SandboxError::Plan(_)
+            | SandboxError::Path(_)
+            | SandboxError::AlreadyExists { .. }
+            | SandboxError::Running { .. }
+            | SandboxError::NoState { .. } => true,
+            SandboxError::Config(_) => true,
+            SandboxError::Controller(e) => e.is_bad_input(),
+            SandboxError::Cgroup(CgroupError::Resource(_)) => true,
+            SandboxError::State(e) => matches!(
+                e,
+                StateError::Untrusted { .. } | StateError::NotADirectory { .. }
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Options of a sandbox beyond the runtime TOML.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SandboxOptions {
+    /// Where the state file `<sandbox-id>.json` is written (default
+    /// [`DEFAULT_STATE_DIR`]); `cleanup` and `restore` read it from there.
+    pub state_dir: PathBuf,
+    /// Bound on a vCPU thread's wait for its placement (default 10 s); past it the
+    /// vCPU fails to start with an error naming it.
+    pub placement_timeout: Duration,
+    /// Resources for the sandbox cgroup as a whole (the OCI spec's
+    /// `linux.resources` of the sandbox), applied before any thread is placed.
+    pub sandbox_resources: Option<LinuxResources>,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        SandboxOptions {
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            placement_timeout: vcpu_hooks::DEFAULT_PLACEMENT_TIMEOUT,
+            sandbox_resources: None,
+        }
+    }
+}
+
+impl SandboxOptions {
+    /// Sets the state directory.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = dir.into();
+        self
+    }
+
+    /// Sets the bound on a vCPU's wait for placement.
+    pub fn placement_timeout(mut self, t: Duration) -> Self {
+        self.placement_timeout = t;
+        self
+    }
+
+    /// Sets resources for the sandbox cgroup as a whole.
+    pub fn sandbox_resources(mut self, res: Option<LinuxResources>) -> Self {
+        self.sandbox_resources = res;
+        self
+    }
+}
+
+/// Whether the component acts for this sandbox, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Activation {
+    /// The VMM runs in this process: cgroups are created and vCPUs placed.
+    Active,
+    /// Another hypervisor runs the VM out of process; nothing is touched.
+    Inactive {
+        /// Why (names the configured hypervisor).
+        reason: String,
+    },
+}
+
+/// What a teardown did: the VMM's stop result and the cgroup report.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Teardown<R> {
+    /// What the VMM's stop closure returned.
+    pub vmm: R,
+    /// Directories or units removed (or kept), and errors met on the way.
+    pub report: TeardownReport,
+}
+
+/// What `cleanup` found and did, item by item.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CleanupReport {
+    /// The sandbox id.
+    pub sandbox_id: String,
+    /// Where the list came from: the state file, or the cgroups path given.
+    pub source: String,
+    /// Cgroups that existed and are now gone (relative paths or units).
+    pub removed: Vec<String>,
+    /// Cgroups that were not there.
+    pub absent: Vec<String>,
+    /// Cgroups that stay, each with the reason.
+    pub kept: Vec<String>,
+    /// The state file removed, if one was used.
+    pub state_removed: Option<PathBuf>,
+    /// Errors; cleanup goes on past each.
+    pub errors: Vec<String>,
+}
+
+/// One pod sandbox's host cgroups: created by [`Sandbox::new`], torn down by
+/// [`Sandbox::teardown`].
+///
+/// Dropping a sandbox that was neither torn down nor [`kept`](Sandbox::keep) logs a
+/// warning naming its state file and what remains (an early `?` in the caller);
+/// the cgroups and the state stay, so `cleanup` can remove them later.
+pub struct Sandbox {
+    id: String,
+    activation: Activation,
+    plan: Option<SandboxPlan>,
+    controller: Option<CgroupController>,
+    state_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("id", &self.id)
+            .field("activation", &self.activation)
+            .field("live", &self.controller.is_some())
+            .finish()
+    }
+}
+
+impl Sandbox {
+    /// Sets up the sandbox `sandbox_id` from the runtime TOML and the OCI spec's
+    /// `linux.cgroupsPath` (`slice:prefix:name` → systemd; other → cgroupfs; empty
+    /// → `kata_sandboxed_pod/<sandbox-id>`).
+    ///
+    /// When active, this creates the sandbox (and overhead) cgroups, applies
+    /// `opts.sandbox_resources`, moves this process per the placement policy, writes
+    /// the state file before the first directory is made, and starts the controller
+    /// thread. When inactive it only records why.
+    ///
+    /// # Errors
+    /// Bad input ([`SandboxError::is_bad_input`]: malformed path or id, resources the
+    /// host refuses, an id that already has state) changes nothing. A host failure
+    /// rolls back what this call made.
+    pub fn new(
+        config: &RuntimeConfig,
+        sandbox_id: &str,
+        cgroups_path: &str,
+        opts: SandboxOptions,
+    ) -> Result<Sandbox, SandboxError> {
+        validate_sandbox_id(sandbox_id)?;
+        if !config.vmm_in_process() {
+            let reason = format!(
+                "hypervisor {:?} runs the VMM out of process; host-cgroups acts only for dragonball",
+                config.hypervisor_name
+            );
+            info!(sandbox = sandbox_id, %reason, "inactive");
+            return Ok(Sandbox {
+                id: sandbox_id.to_string(),
+                activation: Activation::Inactive { reason },
+                plan: None,
+                controller: None,
+                state_dir: opts.state_dir,
+            });
+        }
+        let layout = CgroupLayout::detect()?;
+        let plan = SandboxPlan::new(
+            config,
+            cgroups_path,
+            sandbox_id,
+            &layout,
+            opts.sandbox_resources.as_ref(),
+        )?;
+        Self::start(config, plan, opts)
+    }
+
+    /// Like [`Sandbox::new`], with the cgroups path and sandbox resources read from an
+    /// OCI bundle's `config.json` (`linux.cgroupsPath`, `linux.resources`); resources
+    /// in `opts` take precedence over the bundle's.
+    ///
+    /// # Errors
+    /// As [`Sandbox::new`]; a missing or malformed bundle is [`SandboxError::Config`].
+    pub fn from_bundle(
+        config: &RuntimeConfig,
+        sandbox_id: &str,
+        bundle: &Path,
+        mut opts: SandboxOptions,
+    ) -> Result<Sandbox, SandboxError> {
+        let b = load_bundle(bundle)?;
+        if opts.sandbox_resources.is_none() {
+            opts.sandbox_resources = b.resources;
+        }
+        Self::new(config, sandbox_id, &b.cgroups_path, opts)
+    }
+
+    /// Sets up the sandbox from a plan already computed (`resolve` prints the same
+    /// plan): the path the CLI's `run` takes, so that what `resolve` shows is what
+    /// `run` does.
+    ///
+    /// # Errors
+    /// As [`Sandbox::new`].
+    pub fn start(
+        config: &RuntimeConfig,
+        plan: SandboxPlan,
+        opts: SandboxOptions,
+    ) -> Result<Sandbox, SandboxError> {
+        let file = SandboxState::file(&opts.state_dir, &plan.sandbox_id);
+        if file.exists() {
+            return Err(SandboxError::AlreadyExists {
+                sandbox_id: plan.sandbox_id.clone(),
+                state_file: file,
+                state_dir: opts.state_dir.clone(),
+            });
+        }
+        let copts = ControllerOptions {
+            state_dir: Some(opts.state_dir.clone()),
+            placement_timeout: opts.placement_timeout,
+            sandbox_resources: opts.sandbox_resources,
+            enable_vcpus_pinning: config.enable_vcpus_pinning,
+        };
+        let id = plan.sandbox_id.clone();
+        let controller = CgroupController::start(plan.clone(), copts)?;
+        crate::metrics::METRICS.sandboxes_created.inc();
+        Ok(Sandbox {
+            id,
+            activation: Activation::Active,
+            plan: Some(plan),
+            controller: Some(controller),
+            state_dir: opts.state_dir,
+        })
+    }
+
+    /// Takes over a sandbox from its state file after this process restarted: the
+    /// cgroups, the per-container resources and the pinning setting come from the
+    /// state; nothing is created.
+    ///
+    /// # Errors
+    /// [`SandboxError::State`] when the state is missing, corrupt or names cgroups
+    /// outside the sandbox's own subtree.
+    pub fn restore(
+        config: &RuntimeConfig,
+        sandbox_id: &str,
+        opts: SandboxOptions,
+    ) -> Result<Sandbox, SandboxError> {
+        validate_sandbox_id(sandbox_id)?;
+        let layout = CgroupLayout::detect()?;
+        let state = SandboxState::load(&opts.state_dir, sandbox_id, &layout.mount_points())?;
+        let plan = SandboxPlan::new(
+            config,
+            &state.sandbox.path.raw(),
+            sandbox_id,
+            &layout,
+            state.sandbox_resources.as_ref(),
+        )?;
+        let copts = ControllerOptions {
+            state_dir: Some(opts.state_dir.clone()),
+            placement_timeout: opts.placement_timeout,
+            sandbox_resources: state.sandbox_resources.clone(),
+            enable_vcpus_pinning: state.enable_vcpus_pinning,
+        };
+        let controller = CgroupController::restore(
+            opts.state_dir.clone(),
+            sandbox_id,
+            &layout,
+            plan.clone(),
+            copts,
+        )?;
+        Ok(Sandbox {
+            id: sandbox_id.to_string(),
+            activation: Activation::Active,
+            plan: Some(plan),
+            controller: Some(controller),
+            state_dir: opts.state_dir,
+        })
+    }
+
+    /// The sandbox id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether the component acts for this sandbox.
+    pub fn activation(&self) -> &Activation {
+        &self.activation
+    }
+
+    /// Whether cgroups were created and vCPUs are placed.
+    pub fn is_active(&self) -> bool {
+        self.activation == Activation::Active
+    }
+
+    /// The plan in force (driver, cgroups, placement, writes), when active.
+    pub fn plan(&self) -> Option<&SandboxPlan> {
+        self.plan.as_ref()
+    }
+
+    /// The state file of this sandbox, when active.
+    pub fn state_file(&self) -> Option<PathBuf> {
+        self.is_active()
+            .then(|| SandboxState::file(&self.state_dir, &self.id))
+    }
+
+    /// The hooks for dragonball's `VcpuManager`: each vCPU thread calls
+    /// `vcpu_started` first thing in `Vcpu::start_threaded` and `vcpu_exited` last.
+    /// When inactive, hooks that confirm at once.
+    pub fn hooks(&self) -> Arc<dyn VcpuHooks> {
+        match &self.controller {
+            Some(c) => c.hooks(),
+            None => Arc::new(vcpu_hooks::NoHooks),
+        }
+    }
+
+    /// The sandbox cgroup's directories, controller → absolute path (empty when inactive).
+    pub fn paths(&self) -> BTreeMap<String, PathBuf> {
+        self.controller
+            .as_ref()
+            .map(|c| c.paths().clone())
+            .unwrap_or_default()
+    }
+
+    /// vCPU records so far: index, tid, placement latency, pinning.
+    pub fn vcpus(&self) -> Vec<VcpuRecord> {
+        self.controller
+            .as_ref()
+            .map(|c| c.vcpus())
+            .unwrap_or_default()
+    }
+
+    /// Adds or updates a container's resources (runtime-rs' resource manager calls
+    /// this as containers are created and updated). The sandbox cgroup takes the
+    /// union of all containers' cpusets; pinning is re-evaluated.
+    ///
+    /// # Errors
+    /// Resources the host refuses; nothing is changed then (files and the container
+    /// map are rolled back). An inactive sandbox accepts and ignores nothing: it
+    /// returns `Ok` because no host cgroup is its to change.
+    pub fn update_container(
+        &self,
+        container_id: &str,
+        res: &LinuxResources,
+    ) -> Result<(), SandboxError> {
+        match &self.controller {
+            Some(c) => Ok(c.update_container(container_id, Some(res.clone()))?),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes a container's resources from the union.
+    ///
+    /// # Errors
+    /// As [`Sandbox::update_container`].
+    pub fn remove_container(&self, container_id: &str) -> Result<(), SandboxError> {
+        match &self.controller {
+            Some(c) => Ok(c.update_container(container_id, None)?),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies resources to the sandbox cgroup as a whole.
+    ///
+    /// # Errors
+    /// Resources the host refuses; the previous values are restored.
+    pub fn set_sandbox_resources(&self, res: &LinuxResources) -> Result<(), SandboxError> {
+        match &self.controller {
+            Some(c) => Ok(c.set_sandbox_resources(res.clone())?),
+            None => Ok(()),
+        }
+    }
+
+    /// The sandbox cgroup's usage counters; `None` when inactive.
+    ///
+    /// # Errors
+    /// The counters could not be read.
+    pub fn stats(&self) -> Result<Option<Stats>, SandboxError> {
+        match &self.controller {
+            Some(c) => Ok(Some(c.stats()?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stops the VMM with `stop_vmm`, then removes the cgroups and the state, in the
+    /// order the module docs give. `stop_vmm` must return only when every vCPU thread
+    /// has been joined and the VM file descriptor is closed.
+    pub fn teardown<R>(mut self, stop_vmm: impl FnOnce() -> R) -> Teardown<R> {
+        let vmm = stop_vmm();
+        let _ = crate::failpoint::hit("vmm-stopped");
+        let report = match self.controller.take() {
+            Some(c) => ignore_sigterm_during(|| c.shutdown(true)),
+            None => TeardownReport::default(),
+        };
+        crate::metrics::METRICS
+            .cgroups_removed
+            .add(report.removed.len());
+        Teardown { vmm, report }
+    }
+
+    /// Stops the VMM with `stop_vmm` and leaves the cgroups and the state file in
+    /// place (for inspection; `cleanup` removes them later).
+    pub fn keep<R>(mut self, stop_vmm: impl FnOnce() -> R) -> Teardown<R> {
+        let vmm = stop_vmm();
+        let report = match self.controller.take() {
+            Some(c) => c.shutdown(false),
+            None => TeardownReport::default(),
+        };
+        Teardown { vmm, report }
+    }
+
+    /// Removes what a crashed run of `sandbox_id` left, from its state file in
+    /// `state_dir`: exactly the directories (and units) that run created, deepest
+    /// first, then the state file.
+    ///
+    /// # Errors
+    /// [`SandboxError::NoState`] when there is no state file;
+    /// [`SandboxError::Running`] when the run's VMM process is still alive in the
+    /// sandbox cgroup; [`SandboxError::State`] for a state that cannot be trusted.
+    /// Failures to remove single cgroups are listed in the report, not returned.
+    pub fn cleanup(state_dir: &Path, sandbox_id: &str) -> Result<CleanupReport, SandboxError> {
+        validate_sandbox_id(sandbox_id)?;
+        let layout = CgroupLayout::detect()?;
+        let file = SandboxState::file(state_dir, sandbox_id);
+        if !file.exists() {
+            return Err(SandboxError::NoState {
+                sandbox_id: sandbox_id.to_string(),
+                state_dir: state_dir.to_path_buf(),
+                state_file: file,
+            });
+        }
+        let state = SandboxState::load(state_dir, sandbox_id, &layout.mount_points())?;
+        refuse_running(&state)?;
+        let mut report = CleanupReport {
+            sandbox_id: sandbox_id.to_string(),
+            source: file.display().to_string(),
+            ..Default::default()
+        };
+        let mut targets = vec![(state.sandbox.path.clone(), state.sandbox.created.clone())];
+        if let Some(o) = &state.overhead {
+            targets.push((o.path.clone(), o.created.clone()));
+        }
+        destroy_all(&layout, targets, &mut report);
+        if report.errors.is_empty() {
+            match SandboxState::remove(state_dir, sandbox_id) {
+                Ok(()) => report.state_removed = Some(file),
+                Err(e) => report.errors.push(e.to_string()),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Removes a sandbox cgroup (and its overhead cgroup) by path, without state.
+    /// Only the leaf cgroups are removed: without a state file nothing says which
+    /// parents the run created, so they are reported as `kept`.
+    ///
+    /// When a state file for `sandbox_id` exists in `state_dir`, it is used instead
+    /// (parents included), provided it names the same cgroups path.
+    ///
+    /// # Errors
+    /// A malformed path or id; a state file for the id that names another path;
+    /// [`SandboxError::Running`] as for [`Sandbox::cleanup`].
+    pub fn cleanup_path(
+        cgroups_path: &str,
+        sandbox_id: &str,
+        state_dir: &Path,
+    ) -> Result<CleanupReport, SandboxError> {
+        validate_sandbox_id(sandbox_id)?;
+        let parsed = CgroupsPath::parse(cgroups_path, sandbox_id)?;
+        let file = SandboxState::file(state_dir, sandbox_id);
+        if file.exists() {
+            let layout = CgroupLayout::detect()?;
+            let state = SandboxState::load(state_dir, sandbox_id, &layout.mount_points())?;
+            if state.sandbox.path != parsed {
+                return Err(SandboxError::State(StateError::Untrusted {
+                    path: file,
+                    reason: format!(
+                        "it records cgroups path {:?}, not {:?}; clean up with --state-dir instead",
+                        state.sandbox.path.raw(),
+                        cgroups_path
+                    ),
+                }));
+            }
+            return Self::cleanup(state_dir, sandbox_id);
+        }
+        let layout = CgroupLayout::detect()?;
+        let mut report = CleanupReport {
+            sandbox_id: sandbox_id.to_string(),
+            source: format!("cgroups path {cgroups_path:?}"),
+            ..Default::default()
+        };
+        let mut targets = vec![(parsed.clone(), Vec::new())];
+        for p in parsed.overhead_candidates(sandbox_id)? {
+            targets.push((p, Vec::new()));
+        }
+        destroy_all(&layout, targets, &mut report);
+        let parent = parsed.relative();
+        if let Some((up, _)) = parent.rsplit_once('/') {
+            report.kept.push(format!(
+                "{up}: parents are kept when no state file says this run created them"
+            ));
+        }
+        Ok(report)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(c) = self.controller.take() {
+            let file = SandboxState::file(&self.state_dir, &self.id);
+            warn!(
+                sandbox = %self.id,
+                state_file = %file.display(),
+                cgroups = ?c.paths().values().collect::<Vec<_>>(),
+                "sandbox dropped without teardown: its cgroups and state file remain; \
+                 remove them with `host-cgroups cleanup --sandbox-id {} --state-dir {}`",
+                self.id,
+                self.state_dir.display()
+            );
+            // Stop the controller thread; keep everything on the host for `cleanup`.
+            let _ = c.shutdown(false);
+        }
+    }
+}
+
+/// Refuses to clean up a sandbox whose VMM process is alive and still in the
+/// sandbox cgroup (a reused pid elsewhere does not count).
+fn refuse_running(state: &SandboxState) -> Result<(), SandboxError> {
+    let pid = state.vmm_pid;
+    if pid <= 0 || pid == std::process::id() as i32 {
+        return Ok(());
+    }
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return Ok(());
+    };
+    let rel = state.sandbox.path.relative();
+    let inside = crate::host::parse_proc_cgroup(&text).values().any(|p| {
+        p.trim_start_matches('/') == rel
+            || p.trim_start_matches('/').starts_with(&format!("{rel}/"))
+    });
+    if inside {
+        return Err(SandboxError::Running {
+            sandbox_id: state.sandbox_id.clone(),
+            pid,
+        });
+    }
+    Ok(())
+}
+
+/// Destroys each target, sorting it into removed / absent / errors.
+fn destroy_all(
+    layout: &CgroupLayout,
+    targets: Vec<(CgroupsPath, Vec<PathBuf>)>,
+    report: &mut CleanupReport,
+) {
+    for (path, created) in targets {
+        let name = path.relative();
+        let mut m = match manager::build(&path, layout, created) {
+            Ok(m) => m,
+            Err(e) => {
+                report.errors.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        let existed = m.exists();
+        match m.destroy() {
+            Ok(()) if existed => report.removed.push(name),
+            Ok(()) => report.absent.push(name),
+            Err(e) => report.errors.push(format!("{name}: {e}")),
+        }
+    }
+    crate::metrics::METRICS
+        .cgroups_removed
+        .add(report.removed.len());
+}
