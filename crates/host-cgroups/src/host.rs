@@ -6,11 +6,12 @@
 //! empty cgroup2 beside them.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use thiserror::Error;
+
+pub use crate::cgroup::CgroupVersion;
 
 /// The cgroup v1 controllers a sandbox cgroup is made in, when the host mounts them.
 ///
@@ -43,33 +44,6 @@ pub enum HostError {
         /// The mountinfo file read.
         path: PathBuf,
     },
-}
-
-/// Which cgroup version the drivers act on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub enum CgroupVersion {
-    /// cgroup v1 (legacy or hybrid hosts).
-    #[serde(rename = "1")]
-    V1,
-    /// cgroup v2 (unified hosts).
-    #[serde(rename = "2")]
-    V2,
-}
-
-impl CgroupVersion {
-    /// 1 or 2.
-    pub fn number(self) -> u8 {
-        match self {
-            CgroupVersion::V1 => 1,
-            CgroupVersion::V2 => 2,
-        }
-    }
-}
-
-impl fmt::Display for CgroupVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.number())
-    }
 }
 
 /// How the host lays out its cgroup hierarchies.
@@ -491,10 +465,10 @@ fn kvm_probe() -> Result<i32, (Option<i32>, String)> {
 }
 
 /// The CPUs the kernel has online (`/sys/devices/system/cpu/online`).
-pub fn online_cpus() -> Result<crate::resources::CpuList, HostError> {
+pub fn online_cpus() -> Result<crate::cpulist::CpuList, HostError> {
     let p = Path::new("/sys/devices/system/cpu/online");
     let text = read(p)?;
-    crate::resources::CpuList::parse("cpus", text.trim()).map_err(|e| HostError::Read {
+    crate::cpulist::CpuList::parse("cpus", text.trim()).map_err(|e| HostError::Read {
         path: p.into(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
     })

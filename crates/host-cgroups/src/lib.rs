@@ -1,6 +1,8 @@
 //! Host cgroup placement for sandboxes whose VMM runs inside the shim process.
+pub mod cgroup;
 pub mod config;
 pub mod controller;
+pub mod cpulist;
 #[doc(hidden)]
 pub mod failpoint;
 pub mod host;

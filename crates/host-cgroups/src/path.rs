@@ -5,10 +5,10 @@
 //! anything else is a cgroupfs path taken relative to each hierarchy's root.
 //! Every path is checked here, before anything on the host is created.
 
-use std::fmt;
-
 use serde::Serialize;
 use thiserror::Error;
+
+pub use crate::cgroup::Driver;
 
 /// Parent of sandbox cgroups when the runtime gives no path (Kata's default).
 pub const DEFAULT_SANDBOX_PARENT: &str = "kata_sandboxed_pod";
@@ -119,25 +119,6 @@ pub enum PathError {
         /// Why it is refused.
         reason: &'static str,
     },
-}
-
-/// Which cgroup driver manages a sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Driver {
-    /// Direct writes to cgroupfs.
-    Cgroupfs,
-    /// Requests to systemd over D-Bus.
-    Systemd,
-}
-
-impl fmt::Display for Driver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Driver::Cgroupfs => "cgroupfs",
-            Driver::Systemd => "systemd",
-        })
-    }
 }
 
 /// A systemd unit a sandbox lives in, from a `slice:prefix:name` path.

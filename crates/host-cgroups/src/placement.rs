@@ -8,8 +8,7 @@
 
 use serde::Serialize;
 
-use crate::host::CgroupVersion;
-use crate::path::Driver;
+use crate::cgroup::{CgroupVersion, Driver};
 
 /// What the controller moves into the sandbox cgroup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]

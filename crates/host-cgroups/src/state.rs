@@ -14,7 +14,7 @@ use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::host::CgroupVersion;
+use crate::cgroup::CgroupVersion;
 use crate::path::{CgroupsPath, Driver};
 use crate::placement::Placement;
 

@@ -204,3 +204,9 @@ pub fn systemd_info() -> crate::host::SystemdInfo {
     }
     info
 }
+
+impl From<crate::cpulist::CpuListError> for CgroupError {
+    fn from(e: crate::cpulist::CpuListError) -> Self {
+        CgroupError::Resource(ResourceError::List(e))
+    }
+}

@@ -6,14 +6,12 @@
 
 pub mod systemd;
 
-use std::collections::BTreeSet;
-use std::fmt;
-
 use oci_spec::runtime::LinuxResources;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::host::CgroupVersion;
+use crate::cgroup::CgroupVersion;
+pub use crate::cpulist::{CpuList, CpuListError};
 
 /// Kernel bounds of a CFS period in µs (`cpu.cfs_period_us`, `cpu.max`): 1 ms to 1 s.
 pub const CFS_PERIOD_RANGE: (u64, u64) = (1_000, 1_000_000);
@@ -21,22 +19,14 @@ pub const CFS_PERIOD_RANGE: (u64, u64) = (1_000, 1_000_000);
 pub const CFS_QUOTA_MIN: i64 = 1_000;
 /// Bounds of v1 `cpu.shares` as the OCI runtimes accept them.
 pub const SHARES_RANGE: (u64, u64) = (2, 262_144);
-/// Highest CPU or memory node number accepted in a list (the kernel's NR_CPUS ceiling).
-const MAX_CPU_INDEX: u32 = 8191;
 
 /// A resource value that cannot be applied, naming the field and value.
 #[derive(Debug, Error, PartialEq, Eq, Clone)]
 pub enum ResourceError {
-    /// A cpu or memory node list that does not parse.
-    #[error("invalid {field} list {value:?}: {reason}")]
-    BadList {
-        /// `cpus` or `mems`.
-        field: &'static str,
-        /// The list as given.
-        value: String,
-        /// What is wrong.
-        reason: &'static str,
-    },
+    /// A cpu or memory node list that does not parse, or names CPUs or nodes the host
+    /// (or the parent cgroup) does not offer.
+    #[error(transparent)]
+    List(#[from] CpuListError),
     /// A number outside its allowed range.
     #[error("invalid {field} = {value}: {reason}")]
     OutOfRange {
@@ -47,130 +37,6 @@ pub enum ResourceError {
         /// The allowed range.
         reason: String,
     },
-    /// CPUs or nodes the host (or the parent cgroup) does not offer.
-    #[error("{field} {value:?} names {missing} which the host does not offer (available: {available:?})")]
-    Unavailable {
-        /// `cpus` or `mems`.
-        field: &'static str,
-        /// The list as given.
-        value: String,
-        /// The missing members, as a list.
-        missing: String,
-        /// What is available.
-        available: String,
-    },
-}
-
-/// A set of CPUs or memory nodes, in the kernel's list format (`0-3,8`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct CpuList(pub BTreeSet<u32>);
-
-impl CpuList {
-    /// Parses a kernel list such as `0-3,5,7-8`; an empty string is the empty set.
-    pub fn parse(field: &'static str, value: &str) -> Result<Self, ResourceError> {
-        let bad = |reason| ResourceError::BadList {
-            field,
-            value: value.into(),
-            reason,
-        };
-        let mut set = BTreeSet::new();
-        let trimmed = value.trim();
-        if trimmed.is_empty() {
-            return Ok(CpuList(set));
-        }
-        for part in trimmed.split(',') {
-            let part = part.trim();
-            let (lo, hi) = match part.split_once('-') {
-                Some((a, b)) => (a, b),
-                None => (part, part),
-            };
-            let num = |s: &str| -> Result<u32, ResourceError> {
-                if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(bad("each entry must be N or N-M with decimal numbers"));
-                }
-                let n: u32 = s.parse().map_err(|_| bad("number too large"))?;
-                if n > MAX_CPU_INDEX {
-                    return Err(bad("number above 8191"));
-                }
-                Ok(n)
-            };
-            let (lo, hi) = (num(lo)?, num(hi)?);
-            if lo > hi {
-                return Err(bad("a range runs backwards"));
-            }
-            set.extend(lo..=hi);
-        }
-        Ok(CpuList(set))
-    }
-
-    /// Number of members.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether the set is empty.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Members in ascending order.
-    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        self.0.iter().copied()
-    }
-
-    /// Members of `self` not in `other`.
-    pub fn difference(&self, other: &CpuList) -> CpuList {
-        CpuList(self.0.difference(&other.0).copied().collect())
-    }
-
-    /// Union of two sets.
-    pub fn union(&self, other: &CpuList) -> CpuList {
-        CpuList(self.0.union(&other.0).copied().collect())
-    }
-
-    /// Checks that every member is in `available` (host online CPUs or the parent's cpuset).
-    pub fn check_within(
-        &self,
-        field: &'static str,
-        value: &str,
-        available: &CpuList,
-    ) -> Result<(), ResourceError> {
-        let missing = self.difference(available);
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(ResourceError::Unavailable {
-                field,
-                value: value.into(),
-                missing: missing.to_string(),
-                available: available.to_string(),
-            })
-        }
-    }
-}
-
-impl fmt::Display for CpuList {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut first = true;
-        let mut it = self.0.iter().copied().peekable();
-        while let Some(lo) = it.next() {
-            let mut hi = lo;
-            while it.peek() == Some(&(hi + 1)) {
-                hi += 1;
-                it.next();
-            }
-            if !first {
-                f.write_str(",")?;
-            }
-            first = false;
-            if lo == hi {
-                write!(f, "{lo}")?;
-            } else {
-                write!(f, "{lo}-{hi}")?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// One cgroupfs write: `value` into `file` of `controller`'s cgroup directory.

@@ -8,7 +8,7 @@
 use oci_spec::runtime::LinuxResources;
 use serde_json::json;
 
-use crate::host::CgroupVersion;
+use crate::cgroup::CgroupVersion;
 use crate::path::SystemdUnit;
 use crate::resources::{self, CpuList, ResourceError, Write};
 

@@ -1,0 +1,206 @@
+//! The shared vocabulary at the bottom of the library: cgroup versions, drivers
+//! and controllers. Every other module may use these; this module uses none.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Which cgroup version the drivers act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CgroupVersion {
+    /// cgroup v1 (legacy or hybrid hosts).
+    #[serde(rename = "1")]
+    V1,
+    /// cgroup v2 (unified hosts).
+    #[serde(rename = "2")]
+    V2,
+}
+
+impl CgroupVersion {
+    /// 1 or 2.
+    pub fn number(self) -> u8 {
+        match self {
+            CgroupVersion::V1 => 1,
+            CgroupVersion::V2 => 2,
+        }
+    }
+}
+
+impl fmt::Display for CgroupVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.number())
+    }
+}
+
+/// Which cgroup driver manages a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// Direct writes to cgroupfs.
+    Cgroupfs,
+    /// Requests to systemd over D-Bus.
+    Systemd,
+}
+
+impl fmt::Display for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Driver::Cgroupfs => "cgroupfs",
+            Driver::Systemd => "systemd",
+        })
+    }
+}
+
+/// A cgroup controller (the kernel's name for it in `/proc/cgroups`,
+/// `cgroup.controllers` and v1 mount options).
+///
+/// cgroup v1 mounts each controller as a hierarchy of its own or co-mounted with
+/// others (`cpu,cpuacct`, `net_cls,net_prio`); cgroup v2 has one hierarchy where
+/// `io` replaces v1's `blkio`, `cpu` takes over `cpuacct`, and `devices`,
+/// `freezer`, `net_cls`, `net_prio` and `perf_event` are not controllers
+/// (Documentation/admin-guide/cgroup-v2.rst, "Deprecated v1 Core Features").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Controller {
+    /// CPU bandwidth and weight (`cpu`).
+    Cpu,
+    /// CPU accounting (`cpuacct`, v1 only).
+    Cpuacct,
+    /// CPU and memory-node sets (`cpuset`).
+    Cpuset,
+    /// Memory (`memory`).
+    Memory,
+    /// Task count (`pids`).
+    Pids,
+    /// Block I/O, v1 (`blkio`).
+    Blkio,
+    /// Block I/O, v2 (`io`).
+    Io,
+    /// Device access (`devices`, v1; v2 uses BPF programs).
+    Devices,
+    /// Freezer (`freezer`, v1; v2 has `cgroup.freeze` in every cgroup).
+    Freezer,
+    /// Huge page limits (`hugetlb`).
+    Hugetlb,
+    /// Network class id (`net_cls`, v1).
+    NetCls,
+    /// Network priority map (`net_prio`, v1).
+    NetPrio,
+    /// perf events (`perf_event`).
+    PerfEvent,
+    /// RDMA resources (`rdma`).
+    Rdma,
+    /// Miscellaneous scalar resources (`misc`).
+    Misc,
+}
+
+impl Controller {
+    /// Every controller, in the kernel's order of `/proc/cgroups` where it has one.
+    pub const ALL: [Controller; 15] = [
+        Controller::Cpuset,
+        Controller::Cpu,
+        Controller::Cpuacct,
+        Controller::Blkio,
+        Controller::Io,
+        Controller::Memory,
+        Controller::Devices,
+        Controller::Freezer,
+        Controller::NetCls,
+        Controller::PerfEvent,
+        Controller::NetPrio,
+        Controller::Hugetlb,
+        Controller::Pids,
+        Controller::Rdma,
+        Controller::Misc,
+    ];
+
+    /// The kernel's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Controller::Cpu => "cpu",
+            Controller::Cpuacct => "cpuacct",
+            Controller::Cpuset => "cpuset",
+            Controller::Memory => "memory",
+            Controller::Pids => "pids",
+            Controller::Blkio => "blkio",
+            Controller::Io => "io",
+            Controller::Devices => "devices",
+            Controller::Freezer => "freezer",
+            Controller::Hugetlb => "hugetlb",
+            Controller::NetCls => "net_cls",
+            Controller::NetPrio => "net_prio",
+            Controller::PerfEvent => "perf_event",
+            Controller::Rdma => "rdma",
+            Controller::Misc => "misc",
+        }
+    }
+
+    /// Whether cgroup v2 has this controller.
+    pub fn on_v2(self) -> bool {
+        matches!(
+            self,
+            Controller::Cpu
+                | Controller::Cpuset
+                | Controller::Memory
+                | Controller::Pids
+                | Controller::Io
+                | Controller::Hugetlb
+                | Controller::PerfEvent
+                | Controller::Rdma
+                | Controller::Misc
+        )
+    }
+
+    /// Whether the controller can be enabled for a v2 `threaded` cgroup, where single
+    /// threads of one process may sit in different cgroups (cgroup-v2.rst, "Threads":
+    /// cpu, cpuset, perf_event and pids are threaded controllers).
+    pub fn threaded(self) -> bool {
+        matches!(
+            self,
+            Controller::Cpu | Controller::Cpuset | Controller::PerfEvent | Controller::Pids
+        )
+    }
+}
+
+impl fmt::Display for Controller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A controller name the kernel does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown cgroup controller {0:?}")]
+pub struct UnknownController(pub String);
+
+impl FromStr for Controller {
+    type Err = UnknownController;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Controller::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| UnknownController(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controller_names_round_trip() {
+        for c in Controller::ALL {
+            assert_eq!(c.name().parse::<Controller>(), Ok(c));
+            assert_eq!(
+                serde_json::to_string(&c).unwrap(),
+                format!("\"{}\"", c.name())
+            );
+        }
+        assert!("cpu,cpuacct".parse::<Controller>().is_err());
+        assert!(Controller::Cpu.threaded() && !Controller::Memory.threaded());
+        assert!(!Controller::Blkio.on_v2() && Controller::Io.on_v2());
+    }
+}

@@ -1,0 +1,121 @@
+//! The library's modules form layers (docs/design.md, "Layers"): a module may use
+//! modules of its own layer's lower neighbours only, never one above it, so the
+//! import graph has no cycle. This test reads every `crate::<module>` reference in
+//! the library's non-test code and checks it against the table.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Module → layer. Lower numbers are lower layers.
+const LAYERS: &[(&str, u32)] = &[
+    // 0: the shared vocabulary and process-wide helpers; they use no other module.
+    ("cgroup", 0),
+    ("cpulist", 0),
+    ("failpoint", 0),
+    ("metrics", 0),
+    ("sigterm", 0),
+    // 1: inputs and host facts.
+    ("path", 1),
+    ("config", 1),
+    ("host", 1),
+    ("placement", 1),
+    // 2: resource rules (validation, cgroupfs writes, systemd properties).
+    ("resources", 2),
+    // 3: the plan (`resolve`), and the persisted state.
+    ("plan", 3),
+    ("state", 3),
+    // 4: the drivers.
+    ("manager", 4),
+    // 5: the controller thread inside the VMM.
+    ("controller", 5),
+    // 6: the entry point.
+    ("sandbox", 6),
+];
+
+fn module_of(rel: &Path) -> String {
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
+    first.trim_end_matches(".rs").to_string()
+}
+
+fn non_test_code(text: &str) -> String {
+    // Unit tests may use anything; they sit after `#[cfg(test)]` at the end of a file.
+    let code = match text.find("#[cfg(test)]\nmod ") {
+        Some(i) => &text[..i],
+        None => text,
+    };
+    code.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn library_modules_import_only_lower_layers() {
+    let layer: BTreeMap<&str, u32> = LAYERS.iter().copied().collect();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    walk(&src, &mut files);
+    let mut violations = Vec::new();
+    for f in files {
+        let rel = f.strip_prefix(&src).unwrap();
+        if rel == Path::new("lib.rs") {
+            continue;
+        }
+        let m = module_of(rel);
+        let Some(&own) = layer.get(m.as_str()) else {
+            violations.push(format!(
+                "{}: module {m} is not in the layer table",
+                rel.display()
+            ));
+            continue;
+        };
+        let code = non_test_code(&std::fs::read_to_string(&f).unwrap());
+        for (i, _) in code.match_indices("crate::") {
+            let used: String = code[i + 7..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if used == m || used.is_empty() {
+                continue;
+            }
+            match layer.get(used.as_str()) {
+                Some(&l)
+                    if l < own || (l == own && own > 0 && used != m && l_same_ok(&m, &used)) => {}
+                Some(&l) => violations.push(format!(
+                    "{}: {m} (layer {own}) uses {used} (layer {l})",
+                    rel.display()
+                )),
+                None => violations.push(format!("{}: uses unknown module {used}", rel.display())),
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "layer violations:\n{}",
+        violations.join("\n")
+    );
+}
+
+/// Same-layer uses allowed, each one-way (so they cannot form a cycle).
+fn l_same_ok(from: &str, to: &str) -> bool {
+    matches!(
+        (from, to),
+        ("host", "path") | ("placement", "path") | ("state", "plan")
+    )
+}
