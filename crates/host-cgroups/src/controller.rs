@@ -139,8 +139,7 @@ pub struct CgroupController {
     hooks: ChannelReporter,
     cmd: Sender<Cmd>,
     thread: Option<JoinHandle<()>>,
-    /// The sandbox's plan.
-    pub plan: SandboxPlan,
+    plan: SandboxPlan,
     paths: BTreeMap<String, PathBuf>,
     overhead_paths: Option<BTreeMap<String, PathBuf>>,
 }
@@ -297,6 +296,11 @@ impl CgroupController {
             paths,
             overhead_paths,
         }
+    }
+
+    /// The sandbox's plan.
+    pub fn plan(&self) -> &SandboxPlan {
+        &self.plan
     }
 
     /// The hooks to hand to the VMM's vCPU spawn path.

@@ -1,4 +1,83 @@
-//! Host cgroup placement for sandboxes whose VMM runs inside the shim process.
+//! The host cgroup component of a Kata sandbox whose VMM (dragonball) runs inside
+//! the runtime process (Kata's Rust runtime, runtime-rs).
+//!
+//! On the host, the runtime process and its threads must sit in the pod's cgroups,
+//! or the pod's limits do not hold and the node's accounting lies. This crate
+//! decides where the sandbox's threads live, creates those cgroups (directly on
+//! cgroupfs, or as a systemd transient scope over D-Bus), applies resources to
+//! them, places each vCPU thread before it runs guest code, and removes everything
+//! again, on cgroup v1 (and hybrid) and v2.
+//!
+//! # The flow a runtime follows
+//!
+//! [`sandbox::Sandbox`] is the entry point. It reads the runtime TOML
+//! ([`config::RuntimeConfig`]) and decides by itself whether to act: only when
+//! `hypervisor_name` is `dragonball`, whose VMM runs in this process.
+//!
+//! ```no_run
+//! use host_cgroups::config::RuntimeConfig;
+//! use host_cgroups::resources::from_json;
+//! use host_cgroups::sandbox::{Sandbox, SandboxOptions};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // The runtime TOML users have (configuration-dragonball.toml).
+//! let config = RuntimeConfig::load(Some(std::path::Path::new(
+//!     "/opt/kata/share/defaults/kata-containers/runtime-rs/configuration-dragonball.toml",
+//! )))?;
+//! // At sandbox creation, before the VM starts: the OCI spec's linux.cgroupsPath.
+//! let sandbox = Sandbox::new(
+//!     &config,
+//!     "sandbox-1",
+//!     "kubepods/burstable/pod1/sandbox-1",
+//!     SandboxOptions::default(),
+//! )?;
+//! // dragonball's VcpuManager gets the hooks; each `db_vcpu<N>` thread calls
+//! // `vcpu_started(N)` first thing in `Vcpu::start_threaded`, `vcpu_exited(N)` last.
+//! let hooks = sandbox.hooks();
+//! # let _ = hooks;
+//! // runtime-rs' resource manager, as containers come and go.
+//! sandbox.update_container("ctr-1", &from_json(r#"{"cpu":{"cpus":"0-1"}}"#)?)?;
+//! sandbox.remove_container("ctr-1")?;
+//! // At sandbox stop: the VMM's stop runs inside the teardown, which then removes
+//! // the cgroups with SIGTERM ignored, and the state file last.
+//! let done = sandbox.teardown(|| {
+//!     // vmm.stop(): join every vCPU thread, close the VM fd.
+//! });
+//! assert!(done.report.errors.is_empty());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! After a crash, [`sandbox::Sandbox::cleanup`] removes exactly what the run made,
+//! from its state file. `examples/embed.rs` runs this flow end to end with plain
+//! threads in place of KVM vCPUs.
+//!
+//! # Modules, by layer (lower layers never use higher ones)
+//! - floor: [`cgroup`] (versions, drivers, controllers), [`cpulist`], [`metrics`],
+//!   [`sigterm`];
+//! - inputs and host facts: [`path`] (cgroups paths → driver, systemd names),
+//!   [`config`] (runtime TOML, OCI bundle), [`host`] (mounts, `/proc`, systemd and
+//!   KVM probes), [`placement`] (which threads go where);
+//! - [`resources`]: OCI resources validated and turned into cgroupfs writes and
+//!   systemd unit properties;
+//! - [`plan`] (everything `host-cgroups resolve` prints, no side effects) and
+//!   [`state`] (the persisted record for restore and crash cleanup);
+//! - [`manager`]: the `Manager` trait, `FsManager` (cgroupfs) and, with the
+//!   default feature `systemd`, `SystemdManager`;
+//! - [`controller`]: the thread inside the VMM that places vCPU threads;
+//! - [`sandbox`]: the entry point.
+//!
+//! # Features
+//! - `systemd` (default): the systemd driver over D-Bus (`zbus`). Without it a
+//!   `slice:prefix:name` path is refused with an error naming the feature.
+//! - `metrics`: the counters of [`metrics`] in `dbs-utils`' metric types.
+//! - `failpoints`: crash and error points for the test suite only.
+//!
+//! # Logs
+//! Through `tracing`, with its `log` compatibility on: a runtime that collects `log`
+//! records (runtime-rs and dragonball route them into slog) sees them without a
+//! `tracing` subscriber.
+#![warn(missing_docs)]
 pub mod cgroup;
 pub mod config;
 pub mod controller;

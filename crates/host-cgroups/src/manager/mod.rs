@@ -193,7 +193,7 @@ pub fn build(
     }
 }
 
-/// What this host's systemd looks like: [`SystemdInfo::detect`] plus, with the `systemd`
+/// What this host's systemd looks like: [`crate::host::SystemdInfo::detect`] plus, with the `systemd`
 /// feature, its version read over D-Bus (the Manager's `Version` property; up to 5 s).
 pub fn systemd_info() -> crate::host::SystemdInfo {
     #[allow(unused_mut)]
