@@ -29,7 +29,7 @@ use super::fs::{read_file, write_file};
 use super::{CgroupError, FsManager, Manager, Stats};
 use crate::host::{CgroupLayout, CgroupVersion};
 use crate::path::{Driver, SystemdUnit};
-use crate::resources::{self, Write};
+use crate::resources::Write;
 
 pub use crate::sigterm::{ignore_sigterm_during, SigtermIgnored};
 
@@ -528,16 +528,15 @@ impl Manager for SystemdManager {
         self.reader.threads()
     }
 
+    /// The same checks as the cgroupfs driver (one home for the rule: the requested
+    /// cpus and mems must be online and granted by the nearest existing parent
+    /// cgroup), read through cgroupfs, before anything is sent to systemd.
+    fn check(&self, res: &LinuxResources) -> Result<(), CgroupError> {
+        self.reader.check(res)
+    }
+
     fn set(&mut self, res: &LinuxResources) -> Result<(), CgroupError> {
-        resources::validate(res)?;
-        if let (Some(cpus), _) = resources::cpuset_of(res)? {
-            let raw = res
-                .cpu()
-                .as_ref()
-                .and_then(|c| c.cpus().clone())
-                .unwrap_or_default();
-            cpus.check_within("cpus", &raw, &crate::host::online_cpus()?)?;
-        }
+        self.reader.check(res)?;
         if !self.started && self.active_state()?.is_some_and(|s| s == "active") {
             // A manager restored from state: the unit runs already.
             self.started = true;
