@@ -29,6 +29,7 @@ static_sandbox_resource_mgmt = false
 
 /// A configuration that cannot be used, naming the file and key.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read configuration {path}: {source}")]

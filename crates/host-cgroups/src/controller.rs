@@ -31,6 +31,7 @@ use crate::state::{CgroupState, SandboxState, StateError};
 
 /// A controller operation that failed.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ControllerError {
     /// A cgroup operation failed.
     #[error(transparent)]
@@ -94,6 +95,7 @@ impl Default for ControllerOptions {
 
 /// What the controller knows about one vCPU thread.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct VcpuRecord {
     /// vCPU index.
     pub index: u32,
@@ -113,6 +115,7 @@ pub struct VcpuRecord {
 
 /// What teardown did.
 #[derive(Debug, Clone, Serialize, Default)]
+#[non_exhaustive]
 pub struct TeardownReport {
     /// Cgroup directories (or units) removed.
     pub removed: Vec<String>,

@@ -12,6 +12,7 @@ const MAX_CPU_INDEX: u32 = 8191;
 
 /// A list that does not parse, or names members that are not available.
 #[derive(Debug, Error, PartialEq, Eq, Clone)]
+#[non_exhaustive]
 pub enum CpuListError {
     /// A cpu or memory node list that does not parse.
     #[error("invalid {field} list {value:?}: {reason}")]

@@ -29,6 +29,7 @@ pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// Host facts that could not be read.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum HostError {
     /// A /proc or /sys file could not be read.
     #[error("cannot read {path}: {source}")]
@@ -372,6 +373,7 @@ pub fn threads(pid: i32) -> Result<Vec<ThreadInfo>, HostError> {
 
 /// Whether systemd runs as PID 1 and answers on the system bus.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct SystemdInfo {
     /// PID 1 is systemd (its `/run/systemd/system` marker exists).
     pub pid1: bool,
@@ -403,6 +405,7 @@ impl SystemdInfo {
 
 /// Whether `/dev/kvm` opens and answers.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct KvmInfo {
     /// KVM can create VMs here.
     pub available: bool,

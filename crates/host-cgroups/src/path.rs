@@ -30,6 +30,7 @@ const PATH_LEN_MAX: usize = 3072;
 
 /// A cgroups path that cannot be used, with the offending value.
 #[derive(Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PathError {
     /// A `..` component, which could climb out of the cgroup root.
     #[error(

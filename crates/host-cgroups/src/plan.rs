@@ -22,6 +22,7 @@ use crate::resources::{self, ResourceError, Write};
 
 /// Input that cannot make a plan.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum PlanError {
     /// A bad cgroups path or sandbox id.
     #[error(transparent)]

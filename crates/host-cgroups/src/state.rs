@@ -23,6 +23,7 @@ pub const DEFAULT_STATE_DIR: &str = "/run/host-cgroups/state";
 
 /// State that cannot be written, read or trusted.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum StateError {
     /// An I/O operation on the state directory failed.
     #[error("{op} {path}: {source}")]

@@ -24,6 +24,7 @@ use crate::resources::ResourceError;
 
 /// A cgroup operation that failed, naming the cgroup file or unit and the value.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum CgroupError {
     /// A filesystem operation on cgroupfs failed.
     #[error("{op} {path}: {source}")]
@@ -108,6 +109,7 @@ pub enum CgroupError {
 
 /// Usage and throttling counters of a cgroup.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Stats {
     /// CPU time used, in nanoseconds.
     pub cpu_usage_ns: u64,

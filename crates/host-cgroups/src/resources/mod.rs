@@ -22,6 +22,7 @@ pub const SHARES_RANGE: (u64, u64) = (2, 262_144);
 
 /// A resource value that cannot be applied, naming the field and value.
 #[derive(Debug, Error, PartialEq, Eq, Clone)]
+#[non_exhaustive]
 pub enum ResourceError {
     /// A cpu or memory node list that does not parse, or names CPUs or nodes the host
     /// (or the parent cgroup) does not offer.
