@@ -25,11 +25,11 @@ use super::util::{self, BenchCgroups};
 use super::{BenchError, Common};
 use demo_vmm::{BackendChoice, Vmm, VmmConfig};
 use host_cgroups::config::RuntimeConfig;
-use host_cgroups::controller::{CgroupController, ControllerOptions};
 use host_cgroups::host::CgroupLayout;
 use host_cgroups::manager::fs::write_file;
 use host_cgroups::plan::SandboxPlan;
 use host_cgroups::resources;
+use host_cgroups::sandbox::{Sandbox, SandboxOptions};
 
 /// Arguments of `bench scale`.
 #[derive(Debug, Args)]
@@ -64,7 +64,7 @@ fn plan(layout: &CgroupLayout, guard: &BenchCgroups, tag: &str) -> Result<Sandbo
     Ok(p)
 }
 
-fn options() -> Result<ControllerOptions, BenchError> {
+fn options(state_dir: &std::path::Path) -> Result<SandboxOptions, BenchError> {
     let cpu = host_cgroups::host::online_cpus()
         .map_err(|e| BenchError::step("online CPUs", e))?
         .iter()
@@ -75,20 +75,25 @@ fn options() -> Result<ControllerOptions, BenchError> {
             .to_string(),
     )
     .map_err(|e| BenchError::step("resources", e))?;
-    Ok(ControllerOptions {
-        sandbox_resources: Some(res),
-        ..Default::default()
-    })
+    Ok(SandboxOptions::default()
+        .state_dir(state_dir)
+        .sandbox_resources(Some(res)))
 }
 
-struct Sandbox {
-    ctl: CgroupController,
+/// The benchmark's runtime configuration: every sandbox in this one process.
+fn config() -> Result<RuntimeConfig, BenchError> {
+    RuntimeConfig::embedded().map_err(|e| BenchError::step("config", e))
+}
+
+/// A library sandbox with its VMM.
+struct BenchSandbox {
+    sandbox: Sandbox,
     vmm: Option<Vmm>,
 }
 
-impl Sandbox {
+impl BenchSandbox {
     fn freezer(&self) -> Option<std::path::PathBuf> {
-        self.ctl
+        self.sandbox
             .paths()
             .get("freezer")
             .map(|d| d.join("freezer.state"))
@@ -103,8 +108,9 @@ impl Sandbox {
     }
 
     fn destroy(self) -> Result<(), BenchError> {
-        let stopped = self.vmm.map(Vmm::stop);
-        let report = self.ctl.shutdown(true);
+        let vmm = self.vmm;
+        let done = self.sandbox.teardown(|| vmm.map(Vmm::stop));
+        let (stopped, report) = (done.vmm, done.report);
         if let Some(Err(e)) = stopped {
             return Err(BenchError::step("VMM stop", e));
         }
@@ -120,17 +126,17 @@ fn create(
     guard: &BenchCgroups,
     tag: &str,
     backend: BackendChoice,
-    opts: &ControllerOptions,
-) -> Result<(Sandbox, Vec<f64>), BenchError> {
-    let ctl = CgroupController::start(plan(layout, guard, tag)?, opts.clone())
-        .map_err(|e| BenchError::step(format!("controller {tag}"), e))?;
+    opts: &SandboxOptions,
+) -> Result<(BenchSandbox, Vec<f64>), BenchError> {
+    let sandbox = Sandbox::start(&config()?, plan(layout, guard, tag)?, opts.clone())
+        .map_err(|e| BenchError::step(format!("sandbox {tag}"), e))?;
     let cfg = VmmConfig {
         vcpus: VCPUS,
         max_vcpus: VCPUS,
         backend,
     };
-    let vmm = Vmm::new(cfg, ctl.hooks()).and_then(|mut v| v.start().map(|()| v));
-    let mut sb = Sandbox { ctl, vmm: None };
+    let vmm = Vmm::new(cfg, sandbox.hooks()).and_then(|mut v| v.start().map(|()| v));
+    let mut sb = BenchSandbox { sandbox, vmm: None };
     match vmm {
         Ok(v) => sb.vmm = Some(v),
         Err(e) => {
@@ -139,7 +145,7 @@ fn create(
         }
     }
     let placed = sb
-        .ctl
+        .sandbox
         .vcpus()
         .iter()
         .filter_map(|r| r.placed_after_us)
@@ -152,21 +158,23 @@ fn create(
 fn measure(n: u32, probes: u32, backend: BackendChoice) -> Result<Value, BenchError> {
     let layout = util::v1_layout()?;
     let guard = BenchCgroups::new(&layout);
-    let opts = options()?;
+    let state_dir = std::env::temp_dir().join(format!("hcg-bench-scale-{}", std::process::id()));
+    let opts = options(&state_dir)?;
+    let cfg = config()?;
 
     // 1. Controllers only.
     util::trim_heap();
     let rss0 = util::rss_bytes();
     let mut ctls = Vec::new();
     for i in 0..n {
-        let c = CgroupController::start(plan(&layout, &guard, &format!("c{i}"))?, opts.clone())
-            .map_err(|e| BenchError::step("controller", e))?;
+        let c = Sandbox::start(&cfg, plan(&layout, &guard, &format!("c{i}"))?, opts.clone())
+            .map_err(|e| BenchError::step("sandbox", e))?;
         ctls.push(c);
     }
     util::trim_heap();
     let rss_ctl = util::rss_bytes();
     for c in ctls {
-        let r = c.shutdown(true);
+        let r = c.teardown(|| ()).report;
         if !r.errors.is_empty() {
             return Err(BenchError::step("teardown", r.errors.join("; ")));
         }
@@ -175,7 +183,7 @@ fn measure(n: u32, probes: u32, backend: BackendChoice) -> Result<Value, BenchEr
     // 2. Full sandboxes.
     util::trim_heap();
     let rss1 = util::rss_bytes();
-    let mut alive: Vec<Sandbox> = Vec::with_capacity(n as usize);
+    let mut alive: Vec<BenchSandbox> = Vec::with_capacity(n as usize);
     let mut create_ms = Vec::new();
     let mut placed_create = Vec::new();
     let mut backend_used = String::new();
@@ -213,6 +221,8 @@ fn measure(n: u32, probes: u32, backend: BackendChoice) -> Result<Value, BenchEr
             sb.destroy()?;
             destroy_ms += t.elapsed().as_secs_f64() * 1e3;
         }
+        // Every sandbox's state file went with its teardown; the directory is ours.
+        let _ = std::fs::remove_dir(&state_dir);
         let c = Summary::of(&create_ms);
         let pc = Summary::of(&placed_create);
         let pp = Summary::of(&probe_placed);
