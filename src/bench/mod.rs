@@ -5,7 +5,8 @@
 //! - [`lifecycle`]: sandbox cgroup lifecycle, this project vs `cgroups-rs` vs the syscall floor;
 //! - [`systemd`]: transient scope round trips, this project vs `systemd-run --scope` vs `cgroups-rs`;
 //! - [`scale`]: many sandboxes alive at once;
-//! - [`hooks`]: the cost of the hook on the vCPU spawn path.
+//! - [`hooks`]: the cost of the hook on the vCPU spawn path;
+//! - [`soak`]: many lifecycles in a row, watching for leaks.
 //!
 //! Every bench prints a Markdown table (or, with `--json`, one JSON object) and
 //! writes `<out>/<bench>.json`, `<out>/<bench>.md` and `<out>/<bench>.svg`.
@@ -17,6 +18,7 @@ pub mod lifecycle;
 pub mod placement;
 pub mod report;
 pub mod scale;
+pub mod soak;
 pub mod stats;
 pub mod systemd;
 pub mod util;
@@ -106,6 +108,8 @@ pub enum Which {
     Scale(scale::ScaleArgs),
     /// Cost of the placement hook on the vCPU spawn path, in nanoseconds.
     Hooks(hooks::HooksArgs),
+    /// N sandbox lifecycles in a row: cgroups, units, fds, threads and memory left behind.
+    Soak(soak::SoakArgs),
 }
 
 /// Runs the chosen benchmark.
@@ -116,6 +120,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         Which::Systemd(a) => systemd::run(a),
         Which::Scale(a) => scale::run(a),
         Which::Hooks(a) => hooks::run(a),
+        Which::Soak(a) => soak::run(a),
     }
 }
 
