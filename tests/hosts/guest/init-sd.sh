@@ -10,7 +10,8 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 fail() { echo "stage1: $*"; sleep 1; poweroff -f; }
 for m in virtio_pci virtio_blk crc32c_generic ext4 9pnet_virtio 9p; do
-  modprobe "$m" || echo "stage1: modprobe $m failed"
+  # built-in modules (virtio_pci on 6.12) are not in the initramfs but show in /sys/module
+  modprobe "$m" 2>/dev/null || [ -d "/sys/module/$m" ] || echo "stage1: modprobe $m failed"
 done
 i=0; while [ ! -b /dev/vda ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
 mount -t ext4 -o rw /dev/vda /sysroot || fail "cannot mount /dev/vda"

@@ -4,7 +4,8 @@
 # qemu's isa-debug-exit device (qemu exits with 2*min(rc,127)+1).
 # busybox hosts: started by /init (PID 1). systemd hosts: systemd.run=/hostcg/runner.sh.
 exec </dev/null >/dev/ttyS0 2>&1
-MODE=$(cat /hostcg/mode)
+MODE=$(cat /hostcg/mode)   # the host kind: v1 v2 sd-v1 sd-v2 sd-legacy
+NAME=$(cat /hostcg/name 2>/dev/null || echo "$MODE")   # e.g. deb11-sd-v2
 SHARE=/run/hostcg/share
 mkdir -p "$SHARE"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none hostcg "$SHARE" \
@@ -21,7 +22,7 @@ case "$MODE" in
       sleep 0.1
     done ;;
 esac
-echo "=== hostcg: $MODE up at $(cut -d' ' -f1 /proc/uptime)s, kernel $(uname -r), running payload"
+echo "=== hostcg: $NAME up at $(cut -d' ' -f1 /proc/uptime)s, kernel $(uname -r), running payload"
 /bin/sh /hostcg/payload.sh
 RC=$?
 echo "=== hostcg: payload exit code $RC at $(cut -d' ' -f1 /proc/uptime)s"
