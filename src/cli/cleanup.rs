@@ -53,8 +53,11 @@ pub fn cleanup(args: &CleanupArgs) -> Result<(), CliError> {
         let parsed = CgroupsPath::parse(&raw, &args.sandbox_id).map_err(bad)?;
         let overhead = parsed.overhead(&args.sandbox_id).map_err(bad)?;
         report.source = format!("cgroups path {raw:?}");
+        // Earlier versions named the cgroupfs overhead cgroup after the path.
+        let legacy = parsed.legacy_overhead().filter(|l| *l != overhead);
         targets.push((parsed, Vec::new()));
         targets.push((overhead, Vec::new()));
+        targets.extend(legacy.map(|l| (l, Vec::new())));
     } else {
         let dir = args
             .state_dir
