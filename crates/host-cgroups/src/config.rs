@@ -590,8 +590,9 @@ mod tests {
         assert_eq!(c.default_vcpus, 1.0);
         assert_eq!(c.default_maxvcpus, 0);
         assert!(c.vmm_in_process());
-        assert_eq!(c.boot_vcpus(), 1);
+        assert_eq!(c.boot_vcpus(2), 1);
         assert_eq!(c.max_vcpus(2), 2);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]
@@ -607,9 +608,10 @@ mod tests {
             "[hypervisor.dragonball]\ndefault_vcpus = 1.5\ndefault_maxvcpus = 8\n[runtime]\nhypervisor_name='dragonball'\nenable_vcpus_pinning=true\n",
         )
         .unwrap();
-        assert_eq!(c.boot_vcpus(), 2);
+        assert_eq!(c.boot_vcpus(64), 2);
         assert_eq!(c.max_vcpus(64), 8);
-        assert_eq!(c.max_vcpus(4), 8);
+        // Kata brings the maximum down to the host's CPUs.
+        assert_eq!(c.max_vcpus(4), 4);
         assert!(c.enable_vcpus_pinning);
         assert!(!c.sandbox_cgroup_only);
         let c = parse("[hypervisor.dragonball]\ndefault_maxvcpus = 4.0\n").unwrap();
@@ -630,18 +632,6 @@ mod tests {
         for (text, key) in [
             (
                 "[hypervisor.dragonball]\ndefault_vcpus = 'two'\n",
-                "default_vcpus",
-            ),
-            (
-                "[hypervisor.dragonball]\ndefault_vcpus = -1\n",
-                "default_vcpus",
-            ),
-            (
-                "[hypervisor.dragonball]\ndefault_vcpus = 0\n",
-                "default_vcpus",
-            ),
-            (
-                "[hypervisor.dragonball]\ndefault_vcpus = 241\n",
                 "default_vcpus",
             ),
             (
@@ -674,6 +664,71 @@ mod tests {
     }
 
     #[test]
+    fn vcpu_counts_follow_kata() {
+        let cfg = |v: &str, m: &str| {
+            parse(&format!(
+                "[hypervisor.dragonball]\ndefault_vcpus = {v}\ndefault_maxvcpus = {m}\n"
+            ))
+            .unwrap()
+        };
+        // (default_vcpus, default_maxvcpus, host CPUs) → (boot, max)
+        for (v, m, host, boot, max) in [
+            ("-1", "0", 2, 2, 2),
+            ("0", "0", 2, 1, 2),
+            ("1", "0", 2, 1, 2),
+            ("4", "2", 2, 2, 2),
+            ("4", "2", 8, 2, 2),
+            ("1", "8", 2, 1, 2),
+            ("3", "8", 2, 2, 2),
+            ("1.5", "0", 4, 2, 4),
+            ("-3", "3", 8, 3, 3),
+            ("300", "0", 500, 240, 240),
+        ] {
+            let c = cfg(v, m).vcpus(host);
+            assert_eq!(
+                (c.boot, c.max),
+                (boot, max),
+                "vcpus {v} maxvcpus {m} host {host}"
+            );
+        }
+        let c = cfg("4", "8").vcpus(2);
+        let note = c.note(Path::new("x.toml")).unwrap();
+        assert!(
+            note.contains("default_vcpus = 4 → 2") && note.contains("default_maxvcpus = 8 → 2"),
+            "{note}"
+        );
+        assert!(cfg("1", "0").vcpus(2).note(Path::new("x")).is_none());
+    }
+
+    #[test]
+    fn unknown_keys_warn_with_the_nearest_known_key() {
+        let c = parse("[hypervisor.dragonball]\ndefault_vcpu = 2\n[runtime]\nsandbox_cgroups_only = false\nzzzzzzzz = 1\n").unwrap();
+        assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+        assert!(c
+            .warnings
+            .iter()
+            .any(|w| w.contains("runtime.sandbox_cgroups_only")
+                && w.contains("did you mean sandbox_cgroup_only")));
+        assert!(c
+            .warnings
+            .iter()
+            .any(|w| w.contains("default_vcpu;") && w.contains("default_vcpus")));
+        assert!(c
+            .warnings
+            .iter()
+            .any(|w| w.contains("runtime.zzzzzzzz") && !w.contains("did you mean")));
+    }
+
+    #[test]
+    fn syntax_errors_keep_line_column_and_snippet() {
+        let err = parse("[runtime]\nsandbox_cgroup_only = tru\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("column"), "{err}");
+        assert!(err.contains("sandbox_cgroup_only = tru"), "{err}");
+    }
+
+    #[test]
     fn missing_file_is_a_read_error() {
         let err = RuntimeConfig::load(Some(Path::new("/nonexistent/x.toml"))).unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }));
@@ -694,6 +749,9 @@ mod tests {
         assert_eq!(b.cgroups_path, "kata.slice:kata:x");
         let cpu = b.resources.unwrap().cpu().clone().unwrap();
         assert_eq!(cpu.quota(), Some(50000));
-        assert!(load_bundle(Path::new("/nonexistent")).is_err());
+        let err = load_bundle(Path::new("/nonexistent"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("No such file or directory"), "{err}");
     }
 }

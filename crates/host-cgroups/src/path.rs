@@ -538,6 +538,8 @@ mod tests {
             long.as_str(),
             "a/cgroup.procs",
             "cgroup.subtree_control",
+            "kata.slice:p:-.slice",
+            ":p:-.slice",
         ] {
             assert!(CgroupsPath::parse(raw, ID).is_err(), "{raw:?} accepted");
         }

@@ -126,6 +126,10 @@ impl CpuList {
             };
             let (lo, hi) = match range.split_once('-') {
                 Some((a, b)) => (num(a)?, num(b)?),
+                // As in the kernel, a group needs a range: `1:1/2` is refused.
+                None if group.is_some() => {
+                    return Err(bad("a used/group pattern needs a range N-M"))
+                }
                 None => {
                     let n = num(range)?;
                     (n, n)
@@ -1397,7 +1401,8 @@ mod tests {
         assert_eq!(swap_to_v2(100, 100), Ok(0));
         assert!(swap_to_v2(50, 100).is_err());
         assert!(swap_to_v2(50, 0).is_err());
-        assert!(swap_to_v2(50, -1).is_err());
+        // Unlimited memory: the memory+swap figure is the swap limit itself.
+        assert_eq!(swap_to_v2(300, -1), Ok(300));
     }
 
     #[test]
@@ -1409,6 +1414,11 @@ mod tests {
             ("0-3,32-33", "0-3,32-33", 6),
             (" 5 ", "5", 1),
             ("", "", 0),
+            (",0,1,", "0-1", 2),
+            ("1,,2", "1-2", 2),
+            (" 0 ,\n3", "0,3", 2),
+            ("0-7:2/4", "0-1,4-5", 4),
+            (",", "", 0),
         ] {
             let l = CpuList::parse("cpus", s).unwrap();
             assert_eq!(l.to_string(), canon);
@@ -1419,8 +1429,12 @@ mod tests {
             "-1",
             "3-1",
             "a",
-            "1,,2",
+            "1 - 2",
             "1-2-3",
+            "1:1/2",
+            "0-7:3/0",
+            "0-7:3/2",
+            "N",
             "0x1",
             "9000",
             "99999999999",
@@ -1442,7 +1456,10 @@ mod tests {
                         "pids":{"limit":100}}"#,
         );
         let w = plan(&r, CgroupVersion::V1).unwrap();
-        let got: Vec<(&str, &str)> = w.iter().map(|w| (w.file, w.value.as_str())).collect();
+        let got: Vec<(&str, &str)> = w
+            .iter()
+            .map(|w| (w.file.as_str(), w.value.as_str()))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -1467,7 +1484,10 @@ mod tests {
                         "pids":{"limit":-1}}"#,
         );
         let w = plan(&r, CgroupVersion::V2).unwrap();
-        let got: Vec<(&str, &str)> = w.iter().map(|w| (w.file, w.value.as_str())).collect();
+        let got: Vec<(&str, &str)> = w
+            .iter()
+            .map(|w| (w.file.as_str(), w.value.as_str()))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -1496,7 +1516,7 @@ mod tests {
         let w = plan(&res(r#"{"memory":{"limit":-1}}"#), CgroupVersion::V2).unwrap();
         assert_eq!(
             w.iter()
-                .map(|w| (w.file, w.value.as_str()))
+                .map(|w| (w.file.as_str(), w.value.as_str()))
                 .collect::<Vec<_>>(),
             vec![("memory.max", "max"), ("memory.swap.max", "max")]
         );
@@ -1509,14 +1529,43 @@ mod tests {
             (r#"{"cpu":{"cpus":"3-1"}}"#, "3-1"),
             (r#"{"cpu":{"mems":"x"}}"#, "mems"),
             (r#"{"cpu":{"quota":0}}"#, "cpu.quota"),
-            (r#"{"cpu":{"quota":-5}}"#, "cpu.quota"),
+            (r#"{"cpu":{"quota":17592186044416}}"#, "17592186044416"),
             (r#"{"cpu":{"quota":999}}"#, "999"),
             (r#"{"cpu":{"period":999}}"#, "cpu.period"),
             (r#"{"cpu":{"period":1000001}}"#, "1000001"),
             (r#"{"cpu":{"period":0}}"#, "cpu.period"),
             (r#"{"cpu":{"shares":1}}"#, "cpu.shares"),
             (r#"{"cpu":{"shares":300000}}"#, "cpu.shares"),
-            (r#"{"pids":{"limit":-2}}"#, "pids.limit"),
+            (r#"{"cpu":{"burst":5000,"quota":4000}}"#, "cpu.burst"),
+            (r#"{"cpu":{"idle":2}}"#, "cpu.idle"),
+            (
+                r#"{"cpu":{"realtimeRuntime":2000,"realtimePeriod":1000}}"#,
+                "realtimeRuntime",
+            ),
+            (r#"{"memory":{"kernel":1048576}}"#, "memory.kernel"),
+            (r#"{"memory":{"useHierarchy":false}}"#, "useHierarchy"),
+            (r#"{"memory":{"swappiness":101}}"#, "swappiness"),
+            (r#"{"blockIO":{"weight":5}}"#, "blockIO.weight"),
+            (r#"{"blockIO":{"leafWeight":500}}"#, "leafWeight"),
+            (
+                r#"{"blockIO":{"throttleReadBpsDevice":[{"major":-1,"minor":0,"rate":1}]}}"#,
+                "throttleReadBpsDevice",
+            ),
+            (
+                r#"{"hugepageLimits":[{"pageSize":"2M","limit":1}]}"#,
+                "pageSize",
+            ),
+            (
+                r#"{"hugepageLimits":[{"pageSize":"2MB","limit":-3}]}"#,
+                "hugepageLimits.limit",
+            ),
+            (
+                r#"{"network":{"priorities":[{"name":"a b","priority":1}]}}"#,
+                "network.priorities.name",
+            ),
+            (r#"{"unified":{"cgroup.procs":"1"}}"#, "cgroup.procs"),
+            (r#"{"unified":{"../x":"1"}}"#, "unified"),
+            (r#"{"rdma":{"mlx5_0":{"hcaHandles":1}}}"#, "rdma"),
             (r#"{"memory":{"limit":-7}}"#, "memory.limit"),
             (r#"{"memory":{"limit":200,"swap":100}}"#, "memory.swap"),
         ] {
@@ -1527,5 +1576,220 @@ mod tests {
             assert!(err.contains(needle), "{json}: {err}");
         }
         assert!(from_json("{\"cpu\":3}").is_err());
+    }
+
+    fn files(json: &str, v: CgroupVersion) -> Vec<(String, String)> {
+        plan(&res(json), v)
+            .unwrap()
+            .into_iter()
+            .map(|w| (w.file, w.value))
+            .collect()
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn negative_quota_is_no_limit_and_pids_zero_is_one() {
+        use CgroupVersion::{V1, V2};
+        assert_eq!(
+            files(r#"{"cpu":{"quota":-500}}"#, V1),
+            pairs(&[("cpu.cfs_quota_us", "-1")])
+        );
+        assert_eq!(
+            files(r#"{"cpu":{"quota":-500,"period":100000}}"#, V2),
+            pairs(&[("cpu.max", "max 100000")])
+        );
+        assert_eq!(
+            files(r#"{"cpu":{"quota":17592186044415}}"#, V1),
+            pairs(&[("cpu.cfs_quota_us", "17592186044415")])
+        );
+        assert_eq!(
+            files(r#"{"pids":{"limit":0}}"#, V1),
+            pairs(&[("pids.max", "1")])
+        );
+        assert_eq!(
+            files(r#"{"pids":{"limit":-7}}"#, V2),
+            pairs(&[("pids.max", "max")])
+        );
+        // An absent limit: the pids section is dropped at parse time.
+        assert!(files(r#"{"pids":{}}"#, V2).is_empty());
+        assert!(res(r#"{"pids":{}}"#).pids().is_none());
+    }
+
+    #[test]
+    fn memory_unlimited_and_swap() {
+        use CgroupVersion::{V1, V2};
+        assert_eq!(
+            files(r#"{"memory":{"limit":-1,"swap":300}}"#, V2),
+            pairs(&[("memory.max", "max"), ("memory.swap.max", "300")])
+        );
+        assert_eq!(
+            files(r#"{"memory":{"limit":-1}}"#, V1),
+            pairs(&[
+                ("memory.limit_in_bytes", "-1"),
+                ("memory.memsw.limit_in_bytes", "-1")
+            ])
+        );
+        assert!(plan(&res(r#"{"memory":{"limit":-1,"swap":300}}"#), V1).is_err());
+        let no_memsw = HostSupport {
+            memsw: false,
+            probed: true,
+            ..HostSupport::assumed()
+        };
+        let w = plan_for(&res(r#"{"memory":{"limit":-1}}"#), V1, &no_memsw).unwrap();
+        assert_eq!(w.len(), 1);
+        assert!(plan_for(
+            &res(r#"{"memory":{"limit":100,"swap":200}}"#),
+            V1,
+            &no_memsw
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn memsw_order_rule() {
+        // Raising (or lifting to -1): memory+swap first; lowering: the limit first.
+        assert!(memsw_first(-1, 1 << 20));
+        assert!(memsw_first(4 << 20, 2 << 20));
+        assert!(!memsw_first(1 << 20, 2 << 20));
+        let mut w = plan(&res(r#"{"memory":{"limit":-1}}"#), CgroupVersion::V1).unwrap();
+        order_v1_memory(&mut w, 100 << 20);
+        assert_eq!(w[0].file, "memory.memsw.limit_in_bytes");
+        let mut w = plan(
+            &res(r#"{"memory":{"limit":1048576,"swap":2097152}}"#),
+            CgroupVersion::V1,
+        )
+        .unwrap();
+        order_v1_memory(&mut w, u64::MAX);
+        assert_eq!(w[0].file, "memory.limit_in_bytes");
+    }
+
+    #[test]
+    fn every_field_applied_or_refused() {
+        use CgroupVersion::{V1, V2};
+        let rt = r#"{"cpu":{"realtimeRuntime":950000,"realtimePeriod":1000000}}"#;
+        assert_eq!(
+            files(rt, V1),
+            pairs(&[
+                ("cpu.rt_period_us", "1000000"),
+                ("cpu.rt_runtime_us", "950000")
+            ])
+        );
+        let e = plan(&res(rt), V2).unwrap_err().to_string();
+        assert!(e.contains("cpu.realtimeRuntime"), "{e}");
+        let hp = r#"{"hugepageLimits":[{"pageSize":"2MB","limit":1048576}]}"#;
+        assert_eq!(
+            files(hp, V1),
+            pairs(&[("hugetlb.2MB.limit_in_bytes", "1048576")])
+        );
+        assert_eq!(files(hp, V2), pairs(&[("hugetlb.2MB.max", "1048576")]));
+        let bio = r#"{"blockIO":{"weight":500,"weightDevice":[{"major":8,"minor":0,"weight":100}],
+            "throttleReadBpsDevice":[{"major":8,"minor":0,"rate":1048576}],
+            "throttleWriteIOPSDevice":[{"major":8,"minor":16,"rate":0}]}}"#;
+        assert_eq!(
+            files(bio, V1),
+            pairs(&[
+                ("blkio.bfq.weight", "500"),
+                ("blkio.bfq.weight", "8:0 100"),
+                ("blkio.throttle.read_bps_device", "8:0 1048576"),
+                ("blkio.throttle.write_iops_device", "8:16 0"),
+            ])
+        );
+        assert_eq!(
+            files(bio, V2),
+            pairs(&[
+                ("io.weight", "default 4950"),
+                ("io.weight", "8:0 910"),
+                ("io.max", "8:0 rbps=1048576"),
+                ("io.max", "8:16 wiops=max"),
+            ])
+        );
+        let net = r#"{"network":{"classID":1048577,"priorities":[{"name":"eth0","priority":5}]}}"#;
+        assert_eq!(
+            files(net, V1),
+            pairs(&[
+                ("net_cls.classid", "1048577"),
+                ("net_prio.ifpriomap", "eth0 5")
+            ])
+        );
+        assert!(plan(&res(net), V2)
+            .unwrap_err()
+            .to_string()
+            .contains("network.classID"));
+        let uni = r#"{"unified":{"memory.high":"104857600"}}"#;
+        assert_eq!(files(uni, V2), pairs(&[("memory.high", "104857600")]));
+        assert!(plan(&res(uni), V1)
+            .unwrap_err()
+            .to_string()
+            .contains("memory.high"));
+        let extra = r#"{"cpu":{"quota":50000,"burst":20000,"idle":1},"memory":{"swappiness":10,"disableOOMKiller":true,"kernelTCP":1048576}}"#;
+        assert_eq!(
+            files(extra, V1),
+            pairs(&[
+                ("cpu.cfs_quota_us", "50000"),
+                ("cpu.cfs_burst_us", "20000"),
+                ("cpu.idle", "1"),
+                ("memory.kmem.tcp.limit_in_bytes", "1048576"),
+                ("memory.swappiness", "10"),
+                ("memory.oom_control", "1"),
+            ])
+        );
+        for f in ["swappiness", "disableOOMKiller", "kernelTCP"] {
+            let j = format!(
+                r#"{{"memory":{{"{f}":{}}}}}"#,
+                if f == "disableOOMKiller" {
+                    "true"
+                } else {
+                    "10"
+                }
+            );
+            let e = plan(&res(&j), V2).unwrap_err().to_string();
+            assert!(e.contains(f), "{e}");
+        }
+        let missing = HostSupport {
+            rt: false,
+            probed: true,
+            ..HostSupport::assumed()
+        };
+        assert!(plan_for(&res(rt), V1, &missing)
+            .unwrap_err()
+            .to_string()
+            .contains("cpu.realtimeRuntime"));
+        let sizes = HostSupport {
+            probed: true,
+            hugepage_sizes: vec!["2MB".into()],
+            ..HostSupport::assumed()
+        };
+        assert!(plan_for(
+            &res(r#"{"hugepageLimits":[{"pageSize":"1GB","limit":1}]}"#),
+            V2,
+            &sizes
+        )
+        .is_err());
+        let devices = res(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#);
+        assert!(plan(&devices, V1).unwrap().is_empty());
+        assert!(not_applied(&devices)[0].contains("devices"));
+    }
+
+    #[test]
+    fn unknown_keys_warn_with_the_nearest() {
+        let p = parse_json(r#"{"cpu":{"peroid":100000},"memroy":{}}"#).unwrap();
+        assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
+        assert!(p
+            .warnings
+            .iter()
+            .any(|w| w.contains("resources.cpu.peroid") && w.contains("\"period\"")));
+        assert!(p
+            .warnings
+            .iter()
+            .any(|w| w.contains("resources.memroy") && w.contains("\"memory\"")));
+        assert!(parse_json(r#"{"cpu":{"period":100000}}"#)
+            .unwrap()
+            .warnings
+            .is_empty());
     }
 }

@@ -507,10 +507,13 @@ mod tests {
             (50_000, 0, 500_000),
             (-1, 100_000, u64::MAX),
             (0, 100_000, u64::MAX),
+            (-500, 100_000, u64::MAX),
+            // No saturation: 20971520000000 · 10^6 overflows 64 bits before the division.
+            (20_971_520_000_000, 100_000, 209_715_200_000_000),
         ] {
             assert_eq!(
                 cpu_quota_per_sec(quota, period),
-                want,
+                Some(want),
                 "quota {quota} period {period}"
             );
         }
@@ -565,7 +568,13 @@ mod tests {
             .is_empty());
         let w = cgroupfs_writes(&r, CgroupVersion::V1).unwrap();
         assert_eq!(w.len(), 2);
-        assert_eq!((w[0].file, w[0].value.as_str()), ("cpuset.cpus", "0-1"));
+        assert_eq!(
+            (w[0].file.as_str(), w[0].value.as_str()),
+            ("cpuset.cpus", "0-1")
+        );
+        // The kernel's list syntax: empty entries and blanks are skipped.
+        let v2 = props(r#"{"cpu":{"cpus":",0,1,"}}"#, CgroupVersion::V2);
+        assert_eq!(get(&v2, "AllowedCPUs"), Some(json!([3])));
         assert!(cgroupfs_writes(&r, CgroupVersion::V2).unwrap().is_empty());
     }
 
@@ -579,9 +588,9 @@ mod tests {
         let v1 = props(j, CgroupVersion::V1);
         assert_eq!(v1, vec![("MemoryLimit".to_string(), json!(268_435_456u64))]);
         let r = from_json(j).unwrap();
-        let files: Vec<&str> = cgroupfs_writes(&r, CgroupVersion::V1)
+        let files: Vec<String> = cgroupfs_writes(&r, CgroupVersion::V1)
             .unwrap()
-            .iter()
+            .into_iter()
             .map(|w| w.file)
             .collect();
         assert_eq!(
@@ -600,6 +609,15 @@ mod tests {
         assert_eq!(get(&v2, "MemorySwapMax"), Some(json!(0)));
         let v1 = props(r#"{"memory":{"limit":-1}}"#, CgroupVersion::V1);
         assert_eq!(get(&v1, "MemoryLimit"), Some(json!(u64::MAX)));
+        let r = from_json(r#"{"memory":{"limit":-1}}"#).unwrap();
+        let w = cgroupfs_writes(&r, CgroupVersion::V1).unwrap();
+        assert_eq!(
+            (w[0].file.as_str(), w[0].value.as_str()),
+            ("memory.memsw.limit_in_bytes", "-1")
+        );
+        let v2 = props(r#"{"memory":{"limit":-1,"swap":300}}"#, CgroupVersion::V2);
+        assert_eq!(get(&v2, "MemoryMax"), Some(json!(u64::MAX)));
+        assert_eq!(get(&v2, "MemorySwapMax"), Some(json!(300)));
         assert!(resource_properties(
             &from_json(r#"{"memory":{"limit":100,"swap":50}}"#).unwrap(),
             CgroupVersion::V2
@@ -613,7 +631,66 @@ mod tests {
         assert_eq!(p, vec![("TasksMax".to_string(), json!(256))]);
         let p = props(r#"{"pids":{"limit":-1}}"#, CgroupVersion::V2);
         assert_eq!(p, vec![("TasksMax".to_string(), json!(u64::MAX))]);
-        assert!(props(r#"{"pids":{"limit":0}}"#, CgroupVersion::V2).is_empty());
+        // runc 1.4: 0 is a real limit; systemd refuses TasksMax=0, so 1.
+        let p = props(r#"{"pids":{"limit":0}}"#, CgroupVersion::V2);
+        assert_eq!(p, vec![("TasksMax".to_string(), json!(1))]);
+        assert!(props(r#"{"pids":{}}"#, CgroupVersion::V2).is_empty());
+    }
+
+    #[test]
+    fn quota_past_the_kernel_ceiling_is_refused() {
+        let r = from_json(r#"{"cpu":{"quota":20971520000000,"period":100000}}"#).unwrap();
+        for v in [CgroupVersion::V1, CgroupVersion::V2] {
+            let e = resource_properties(&r, v).unwrap_err().to_string();
+            assert!(
+                e.contains("cpu.quota") && e.contains("17592186044415"),
+                "{e}"
+            );
+        }
+        // Within the ceiling, but systemd's rounding up would push it past: refused too.
+        let r = from_json(r#"{"cpu":{"quota":17592186044415,"period":100000}}"#).unwrap();
+        let e = resource_properties(&r, CgroupVersion::V2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("CPUQuotaPerSecUSec"), "{e}");
+    }
+
+    #[test]
+    fn block_io_properties_and_writes() {
+        let j = r#"{"blockIO":{"weight":500,"weightDevice":[{"major":8,"minor":0,"weight":100}],
+            "throttleReadBpsDevice":[{"major":8,"minor":0,"rate":1048576}],
+            "throttleWriteIOPSDevice":[{"major":8,"minor":0,"rate":100}]}}"#;
+        let v2 = props(j, CgroupVersion::V2);
+        assert_eq!(get(&v2, "IOWeight"), Some(json!(4950)));
+        assert_eq!(
+            get(&v2, "IODeviceWeight"),
+            Some(json!([["/dev/block/8:0", 910]]))
+        );
+        assert_eq!(
+            get(&v2, "IOReadBandwidthMax"),
+            Some(json!([["/dev/block/8:0", 1048576]]))
+        );
+        assert_eq!(
+            get(&v2, "IOWriteIOPSMax"),
+            Some(json!([["/dev/block/8:0", 100]]))
+        );
+        let v1 = props(j, CgroupVersion::V1);
+        assert_eq!(get(&v1, "BlockIOWeight"), Some(json!(500)));
+        assert_eq!(
+            get(&v1, "BlockIOReadBandwidth"),
+            Some(json!([["/dev/block/8:0", 1048576]]))
+        );
+        let r = from_json(j).unwrap();
+        let w = cgroupfs_writes(&r, CgroupVersion::V1).unwrap();
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].file, "blkio.throttle.write_iops_device");
+        assert!(cgroupfs_writes(&r, CgroupVersion::V2).unwrap().is_empty());
+        let hp = from_json(r#"{"hugepageLimits":[{"pageSize":"2MB","limit":1048576}]}"#).unwrap();
+        assert!(cgroupfs_writes(&hp, CgroupVersion::V2).is_err());
+        assert_eq!(
+            cgroupfs_writes(&hp, CgroupVersion::V1).unwrap()[0].file,
+            "hugetlb.2MB.limit_in_bytes"
+        );
     }
 
     #[test]
