@@ -436,7 +436,7 @@ fn run_applies_what_resolve_prints_on_this_host() {
         if l.unified.as_ref().is_some_and(|u| {
             u.join("memory.swap.current").exists() || std::fs::read_to_string("/proc/swaps").is_ok()
         }) {
-            cases.push(r#"{"memory":{"limit":-1,"swap":3000000}}"#);
+            cases.push(r#"{"memory":{"limit":-1,"swap":3145728}}"#);
         }
     }
     for c in cases {
