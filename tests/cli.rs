@@ -149,10 +149,7 @@ fn overhead_follows_sandbox_cgroup_only() {
         "1",
         "--json",
     ]));
-    assert_eq!(
-        v["overhead"]["path"],
-        "kata_overhead/kata_sandboxed_pod/sb1"
-    );
+    assert_eq!(v["overhead"]["path"], "kata_overhead/sb1");
     assert_eq!(v["sandbox_cgroup_only"], false);
     let v = json(&hc(&[
         "resolve",
@@ -239,7 +236,7 @@ fn bad_input_exits_2_names_the_value_and_creates_nothing() {
             "--sandbox-id",
             "x",
             "--resources",
-            r#"{"pids":{"limit":-2}}"#,
+            r#"{"memory":{"limit":-2}}"#,
         ],
         &["resolve", "--sandbox-id", "x", "--cgroup-version", "3"],
     ];

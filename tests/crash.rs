@@ -132,7 +132,8 @@ fn sigkill_at_every_step_then_cleanup_leaves_nothing() {
         let guard = CgroupGuard::new(&prefix);
         let _overhead = CgroupGuard::new(&format!("kata_overhead/{prefix}"))
             .and_parent_if_empty("kata_overhead");
-        let id = format!("crash{i}");
+        // Unique: the overhead cgroup is named after the sandbox id.
+        let id = format!("{prefix}-{i}");
         let out = run_with(&format!("{point}=kill"), &prefix, &id, &cfg, &state);
         let was_killed = out.status.signal() == Some(libc::SIGKILL);
         if !was_killed {

@@ -166,17 +166,21 @@ pub struct ResolveArgs {
     pub json: bool,
 }
 
-/// Reads `--resources`: inline JSON or `@FILE`.
-pub fn load_resources(arg: Option<&str>) -> Result<Option<LinuxResources>, CliError> {
-    let Some(arg) = arg else { return Ok(None) };
+/// Reads `--resources`: inline JSON or `@FILE`; the warnings (unknown keys) go to `notes`.
+pub fn load_resources(
+    arg: Option<&str>,
+) -> Result<(Option<LinuxResources>, Vec<String>), CliError> {
+    let Some(arg) = arg else {
+        return Ok((None, Vec::new()));
+    };
     let text = match arg.strip_prefix('@') {
         Some(file) => std::fs::read_to_string(file)
             .map_err(|e| bad(format!("cannot read --resources file {file}: {e}")))?,
         None => arg.to_string(),
     };
-    let res = resources::from_json(&text).map_err(bad)?;
-    resources::validate(&res).map_err(bad)?;
-    Ok(Some(res))
+    let parsed = resources::parse_json(&text).map_err(bad)?;
+    resources::validate(&parsed.resources).map_err(bad)?;
+    Ok((Some(parsed.resources), parsed.warnings))
 }
 
 /// The cgroups path as UTF-8, refusing other bytes with the value shown.
@@ -300,9 +304,10 @@ fn resolve(args: &ResolveArgs) -> Result<(), CliError> {
         .sandbox_id
         .clone()
         .ok_or_else(|| bad("--sandbox-id is required"))?;
-    let res = load_resources(args.sandbox.resources.as_deref())?;
+    let (res, warnings) = load_resources(args.sandbox.resources.as_deref())?;
     let layout = layout_for(args.cgroup_version)?;
-    let plan = SandboxPlan::new(&config, &path, &id, &layout, res.as_ref()).map_err(bad)?;
+    let mut plan = SandboxPlan::new(&config, &path, &id, &layout, res.as_ref()).map_err(bad)?;
+    plan.notes.extend(warnings);
     if args.json {
         return print_json(&plan);
     }
@@ -323,6 +328,11 @@ fn resolve(args: &ResolveArgs) -> Result<(), CliError> {
     println!(
         "sandbox_cgroup_only: {} (configured {})",
         plan.sandbox_cgroup_only, plan.configured_sandbox_cgroup_only
+    );
+    let v = &plan.vcpus;
+    println!(
+        "vcpus:         boot {} (default_vcpus {} configured {}), max {} (default_maxvcpus configured {}), host CPUs {}",
+        v.boot, v.default_vcpus, v.configured_default_vcpus, v.max, v.configured_default_maxvcpus, v.host_cpus
     );
     for w in &plan.writes {
         println!("write:         {} = {}", w.file, w.value);
@@ -351,7 +361,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 /// Reads a sandbox bundle's cgroups path and resources when `--bundle` is given.
 pub fn bundle_inputs(
     bundle: &std::path::Path,
-) -> Result<(String, Option<LinuxResources>), CliError> {
+) -> Result<(String, Option<LinuxResources>, Vec<String>), CliError> {
     let b = load_bundle(bundle).map_err(bad)?;
-    Ok((b.cgroups_path, b.resources))
+    Ok((b.cgroups_path, b.resources, b.warnings))
 }

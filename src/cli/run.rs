@@ -120,11 +120,19 @@ struct RunReport {
 /// Runs the sandbox.
 pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let config = load_config(args.sandbox.config.as_ref())?;
-    let (path, bundle_res) = match &args.bundle {
+    let (path, bundle_res, mut warnings) = match &args.bundle {
         Some(b) => bundle_inputs(b)?,
-        None => (cgroups_path_str(args.sandbox.cgroups_path.as_ref())?, None),
+        None => (
+            cgroups_path_str(args.sandbox.cgroups_path.as_ref())?,
+            None,
+            Vec::new(),
+        ),
     };
-    let resources = load_resources(args.sandbox.resources.as_deref())?.or(bundle_res);
+    let (cli_res, cli_warnings) = load_resources(args.sandbox.resources.as_deref())?;
+    if cli_res.is_some() {
+        warnings = cli_warnings;
+    }
+    let resources = cli_res.or(bundle_res);
     let sandbox_id = args
         .sandbox
         .sandbox_id
@@ -140,13 +148,16 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let host_cpus = host_cgroups::host::online_cpus()
         .map(|c| c.len() as u32)
         .unwrap_or(1);
-    let vcpus = args.vcpus.unwrap_or_else(|| config.boot_vcpus());
-    let mut max_vcpus = config.max_vcpus(host_cpus).max(vcpus);
+    let counts = config.vcpus(host_cpus);
+    let vcpus = args.vcpus.unwrap_or(counts.boot);
+    let mut max_vcpus = counts.max.max(vcpus);
     if let Some(m) = args.hotplug {
         if m > max_vcpus {
             return Err(bad(format!(
-                "--hotplug {m} exceeds default_maxvcpus ({max_vcpus}) of {}",
-                config.source.display()
+                "--hotplug {m} exceeds the vCPU maximum in force, {max_vcpus} (default_maxvcpus = {} in {}; Kata brings it to at most the host's {} CPUs)",
+                counts.configured_default_maxvcpus,
+                config.source.display(),
+                counts.host_cpus
             )));
         }
         if m < vcpus {
@@ -160,6 +171,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let plan =
         SandboxPlan::new(&config, &path, &sandbox_id, &layout, resources.as_ref()).map_err(bad)?;
     let mut notes = plan.notes.clone();
+    notes.extend(warnings);
 
     install_stop_handlers();
     let opts = SandboxOptions::default()

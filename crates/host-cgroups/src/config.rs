@@ -102,10 +102,206 @@ pub struct RuntimeConfig {
     pub enable_vcpus_pinning: bool,
     /// `runtime.static_sandbox_resource_mgmt`.
     pub static_sandbox_resource_mgmt: bool,
-    /// `hypervisor.<name>.default_vcpus` (may be fractional).
+    /// `hypervisor.<name>.default_vcpus` as written (may be fractional; negative means
+    /// all host CPUs, 0 or unset means 1: see [`RuntimeConfig::vcpus`]).
     pub default_vcpus: f64,
     /// `hypervisor.<name>.default_maxvcpus` as written (0 = all host CPUs).
     pub default_maxvcpus: u32,
+    /// Unknown keys in the tables this component reads, each with the nearest known key.
+    pub warnings: Vec<String>,
+}
+
+/// The vCPU counts of a sandbox: as configured and as in force after Kata's adjustments.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct VcpuCounts {
+    /// `default_vcpus` as written (0 when unset).
+    pub configured_default_vcpus: f64,
+    /// `default_maxvcpus` as written.
+    pub configured_default_maxvcpus: u32,
+    /// The host CPUs the adjustment used.
+    pub host_cpus: u32,
+    /// `default_vcpus` in force (may be fractional).
+    pub default_vcpus: f64,
+    /// vCPUs at boot: `default_vcpus` in force, rounded up.
+    pub boot: u32,
+    /// The hotplug ceiling in force.
+    pub max: u32,
+}
+
+impl VcpuCounts {
+    /// A line for `notes` when Kata's rules changed a configured value, else `None`.
+    pub fn note(&self, source: &Path) -> Option<String> {
+        // 0 (and a negative default_vcpus) are documented spellings, not clamps.
+        let changed_boot = self.configured_default_vcpus > 0.0
+            && self.configured_default_vcpus != self.default_vcpus;
+        let changed_max =
+            self.configured_default_maxvcpus != 0 && self.configured_default_maxvcpus != self.max;
+        if !changed_boot && !changed_max {
+            return None;
+        }
+        Some(format!(
+            "vCPUs: default_vcpus = {} → {} and default_maxvcpus = {} → {} in force ({} host CPUs; Kata's rules: maxvcpus 0 or above the host's CPUs = the host's CPUs, vcpus negative or above them = the host's CPUs, 0 = 1, then at most maxvcpus) for {}",
+            self.configured_default_vcpus,
+            self.default_vcpus,
+            self.configured_default_maxvcpus,
+            self.max,
+            self.host_cpus,
+            source.display()
+        ))
+    }
+}
+
+/// Keys Kata's runtime-rs knows in `[runtime]` (kata-types `Runtime`, and the shipped
+/// configuration-dragonball.toml): others are typos, warned about with the nearest.
+pub const RUNTIME_KEYS: &[&str] = &[
+    "name",
+    "hypervisor_name",
+    "agent_name",
+    "log_level",
+    "enable_debug",
+    "enable_tracing",
+    "jaeger_endpoint",
+    "jaeger_user",
+    "jaeger_password",
+    "experimental",
+    "enable_pprof",
+    "internetworking_model",
+    "disable_guest_seccomp",
+    "disable_new_netns",
+    "sandbox_cgroup_only",
+    "static_sandbox_resource_mgmt",
+    "sandbox_bind_mounts",
+    "vfio_mode",
+    "disable_guest_empty_dir",
+    "emptydir_mode",
+    "keep_abnormal",
+    "enable_vcpus_pinning",
+    "dan_conf",
+    "use_passfd_io",
+    "passfd_listener_port",
+    "pod_resource_api_sock",
+    "create_container_timeout",
+    "shared_fs",
+];
+
+/// Keys Kata's runtime-rs knows in `[hypervisor.<name>]` (kata-types hypervisor
+/// sections, and the shipped configuration-dragonball.toml).
+pub const HYPERVISOR_KEYS: &[&str] = &[
+    "path",
+    "ctlpath",
+    "valid_ctlpaths",
+    "valid_hypervisor_paths",
+    "jailer_path",
+    "valid_jailer_paths",
+    "kernel",
+    "initrd",
+    "image",
+    "kernel_params",
+    "kernel_verity_params",
+    "firmware",
+    "machine_type",
+    "machine_accelerators",
+    "cpu_features",
+    "default_vcpus",
+    "default_maxvcpus",
+    "default_memory",
+    "default_maxmemory",
+    "default_bridges",
+    "memory_slots",
+    "memory_offset",
+    "enable_virtio_mem",
+    "enable_mem_prealloc",
+    "enable_hugepages",
+    "file_mem_backend",
+    "valid_file_mem_backends",
+    "enable_swap",
+    "enable_guest_swap",
+    "guest_swap_path",
+    "guest_swap_size_percent",
+    "guest_swap_create_threshold_secs",
+    "reclaim_guest_freed_memory",
+    "rootfs_type",
+    "block_device_driver",
+    "block_device_aio",
+    "block_device_cache_set",
+    "block_device_cache_direct",
+    "block_device_cache_noflush",
+    "disable_block_device_use",
+    "disable_image_nvdimm",
+    "vm_rootfs_driver",
+    "shared_fs",
+    "virtio_fs_daemon",
+    "valid_virtio_fs_daemon_paths",
+    "virtio_fs_cache",
+    "virtio_fs_cache_size",
+    "virtio_fs_extra_args",
+    "virtio_fs_queue_size",
+    "virtio_fs_is_dax",
+    "msize_9p",
+    "enable_vhost_user_store",
+    "vhost_user_store_path",
+    "valid_vhost_user_store_paths",
+    "vhost_user_reconnect_timeout_sec",
+    "network_queues",
+    "num_queues",
+    "queue_size",
+    "disable_vhost_net",
+    "enable_iommu",
+    "enable_iommu_platform",
+    "hotplug_vfio_on_root_bus",
+    "pcie_root_port",
+    "pcie_switch_port",
+    "cold_plug_vfio",
+    "hot_plug_vfio",
+    "entropy_source",
+    "valid_entropy_sources",
+    "pflashes",
+    "enable_annotations",
+    "disable_nesting_checks",
+    "disable_seccomp",
+    "seccompsandbox",
+    "disable_selinux",
+    "disable_guest_selinux",
+    "enable_debug",
+    "log_level",
+    "debug_console_enabled",
+    "guest_hook_path",
+    "guest_memory_dump_path",
+    "guest_memory_dump_paging",
+    "confidential_guest",
+    "sev_snp_guest",
+    "rootless",
+    "use_legacy_serial",
+    "dial_timeout",
+    "overhead_memory",
+    "overhead_vcpus",
+    "factory",
+];
+
+/// The known key nearest to `key` (edit distance at most 2, or a third of its length),
+/// for "did you mean" hints.
+pub fn nearest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    let limit = (key.chars().count() / 3).max(2);
+    known
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 impl RuntimeConfig {
@@ -132,7 +328,8 @@ impl RuntimeConfig {
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Syntax {
                 path: path.into(),
-                message: e.message().to_string(),
+                // The whole report: line, column, the offending line and the parser's text.
+                message: e.to_string().trim_end().to_string(),
             })?;
         let keys = Keys { path, root: &root };
         let hypervisors = keys.table(&["hypervisor"])?;
@@ -153,14 +350,7 @@ impl RuntimeConfig {
         let hv = ["hypervisor", hypervisor_name.as_str()];
         let default_vcpus = keys
             .number(&[hv[0], hv[1], "default_vcpus"])?
-            .unwrap_or(1.0);
-        if default_vcpus <= 0.0 || default_vcpus > f64::from(MAX_VCPUS) {
-            return Err(keys.invalid(
-                &[hv[0], hv[1], "default_vcpus"],
-                default_vcpus.to_string(),
-                "must be greater than 0 and at most 240",
-            ));
-        }
+            .unwrap_or(0.0);
         let maxv = keys
             .number(&[hv[0], hv[1], "default_maxvcpus"])?
             .unwrap_or(0.0);
@@ -168,8 +358,31 @@ impl RuntimeConfig {
             return Err(keys.invalid(
                 &[hv[0], hv[1], "default_maxvcpus"],
                 maxv.to_string(),
-                "must be a whole number, 0 or more",
+                "must be a whole number, 0 or more (Kata reads it as an unsigned integer)",
             ));
+        }
+        let mut warnings = Vec::new();
+        for (table, known) in [
+            (vec!["runtime"], RUNTIME_KEYS),
+            (vec![hv[0], hv[1]], HYPERVISOR_KEYS),
+        ] {
+            if let Some(t) = keys.table(&table)? {
+                for (k, v) in t {
+                    if v.is_table() || known.contains(&k.as_str()) {
+                        continue;
+                    }
+                    let hint = nearest(k, known)
+                        .map(|n| format!("; did you mean {n}?"))
+                        .unwrap_or_default();
+                    let w = format!(
+                        "configuration {}: unknown key {}.{k}{hint} (ignored; Kata's default applies)",
+                        path.display(),
+                        table.join(".")
+                    );
+                    tracing::warn!("{w}");
+                    warnings.push(w);
+                }
+            }
         }
         Ok(RuntimeConfig {
             source: path.into(),
@@ -185,6 +398,7 @@ impl RuntimeConfig {
             default_vcpus,
             default_maxvcpus: maxv as u32,
             hypervisor_name,
+            warnings,
         })
     }
 
@@ -193,21 +407,49 @@ impl RuntimeConfig {
         self.hypervisor_name == "dragonball"
     }
 
-    /// vCPUs at boot: `default_vcpus` rounded up, as Kata sizes the VM.
-    pub fn boot_vcpus(&self) -> u32 {
-        (self.default_vcpus.ceil() as u32).clamp(1, MAX_VCPUS)
-    }
-
-    /// The hotplug ceiling: `default_maxvcpus`, where 0 means all host CPUs; at most 240.
-    ///
-    /// vCPUs are threads, so a sandbox may have more of them than the host has CPUs.
-    pub fn max_vcpus(&self, host_cpus: u32) -> u32 {
-        let max = if self.default_maxvcpus == 0 {
-            host_cpus
+    /// The vCPU counts in force on a host with `host_cpus` CPUs, by Kata runtime-rs'
+    /// rules (kata-types `CpuInfo::adjust_config`): `default_maxvcpus` of 0 or above the
+    /// host's CPUs becomes the host's CPUs; `default_vcpus` negative or above the host's
+    /// CPUs becomes the host's CPUs, 0 (or unset) becomes 1; then `default_vcpus` is
+    /// brought down to `default_maxvcpus`. Both stay within Kata's 240 for dragonball.
+    /// The VM boots `ceil(default_vcpus)` vCPUs.
+    pub fn vcpus(&self, host_cpus: u32) -> VcpuCounts {
+        let host = host_cpus.clamp(1, MAX_VCPUS);
+        let max = if self.default_maxvcpus == 0 || self.default_maxvcpus > host {
+            host
         } else {
             self.default_maxvcpus
         };
-        max.clamp(1, MAX_VCPUS).max(self.boot_vcpus())
+        let host_f = f64::from(host);
+        let mut v = self.default_vcpus;
+        if v < 0.0 || v > host_f {
+            v = host_f;
+        } else if v == 0.0 {
+            v = 1.0;
+        }
+        if v > f64::from(max) {
+            v = f64::from(max);
+        }
+        // v is within 1..=240 here, so the cast is exact.
+        let boot = (v.ceil() as u32).clamp(1, max);
+        VcpuCounts {
+            configured_default_vcpus: self.default_vcpus,
+            configured_default_maxvcpus: self.default_maxvcpus,
+            host_cpus: host,
+            default_vcpus: v,
+            boot,
+            max,
+        }
+    }
+
+    /// vCPUs at boot on a host with `host_cpus` CPUs ([`Self::vcpus`]).
+    pub fn boot_vcpus(&self, host_cpus: u32) -> u32 {
+        self.vcpus(host_cpus).boot
+    }
+
+    /// The hotplug ceiling on a host with `host_cpus` CPUs ([`Self::vcpus`]).
+    pub fn max_vcpus(&self, host_cpus: u32) -> u32 {
+        self.vcpus(host_cpus).max
     }
 }
 
@@ -287,22 +529,46 @@ pub struct BundleCgroup {
     pub cgroups_path: String,
     /// `linux.resources`.
     pub resources: Option<LinuxResources>,
+    /// Unknown keys in `linux.resources` (see [`crate::resources::Parsed`]).
+    pub warnings: Vec<String>,
 }
 
 /// Reads `linux.cgroupsPath` and `linux.resources` from `<bundle>/config.json`.
+///
+/// A missing or unreadable file keeps the OS error; the resources are read from the
+/// JSON itself (so `pids` without `limit` changes nothing, and unknown keys warn).
 pub fn load_bundle(bundle: &Path) -> Result<BundleCgroup, ConfigError> {
     let path = bundle.join("config.json");
-    let spec = Spec::load(&path).map_err(|e| ConfigError::Bundle {
+    let err = |message: String| ConfigError::Bundle {
         path: path.clone(),
-        message: e.to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        path: path.clone(),
+        source,
     })?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| err(format!("not valid JSON: {e}")))?;
+    let spec: Spec = serde_json::from_value(value.clone())
+        .map_err(|e| err(format!("not an OCI runtime spec: {e}")))?;
     let linux = spec.linux().as_ref();
+    let parsed = match value.get("linux").and_then(|l| l.get("resources")) {
+        Some(r) if !r.is_null() => Some(
+            crate::resources::parse_value(r.clone())
+                .map_err(|e| err(format!("linux.resources: {e}")))?,
+        ),
+        _ => None,
+    };
     Ok(BundleCgroup {
         cgroups_path: linux
             .and_then(|l| l.cgroups_path().as_ref())
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        resources: linux.and_then(|l| l.resources().clone()),
+        warnings: parsed
+            .as_ref()
+            .map(|p| p.warnings.clone())
+            .unwrap_or_default(),
+        resources: parsed.map(|p| p.resources),
     })
 }
 
@@ -325,8 +591,9 @@ mod tests {
         assert_eq!(c.default_vcpus, 1.0);
         assert_eq!(c.default_maxvcpus, 0);
         assert!(c.vmm_in_process());
-        assert_eq!(c.boot_vcpus(), 1);
+        assert_eq!(c.boot_vcpus(2), 1);
         assert_eq!(c.max_vcpus(2), 2);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]
@@ -342,9 +609,10 @@ mod tests {
             "[hypervisor.dragonball]\ndefault_vcpus = 1.5\ndefault_maxvcpus = 8\n[runtime]\nhypervisor_name='dragonball'\nenable_vcpus_pinning=true\n",
         )
         .unwrap();
-        assert_eq!(c.boot_vcpus(), 2);
+        assert_eq!(c.boot_vcpus(64), 2);
         assert_eq!(c.max_vcpus(64), 8);
-        assert_eq!(c.max_vcpus(4), 8);
+        // Kata brings the maximum down to the host's CPUs.
+        assert_eq!(c.max_vcpus(4), 4);
         assert!(c.enable_vcpus_pinning);
         assert!(!c.sandbox_cgroup_only);
         let c = parse("[hypervisor.dragonball]\ndefault_maxvcpus = 4.0\n").unwrap();
@@ -365,18 +633,6 @@ mod tests {
         for (text, key) in [
             (
                 "[hypervisor.dragonball]\ndefault_vcpus = 'two'\n",
-                "default_vcpus",
-            ),
-            (
-                "[hypervisor.dragonball]\ndefault_vcpus = -1\n",
-                "default_vcpus",
-            ),
-            (
-                "[hypervisor.dragonball]\ndefault_vcpus = 0\n",
-                "default_vcpus",
-            ),
-            (
-                "[hypervisor.dragonball]\ndefault_vcpus = 241\n",
                 "default_vcpus",
             ),
             (
@@ -409,6 +665,71 @@ mod tests {
     }
 
     #[test]
+    fn vcpu_counts_follow_kata() {
+        let cfg = |v: &str, m: &str| {
+            parse(&format!(
+                "[hypervisor.dragonball]\ndefault_vcpus = {v}\ndefault_maxvcpus = {m}\n"
+            ))
+            .unwrap()
+        };
+        // (default_vcpus, default_maxvcpus, host CPUs) → (boot, max)
+        for (v, m, host, boot, max) in [
+            ("-1", "0", 2, 2, 2),
+            ("0", "0", 2, 1, 2),
+            ("1", "0", 2, 1, 2),
+            ("4", "2", 2, 2, 2),
+            ("4", "2", 8, 2, 2),
+            ("1", "8", 2, 1, 2),
+            ("3", "8", 2, 2, 2),
+            ("1.5", "0", 4, 2, 4),
+            ("-3", "3", 8, 3, 3),
+            ("300", "0", 500, 240, 240),
+        ] {
+            let c = cfg(v, m).vcpus(host);
+            assert_eq!(
+                (c.boot, c.max),
+                (boot, max),
+                "vcpus {v} maxvcpus {m} host {host}"
+            );
+        }
+        let c = cfg("4", "8").vcpus(2);
+        let note = c.note(Path::new("x.toml")).unwrap();
+        assert!(
+            note.contains("default_vcpus = 4 → 2") && note.contains("default_maxvcpus = 8 → 2"),
+            "{note}"
+        );
+        assert!(cfg("1", "0").vcpus(2).note(Path::new("x")).is_none());
+    }
+
+    #[test]
+    fn unknown_keys_warn_with_the_nearest_known_key() {
+        let c = parse("[hypervisor.dragonball]\ndefault_vcpu = 2\n[runtime]\nsandbox_cgroups_only = false\nzzzzzzzz = 1\n").unwrap();
+        assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+        assert!(c
+            .warnings
+            .iter()
+            .any(|w| w.contains("runtime.sandbox_cgroups_only")
+                && w.contains("did you mean sandbox_cgroup_only")));
+        assert!(c
+            .warnings
+            .iter()
+            .any(|w| w.contains("default_vcpu;") && w.contains("default_vcpus")));
+        assert!(c
+            .warnings
+            .iter()
+            .any(|w| w.contains("runtime.zzzzzzzz") && !w.contains("did you mean")));
+    }
+
+    #[test]
+    fn syntax_errors_keep_line_column_and_snippet() {
+        let err = parse("[runtime]\nsandbox_cgroup_only = tru\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("column"), "{err}");
+        assert!(err.contains("sandbox_cgroup_only = tru"), "{err}");
+    }
+
+    #[test]
     fn missing_file_is_a_read_error() {
         let err = RuntimeConfig::load(Some(Path::new("/nonexistent/x.toml"))).unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }));
@@ -429,6 +750,9 @@ mod tests {
         assert_eq!(b.cgroups_path, "kata.slice:kata:x");
         let cpu = b.resources.unwrap().cpu().clone().unwrap();
         assert_eq!(cpu.quota(), Some(50000));
-        assert!(load_bundle(Path::new("/nonexistent")).is_err());
+        let err = load_bundle(Path::new("/nonexistent"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("No such file or directory"), "{err}");
     }
 }

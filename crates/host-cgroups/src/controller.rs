@@ -859,7 +859,7 @@ mod tests {
         assert!(w
             .update_container(
                 "c".into(),
-                Some(resources::from_json(r#"{"cpu":{"quota":-9}}"#).unwrap())
+                Some(resources::from_json(r#"{"cpu":{"quota":9}}"#).unwrap())
             )
             .is_err());
         assert_eq!(w.state.containers.len(), 2);

@@ -43,39 +43,72 @@ pub enum CpuListError {
 pub struct CpuList(pub BTreeSet<u32>);
 
 impl CpuList {
-    /// Parses a kernel list such as `0-3,5,7-8`; an empty string is the empty set.
+    /// Parses a list the way the kernel's `bitmap_parselist` does (cpuset files):
+    /// entries `N`, `N-M` and `N-M:used/group`, separated by commas; blanks and
+    /// empty entries between them are skipped (`",0,1,"` is `0-1`), so an empty or
+    /// blank string is the empty set. Refused as the kernel refuses them: a missing
+    /// or non-decimal number, a range running backwards, a bad group, a blank inside
+    /// an entry, a member above 8191. The kernel's `N` (last CPU) shorthand is refused:
+    /// its value depends on the host's `nr_cpu_ids`.
     pub fn parse(field: &'static str, value: &str) -> Result<Self, CpuListError> {
         let bad = |reason| CpuListError::BadList {
             field,
             value: value.into(),
             reason,
         };
+        let num = |s: &str| -> Result<u32, CpuListError> {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad(
+                    "each entry must be N, N-M or N-M:used/group with decimal numbers",
+                ));
+            }
+            let n: u32 = s.parse().map_err(|_| bad("number too large"))?;
+            if n > MAX_CPU_INDEX {
+                return Err(bad("number above 8191"));
+            }
+            Ok(n)
+        };
         let mut set = BTreeSet::new();
-        let trimmed = value.trim();
-        if trimmed.is_empty() {
-            return Ok(CpuList(set));
-        }
-        for part in trimmed.split(',') {
-            let part = part.trim();
-            let (lo, hi) = match part.split_once('-') {
-                Some((a, b)) => (a, b),
-                None => (part, part),
+        for part in value.split(|c: char| c == ',' || c.is_ascii_whitespace()) {
+            if part.is_empty() {
+                continue;
+            }
+            let (range, group) = match part.split_once(':') {
+                Some((r, g)) => (r, Some(g)),
+                None => (part, None),
             };
-            let num = |s: &str| -> Result<u32, CpuListError> {
-                if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(bad("each entry must be N or N-M with decimal numbers"));
+            let (lo, hi) = match range.split_once('-') {
+                Some((a, b)) => (num(a)?, num(b)?),
+                // As in the kernel, a group needs a range: `1:1/2` is refused.
+                None if group.is_some() => {
+                    return Err(bad("a used/group pattern needs a range N-M"))
                 }
-                let n: u32 = s.parse().map_err(|_| bad("number too large"))?;
-                if n > MAX_CPU_INDEX {
-                    return Err(bad("number above 8191"));
+                None => {
+                    let n = num(range)?;
+                    (n, n)
                 }
-                Ok(n)
             };
-            let (lo, hi) = (num(lo)?, num(hi)?);
             if lo > hi {
                 return Err(bad("a range runs backwards"));
             }
-            set.extend(lo..=hi);
+            let (used, len) = match group {
+                None => (1, 1),
+                Some(g) => {
+                    let (u, l) = g
+                        .split_once('/')
+                        .ok_or_else(|| bad("a group must be written used/group"))?;
+                    let (u, l) = (num(u)?, num(l)?);
+                    if l == 0 || u > l {
+                        return Err(bad("a group needs 0 < group and used <= group"));
+                    }
+                    (u, l)
+                }
+            };
+            for c in lo..=hi {
+                if (c - lo) % len < used {
+                    set.insert(c);
+                }
+            }
         }
         Ok(CpuList(set))
     }

@@ -18,11 +18,12 @@ pub use crate::cgroup::CgroupVersion;
 /// `name=systemd` is left out: that hierarchy is systemd's own bookkeeping and
 /// the cgroupfs driver has no business there.
 pub const V1_CONTROLLERS: &[&str] = &[
-    "cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "blkio", "devices",
+    "cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "blkio", "devices", "hugetlb",
+    "net_cls", "net_prio",
 ];
 
 /// The cgroup v2 controllers a sandbox cgroup asks its parents to enable.
-pub const V2_CONTROLLERS: &[&str] = &["cpu", "cpuset", "memory", "pids", "io"];
+pub const V2_CONTROLLERS: &[&str] = &["cpu", "cpuset", "memory", "pids", "io", "hugetlb"];
 
 /// Default mount point of the cgroup filesystems.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";

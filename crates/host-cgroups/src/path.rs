@@ -230,12 +230,7 @@ impl CgroupsPath {
     /// first: state-less cleanup looks for all of them.
     pub fn overhead_candidates(&self, sandbox_id: &str) -> Result<Vec<Self>, PathError> {
         let mut out = vec![self.overhead(sandbox_id)?];
-        // Runs before the overhead cgroup was named after the sandbox id used
-        // `kata_overhead/<cgroups path>`.
-        if let CgroupsPath::Cgroupfs { path } = self {
-            let legacy = CgroupsPath::Cgroupfs {
-                path: format!("{OVERHEAD_PARENT}/{path}"),
-            };
+        if let Some(legacy) = self.legacy_overhead() {
             if !out.contains(&legacy) {
                 out.push(legacy);
             }
@@ -243,16 +238,35 @@ impl CgroupsPath {
         Ok(out)
     }
 
-    /// The overhead cgroup that goes with this sandbox path (same driver).
+    /// The overhead cgroup that goes with this sandbox (same driver), named after the
+    /// sandbox id as Kata runtime-rs names it: `kata_overhead/<sandbox-id>` (cgroupfs)
+    /// or `kata-overhead.slice:runtime-rs:<sandbox-id>` (systemd).
     pub fn overhead(&self, sandbox_id: &str) -> Result<Self, PathError> {
         match self {
-            CgroupsPath::Cgroupfs { path } => Ok(CgroupsPath::Cgroupfs {
-                path: format!("{OVERHEAD_PARENT}/{path}"),
-            }),
+            CgroupsPath::Cgroupfs { .. } => {
+                validate_sandbox_id(sandbox_id)?;
+                Ok(CgroupsPath::Cgroupfs {
+                    path: format!("{OVERHEAD_PARENT}/{sandbox_id}"),
+                })
+            }
             CgroupsPath::Systemd(_) => Self::parse(
                 &format!("{OVERHEAD_SLICE}:{OVERHEAD_PREFIX}:{sandbox_id}"),
                 sandbox_id,
             ),
+        }
+    }
+}
+
+impl CgroupsPath {
+    /// The overhead cgroup earlier versions of this component used on cgroupfs:
+    /// `kata_overhead/<cgroups path>`. Only for removing what an older run left
+    /// (`cleanup` by path); state files record their own paths.
+    pub fn legacy_overhead(&self) -> Option<Self> {
+        match self {
+            CgroupsPath::Cgroupfs { path } => Some(CgroupsPath::Cgroupfs {
+                path: format!("{OVERHEAD_PARENT}/{path}"),
+            }),
+            CgroupsPath::Systemd(_) => None,
         }
     }
 }
@@ -352,6 +366,12 @@ fn parse_colon(raw: &str) -> Result<SystemdUnit, PathError> {
     validate_slice(&slice)?;
     let unit = if name.ends_with(".slice") {
         validate_slice(name)?;
+        if name == "-.slice" {
+            // systemd's root slice is the hierarchy root: never a sandbox's own.
+            return Err(PathError::Root {
+                path: format!("{slice}:{prefix}:{name}"),
+            });
+        }
         name.to_string()
     } else if prefix.is_empty() {
         format!("{name}.scope")
@@ -520,6 +540,8 @@ mod tests {
             long.as_str(),
             "a/cgroup.procs",
             "cgroup.subtree_control",
+            "kata.slice:p:-.slice",
+            ":p:-.slice",
         ] {
             assert!(CgroupsPath::parse(raw, ID).is_err(), "{raw:?} accepted");
         }
@@ -623,12 +645,13 @@ mod tests {
     #[test]
     fn overhead_paths() {
         let p = CgroupsPath::parse("", ID).unwrap();
+        assert_eq!(p.overhead(ID).unwrap().relative(), "kata_overhead/0123abcd");
+        let p = CgroupsPath::parse("/kubepods/burstable/pod1/abc", ID).unwrap();
+        assert_eq!(p.overhead(ID).unwrap().relative(), "kata_overhead/0123abcd");
         assert_eq!(
-            p.overhead(ID).unwrap().relative(),
-            "kata_overhead/kata_sandboxed_pod/0123abcd"
+            p.legacy_overhead().unwrap().relative(),
+            "kata_overhead/kubepods/burstable/pod1/abc"
         );
-        let p = CgroupsPath::parse("/a/b", ID).unwrap();
-        assert_eq!(p.overhead(ID).unwrap().relative(), "kata_overhead/a/b");
         let p = CgroupsPath::parse("kata.slice:kata:x", ID).unwrap();
         let o = p.overhead(ID).unwrap();
         assert_eq!(o.driver(), Driver::Systemd);

@@ -71,7 +71,9 @@ pub struct SandboxPlan {
     pub writes: Vec<Write>,
     /// systemd unit properties for the given resources (systemd driver).
     pub properties: Vec<Property>,
-    /// Decisions worth telling the user about.
+    /// vCPU counts as configured and in force (Kata's adjustments on this host's CPUs).
+    pub vcpus: crate::config::VcpuCounts,
+    /// Decisions worth telling the user about, and warnings (unknown keys, clamped values).
     pub notes: Vec<String>,
     /// The layout the plan is for.
     #[serde(skip)]
@@ -166,16 +168,38 @@ impl SandboxPlan {
                 config.hypervisor_name
             ));
         }
+        let support = resources::HostSupport::probe(layout);
         let (writes, mut properties) = match resources {
             // systemd owns every controller it manages: resources become unit properties,
-            // and only what it has no property for (v1 cpuset, memsw, soft limit) is written.
+            // and only what it has no property for is written to cgroupfs.
             Some(r) if driver == Driver::Systemd => (
-                sd_props::cgroupfs_writes(r, version)?,
+                sd_props::cgroupfs_writes_for(r, version, &support)?,
                 sd_props::systemd_properties(r, version)?,
             ),
-            Some(r) => (resources::plan(r, version)?, Vec::new()),
+            Some(r) => (resources::plan_for(r, version, &support)?, Vec::new()),
             None => (Vec::new(), Vec::new()),
         };
+        if let Some(r) = resources {
+            notes.extend(resources::not_applied(r));
+        }
+        if version == CgroupVersion::V1
+            && support.probed
+            && !support.memsw
+            && resources.is_some_and(|r| r.memory().as_ref().is_some_and(|m| m.limit() == Some(-1)))
+        {
+            notes.push("memory.limit = -1: memory.memsw.limit_in_bytes is not written, this host has no swap accounting".into());
+        }
+        if !support.probed && resources.is_some() {
+            notes.push(format!(
+                "planned for a cgroup v{version} host other than this one: optional kernel files (memory+swap, real-time, burst, block I/O, huge pages) are assumed present"
+            ));
+        }
+        let host_cpus = crate::host::online_cpus()
+            .map(|c| u32::try_from(c.len()).unwrap_or(u32::MAX))
+            .unwrap_or(1);
+        let vcpus = config.vcpus(host_cpus);
+        notes.extend(config.warnings.iter().cloned());
+        notes.extend(vcpus.note(&config.source));
         if let Some(u) = parsed.unit() {
             let start: Vec<Property> = sd_props::start_properties(u, version, None)
                 .iter()
@@ -216,6 +240,7 @@ impl SandboxPlan {
             placement,
             writes,
             properties,
+            vcpus,
             notes,
             layout: layout.clone(),
         })
@@ -263,10 +288,7 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(
-            p.overhead.unwrap().path,
-            "kata_overhead/kata_sandboxed_pod/sb1"
-        );
+        assert_eq!(p.overhead.unwrap().path, "kata_overhead/sb1");
         let p = SandboxPlan::new(
             &cfg(false),
             "/a/b",

@@ -16,20 +16,21 @@ const LAYERS: &[(&str, u32)] = &[
     ("sigterm", 0),
     // 1: inputs and host facts.
     ("path", 1),
-    ("config", 1),
     ("host", 1),
     ("placement", 1),
     // 2: resource rules (validation, cgroupfs writes, systemd properties).
     ("resources", 2),
-    // 3: the plan (`resolve`), and the persisted state.
-    ("plan", 3),
-    ("state", 3),
-    // 4: the drivers.
-    ("manager", 4),
-    // 5: the controller thread inside the VMM.
-    ("controller", 5),
-    // 6: the entry point.
-    ("sandbox", 6),
+    // 3: the runtime TOML and OCI bundle (bundle resources are read by `resources`' rules).
+    ("config", 3),
+    // 4: the plan (`resolve`), and the persisted state.
+    ("plan", 4),
+    ("state", 4),
+    // 5: the drivers.
+    ("manager", 5),
+    // 6: the controller thread inside the VMM.
+    ("controller", 6),
+    // 7: the entry point.
+    ("sandbox", 7),
 ];
 
 fn module_of(rel: &Path) -> String {

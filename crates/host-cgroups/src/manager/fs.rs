@@ -56,6 +56,8 @@ pub struct FsManager {
     /// Our own cgroup per hierarchy mount, to move ourselves back to before rmdir.
     home: BTreeMap<PathBuf, String>,
     created: Vec<PathBuf>,
+    /// The layout, for probing what the kernel offers.
+    layout: CgroupLayout,
 }
 
 fn io_err(op: impl Into<String>, path: &Path, source: std::io::Error) -> CgroupError {
@@ -181,6 +183,7 @@ impl FsManager {
             hiers,
             home,
             created: Vec::new(),
+            layout: layout.clone(),
         }
     }
 
@@ -342,41 +345,116 @@ impl FsManager {
         res: &LinuxResources,
         undo: &mut Vec<(PathBuf, String)>,
     ) -> Result<(), CgroupError> {
-        let writes = resources::plan(res, self.version)?;
+        let mut writes = resources::plan_for(res, self.version, &self.support())?;
         self.check_cpuset(res)?;
-        let mut i = 0;
-        while i < writes.len() {
-            let w = &writes[i];
-            let path = self.dir_of(w.controller)?.join(w.file);
+        self.order_memory(&mut writes)?;
+        self.apply_writes(&writes, undo)
+    }
+
+    /// What this host's kernel offers, probed from the hierarchy roots.
+    fn support(&self) -> resources::HostSupport {
+        resources::HostSupport::probe(&self.layout)
+    }
+
+    /// v1: orders the memory limit and memory+swap writes by the kernel's rule
+    /// ([`resources::memsw_first`]) against the limit in force.
+    pub(crate) fn order_memory(&self, writes: &mut [resources::Write]) -> Result<(), CgroupError> {
+        if self.version != CgroupVersion::V1 {
+            return Ok(());
+        }
+        if !writes
+            .iter()
+            .any(|w| w.file == "memory.memsw.limit_in_bytes")
+        {
+            return Ok(());
+        }
+        let cur = self.dir_of("memory")?.join("memory.limit_in_bytes");
+        // Absent (not created yet): the kernel's initial limit is unlimited.
+        let current = read_file(&cur)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(u64::MAX);
+        resources::order_v1_memory(writes, current);
+        Ok(())
+    }
+
+    /// Writes each of `writes` in order, recording the previous values in `undo`.
+    /// On v2 every file lives in the one directory (OCI `unified` keys too).
+    pub(crate) fn apply_writes(
+        &self,
+        writes: &[resources::Write],
+        undo: &mut Vec<(PathBuf, String)>,
+    ) -> Result<(), CgroupError> {
+        for w in writes {
+            let dir = match self.version {
+                CgroupVersion::V2 => self.first_dir()?,
+                CgroupVersion::V1 => self.dir_of(w.controller)?,
+            };
+            let path = dir.join(&w.file);
             let old = read_file(&path)?;
-            match write_file(&path, &w.value) {
-                Ok(()) => undo.push((path, old)),
-                // v1 refuses a memory limit above memory+swap: raise memsw first, then retry.
-                Err(CgroupError::Io { ref source, .. })
-                    if w.file == "memory.limit_in_bytes"
-                        && source.raw_os_error() == Some(libc::EINVAL)
-                        && writes
-                            .get(i + 1)
-                            .is_some_and(|n| n.file == "memory.memsw.limit_in_bytes") =>
-                {
-                    let next = &writes[i + 1];
-                    let memsw = self.dir_of("memory")?.join(next.file);
-                    let old_sw = read_file(&memsw)?;
-                    write_file(&memsw, &next.value)?;
-                    undo.push((memsw, old_sw));
-                    write_file(&path, &w.value)?;
-                    undo.push((path, old));
-                    i += 1;
-                }
-                Err(e) => return Err(e),
+            write_file(&path, &w.value)?;
+            undo.push((path, restore_value(&w.file, &old)));
+        }
+        Ok(())
+    }
+
+    /// Real-time bandwidth (v1): the kernel lets a cgroup have only what its parent
+    /// grants, and a parent this manager creates starts with none; refused before
+    /// anything is created, naming the parent's value.
+    fn check_rt(&self, res: &LinuxResources) -> Result<(), CgroupError> {
+        let Some(cpu) = res.cpu() else { return Ok(()) };
+        let Some(runtime) = cpu.realtime_runtime() else {
+            return Ok(());
+        };
+        if self.version != CgroupVersion::V1 || runtime == 0 {
+            return Ok(());
+        }
+        let dir = self.dir_of("cpu")?;
+        let parent = dir.parent().unwrap_or(&dir).to_path_buf();
+        let field = "cpu.realtimeRuntime".to_string();
+        if !parent.is_dir() {
+            return Err(resources::ResourceError::Unsupported {
+                field,
+                reason: format!(
+                    "the parent cgroup {} does not exist yet and would be created with cpu.rt_runtime_us = 0, which grants no real-time time to children",
+                    parent.display()
+                ),
             }
-            i += 1;
+            .into());
+        }
+        let p_runtime: i64 = read_file(&parent.join("cpu.rt_runtime_us"))?
+            .parse()
+            .unwrap_or(0);
+        let p_period: i64 = read_file(&parent.join("cpu.rt_period_us"))?
+            .parse()
+            .unwrap_or(1);
+        let period = cpu
+            .realtime_period()
+            .and_then(|p| i64::try_from(p).ok())
+            .unwrap_or(p_period);
+        // runtime/period <= p_runtime/p_period, cross-multiplied in 128 bits.
+        let enough = if runtime < 0 {
+            p_runtime < 0
+        } else {
+            p_runtime < 0
+                || i128::from(runtime) * i128::from(p_period.max(1))
+                    <= i128::from(p_runtime) * i128::from(period.max(1))
+        };
+        if !enough {
+            return Err(resources::ResourceError::Unsupported {
+                field,
+                reason: format!(
+                    "{runtime} µs per {period} µs is more than the parent {} grants (cpu.rt_runtime_us = {p_runtime} per {p_period} µs)",
+                    parent.display()
+                ),
+            }
+            .into());
         }
         Ok(())
     }
 
     /// Checks requested CPUs and memory nodes against the host and the parent cgroup.
-    fn check_cpuset(&self, res: &LinuxResources) -> Result<(), CgroupError> {
+    pub(crate) fn check_cpuset(&self, res: &LinuxResources) -> Result<(), CgroupError> {
         let (cpus, mems) = resources::cpuset_of(res)?;
         if cpus.is_none() && mems.is_none() {
             return Ok(());
@@ -456,6 +534,25 @@ impl FsManager {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+}
+
+/// The value to write back to restore `file` from what reading it gave (files whose
+/// read form is not their write form: `cpu.max` "max 100000" is fine, but v1
+/// `memory.oom_control` reads as key/value lines).
+fn restore_value(file: &str, old: &str) -> String {
+    if file == "memory.oom_control" {
+        let on = old.lines().any(|l| l.trim() == "oom_kill_disable 1");
+        return u8::from(on).to_string();
+    }
+    if file == "net_prio.ifpriomap"
+        || file.starts_with("blkio.")
+        || file == "io.max"
+        || file == "io.weight"
+    {
+        // Multi-entry files: each write changes one entry; the first line is the best restore.
+        return old.lines().next().unwrap_or("").to_string();
+    }
+    old.to_string()
 }
 
 fn injected(path: &Path, e: std::io::Error) -> CgroupError {
@@ -602,7 +699,8 @@ impl Manager for FsManager {
     }
 
     fn check(&self, res: &LinuxResources) -> Result<(), CgroupError> {
-        resources::validate(res)?;
+        resources::plan_for(res, self.version, &self.support())?;
+        self.check_rt(res)?;
         self.check_cpuset(res)
     }
 

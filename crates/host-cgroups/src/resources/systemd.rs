@@ -51,6 +51,8 @@ pub enum PropValue {
     U32s(Vec<u32>),
     /// `ay`
     Bytes(Vec<u8>),
+    /// `a(st)`: device path and value (`BlockIODeviceWeight=`, `IOReadBandwidthMax=`, ...).
+    DevU64s(Vec<(String, u64)>),
 }
 
 /// One unit property, with the oldest systemd that knows it.
@@ -87,6 +89,7 @@ impl UnitProperty {
             PropValue::Strs(v) => json!(v),
             PropValue::U32s(v) => json!(v),
             PropValue::Bytes(v) => json!(v),
+            PropValue::DevU64s(v) => json!(v),
         };
         Property {
             name: self.name.to_string(),
@@ -107,23 +110,28 @@ impl UnitProperty {
 ///
 /// systemd keeps the quota as a per-second value and derives `cpu.max` /
 /// `cpu.cfs_quota_us` from it at whole percent; rounding up (not down) keeps the
-/// container from getting less CPU than it asked for. A quota of -1 (or 0 with
-/// only a period given) is `infinity`.
-pub fn cpu_quota_per_sec(quota: i64, period: u64) -> u64 {
+/// container from getting less CPU than it asked for. Any negative quota (or 0 with
+/// only a period given) is `infinity`. Computed in 128 bits: `None` when the
+/// per-second value does not fit systemd's 64-bit property (never for a quota within
+/// [`resources::CFS_QUOTA_MAX`]).
+pub fn cpu_quota_per_sec(quota: i64, period: u64) -> Option<u64> {
     if quota <= 0 {
-        return INFINITY;
+        return Some(INFINITY);
     }
     let period = if period == 0 {
         DEFAULT_CFS_PERIOD_US
     } else {
         period
     };
-    let per_sec = (quota as u64).saturating_mul(1_000_000) / period;
-    if per_sec % 10_000 != 0 {
-        (per_sec / 10_000 + 1) * 10_000
-    } else {
-        per_sec
-    }
+    let per_sec = u128::from(quota.unsigned_abs()) * 1_000_000 / u128::from(period);
+    let rounded = per_sec.div_ceil(10_000) * 10_000;
+    u64::try_from(rounded).ok().filter(|v| *v != INFINITY)
+}
+
+/// The CFS quota systemd derives from a per-second value for `period`
+/// (`per_sec · period / 1 s`), which the kernel must accept.
+pub fn quota_from_per_sec(per_sec: u64, period: u64) -> u128 {
+    u128::from(per_sec) * u128::from(period) / 1_000_000
 }
 
 /// A CPU or node list → systemd's `ay` bitmask: byte i holds members 8i..8i+7, lowest bit first.
@@ -140,14 +148,39 @@ pub fn cpuset_mask(list: &CpuList) -> Vec<u8> {
     bytes
 }
 
-/// OCI "-1 = no limit" → systemd's infinity; other values as they are.
+/// OCI "-1 = no limit" → systemd's infinity; other values (validated non-negative) as they are.
 fn limit(v: i64) -> u64 {
-    if v == -1 {
-        INFINITY
-    } else {
-        v as u64
-    }
+    u64::try_from(v).unwrap_or(INFINITY)
 }
+
+/// A device as systemd's device properties name it (`/dev/block/8:0`, as runc sends it).
+fn block_dev(major: i64, minor: i64) -> String {
+    format!("/dev/block/{major}:{minor}")
+}
+
+/// cgroupfs files a unit property already sets, per cgroup version.
+const COVERED_V1: &[&str] = &[
+    "cpu.shares",
+    "cpu.cfs_period_us",
+    "cpu.cfs_quota_us",
+    "memory.limit_in_bytes",
+    "pids.max",
+    "blkio.bfq.weight",
+    "blkio.throttle.read_bps_device",
+    "blkio.throttle.write_bps_device",
+];
+const COVERED_V2: &[&str] = &[
+    "cpu.weight",
+    "cpu.max",
+    "cpuset.cpus",
+    "cpuset.mems",
+    "memory.max",
+    "memory.low",
+    "memory.swap.max",
+    "pids.max",
+    "io.weight",
+    "io.max",
+];
 
 /// The unit properties that apply `res` on cgroup `version` (validated first).
 ///
@@ -157,11 +190,12 @@ pub fn resource_properties(
     res: &LinuxResources,
     version: CgroupVersion,
 ) -> Result<Vec<UnitProperty>, ResourceError> {
-    resources::validate(res)?;
+    // Every rule of the cgroupfs plan holds here too (ranges, version support).
+    resources::plan(res, version)?;
     let mut p = Vec::new();
     if let Some(cpu) = res.cpu() {
         let shares = cpu.shares().unwrap_or(0);
-        let quota = cpu.quota().unwrap_or(0);
+        let quota = cpu.quota().map(resources::effective_quota).unwrap_or(0);
         let period = cpu.period().unwrap_or(0);
         if shares != 0 {
             p.push(match version {
@@ -179,9 +213,30 @@ pub fn resource_properties(
             );
         }
         if quota != 0 || period != 0 {
+            let bad = |reason: String| ResourceError::OutOfRange {
+                field: "cpu.quota",
+                value: quota.to_string(),
+                reason,
+            };
+            let per_sec = cpu_quota_per_sec(quota, period)
+                .ok_or_else(|| bad("CPUQuotaPerSecUSec does not fit 64 bits".into()))?;
+            if per_sec != INFINITY {
+                let eff_period = if period == 0 {
+                    DEFAULT_CFS_PERIOD_US
+                } else {
+                    period
+                };
+                let derived = quota_from_per_sec(per_sec, eff_period);
+                if derived > resources::CFS_QUOTA_MAX as u128 {
+                    return Err(bad(format!(
+                        "systemd rounds it up to CPUQuotaPerSecUSec = {per_sec}, a quota of {derived} µs per {eff_period} µs, above the kernel's {} µs",
+                        resources::CFS_QUOTA_MAX
+                    )));
+                }
+            }
             p.push(UnitProperty::new(
                 "CPUQuotaPerSecUSec",
-                PropValue::U64(cpu_quota_per_sec(quota, period)),
+                PropValue::U64(per_sec),
             ));
         }
     }
@@ -234,29 +289,111 @@ pub fn resource_properties(
         }
     }
     if let Some(pids) = res.pids() {
-        if pids.limit() != 0 {
+        p.push(UnitProperty::new(
+            "TasksMax",
+            PropValue::U64(limit(resources::effective_pids(pids.limit()))),
+        ));
+    }
+    if let Some(b) = res.block_io() {
+        let v1 = version == CgroupVersion::V1;
+        let conv = |w: u16| {
+            if v1 {
+                u64::from(w)
+            } else {
+                resources::blkio_weight_to_io(w)
+            }
+        };
+        if let Some(w) = b.weight() {
             p.push(UnitProperty::new(
-                "TasksMax",
-                PropValue::U64(limit(pids.limit())),
+                if v1 { "BlockIOWeight" } else { "IOWeight" },
+                PropValue::U64(conv(w)),
             ));
+        }
+        let devs: Vec<(String, u64)> = b
+            .weight_device()
+            .iter()
+            .flatten()
+            .filter_map(|d| Some((block_dev(d.major(), d.minor()), conv(d.weight()?))))
+            .collect();
+        if !devs.is_empty() {
+            p.push(UnitProperty::new(
+                if v1 {
+                    "BlockIODeviceWeight"
+                } else {
+                    "IODeviceWeight"
+                },
+                PropValue::DevU64s(devs),
+            ));
+        }
+        let names: [Option<&'static str>; 4] = if v1 {
+            // v1 has no IOPS properties: those go to blkio.throttle.*_iops_device.
+            [
+                Some("BlockIOReadBandwidth"),
+                Some("BlockIOWriteBandwidth"),
+                None,
+                None,
+            ]
+        } else {
+            [
+                Some("IOReadBandwidthMax"),
+                Some("IOWriteBandwidthMax"),
+                Some("IOReadIOPSMax"),
+                Some("IOWriteIOPSMax"),
+            ]
+        };
+        for ((_, list), name) in resources::throttle_lists(b).into_iter().zip(names) {
+            let Some(name) = name else { continue };
+            if list.is_empty() {
+                continue;
+            }
+            let v = list
+                .iter()
+                .map(|d| {
+                    // 0 is "no limit" in the OCI/v1 sense; systemd spells it infinity.
+                    let rate = if d.rate() == 0 { INFINITY } else { d.rate() };
+                    (block_dev(d.major(), d.minor()), rate)
+                })
+                .collect();
+            p.push(UnitProperty::new(name, PropValue::DevU64s(v)));
         }
     }
     Ok(p)
 }
 
-/// The cgroupfs writes that go with the properties: on v1 the files systemd
-/// has no property for and never writes (cpuset, memory+swap, soft limit); none on v2.
+/// The cgroupfs writes that go with the properties: what systemd has no unit
+/// property for, written by the driver as runc's systemd drivers do. On v1: the
+/// cpuset, hugetlb, net_cls and net_prio hierarchies (systemd does not manage them),
+/// memory+swap, the soft limit, swappiness, OOM control, TCP memory, real-time
+/// scheduling, CFS burst, `cpu.idle` and block I/O IOPS throttles. On v2: CFS burst,
+/// `cpu.idle` and OCI `unified`. On v2, huge page limits are refused: systemd does
+/// not enable the hugetlb controller for its units.
 pub fn cgroupfs_writes(
     res: &LinuxResources,
     version: CgroupVersion,
 ) -> Result<Vec<Write>, ResourceError> {
-    let mut w = resources::plan(res, version)?;
-    w.retain(|w| {
-        version == CgroupVersion::V1
-            && (w.controller == "cpuset"
-                || w.file == "memory.memsw.limit_in_bytes"
-                || w.file == "memory.soft_limit_in_bytes")
-    });
+    cgroupfs_writes_for(res, version, &resources::HostSupport::assumed())
+}
+
+/// [`cgroupfs_writes`] for a host offering `host`.
+pub fn cgroupfs_writes_for(
+    res: &LinuxResources,
+    version: CgroupVersion,
+    host: &resources::HostSupport,
+) -> Result<Vec<Write>, ResourceError> {
+    let mut w = resources::plan_for(res, version, host)?;
+    let covered = match version {
+        CgroupVersion::V1 => COVERED_V1,
+        CgroupVersion::V2 => COVERED_V2,
+    };
+    w.retain(|w| !covered.contains(&w.file.as_str()));
+    if version == CgroupVersion::V2 {
+        if let Some(h) = w.iter().find(|w| w.controller == "hugetlb") {
+            return Err(ResourceError::Unsupported {
+                field: format!("hugepageLimits ({})", h.file),
+                reason: "systemd does not enable the hugetlb controller for its units on cgroup v2, and has no property for it".into(),
+            });
+        }
+    }
     Ok(w)
 }
 
@@ -370,10 +507,13 @@ mod tests {
             (50_000, 0, 500_000),
             (-1, 100_000, u64::MAX),
             (0, 100_000, u64::MAX),
+            (-500, 100_000, u64::MAX),
+            // No saturation: 20971520000000 · 10^6 overflows 64 bits before the division.
+            (20_971_520_000_000, 100_000, 209_715_200_000_000),
         ] {
             assert_eq!(
                 cpu_quota_per_sec(quota, period),
-                want,
+                Some(want),
                 "quota {quota} period {period}"
             );
         }
@@ -428,7 +568,13 @@ mod tests {
             .is_empty());
         let w = cgroupfs_writes(&r, CgroupVersion::V1).unwrap();
         assert_eq!(w.len(), 2);
-        assert_eq!((w[0].file, w[0].value.as_str()), ("cpuset.cpus", "0-1"));
+        assert_eq!(
+            (w[0].file.as_str(), w[0].value.as_str()),
+            ("cpuset.cpus", "0-1")
+        );
+        // The kernel's list syntax: empty entries and blanks are skipped.
+        let v2 = props(r#"{"cpu":{"cpus":",0,1,"}}"#, CgroupVersion::V2);
+        assert_eq!(get(&v2, "AllowedCPUs"), Some(json!([3])));
         assert!(cgroupfs_writes(&r, CgroupVersion::V2).unwrap().is_empty());
     }
 
@@ -442,9 +588,9 @@ mod tests {
         let v1 = props(j, CgroupVersion::V1);
         assert_eq!(v1, vec![("MemoryLimit".to_string(), json!(268_435_456u64))]);
         let r = from_json(j).unwrap();
-        let files: Vec<&str> = cgroupfs_writes(&r, CgroupVersion::V1)
+        let files: Vec<String> = cgroupfs_writes(&r, CgroupVersion::V1)
             .unwrap()
-            .iter()
+            .into_iter()
             .map(|w| w.file)
             .collect();
         assert_eq!(
@@ -463,6 +609,15 @@ mod tests {
         assert_eq!(get(&v2, "MemorySwapMax"), Some(json!(0)));
         let v1 = props(r#"{"memory":{"limit":-1}}"#, CgroupVersion::V1);
         assert_eq!(get(&v1, "MemoryLimit"), Some(json!(u64::MAX)));
+        let r = from_json(r#"{"memory":{"limit":-1}}"#).unwrap();
+        let w = cgroupfs_writes(&r, CgroupVersion::V1).unwrap();
+        assert_eq!(
+            (w[0].file.as_str(), w[0].value.as_str()),
+            ("memory.memsw.limit_in_bytes", "-1")
+        );
+        let v2 = props(r#"{"memory":{"limit":-1,"swap":300}}"#, CgroupVersion::V2);
+        assert_eq!(get(&v2, "MemoryMax"), Some(json!(u64::MAX)));
+        assert_eq!(get(&v2, "MemorySwapMax"), Some(json!(300)));
         assert!(resource_properties(
             &from_json(r#"{"memory":{"limit":100,"swap":50}}"#).unwrap(),
             CgroupVersion::V2
@@ -476,7 +631,66 @@ mod tests {
         assert_eq!(p, vec![("TasksMax".to_string(), json!(256))]);
         let p = props(r#"{"pids":{"limit":-1}}"#, CgroupVersion::V2);
         assert_eq!(p, vec![("TasksMax".to_string(), json!(u64::MAX))]);
-        assert!(props(r#"{"pids":{"limit":0}}"#, CgroupVersion::V2).is_empty());
+        // runc 1.4: 0 is a real limit; systemd refuses TasksMax=0, so 1.
+        let p = props(r#"{"pids":{"limit":0}}"#, CgroupVersion::V2);
+        assert_eq!(p, vec![("TasksMax".to_string(), json!(1))]);
+        assert!(props(r#"{"pids":{}}"#, CgroupVersion::V2).is_empty());
+    }
+
+    #[test]
+    fn quota_past_the_kernel_ceiling_is_refused() {
+        let r = from_json(r#"{"cpu":{"quota":20971520000000,"period":100000}}"#).unwrap();
+        for v in [CgroupVersion::V1, CgroupVersion::V2] {
+            let e = resource_properties(&r, v).unwrap_err().to_string();
+            assert!(
+                e.contains("cpu.quota") && e.contains("17592186044415"),
+                "{e}"
+            );
+        }
+        // Within the ceiling, but systemd's rounding up would push it past: refused too.
+        let r = from_json(r#"{"cpu":{"quota":17592186044415,"period":100000}}"#).unwrap();
+        let e = resource_properties(&r, CgroupVersion::V2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("CPUQuotaPerSecUSec"), "{e}");
+    }
+
+    #[test]
+    fn block_io_properties_and_writes() {
+        let j = r#"{"blockIO":{"weight":500,"weightDevice":[{"major":8,"minor":0,"weight":100}],
+            "throttleReadBpsDevice":[{"major":8,"minor":0,"rate":1048576}],
+            "throttleWriteIOPSDevice":[{"major":8,"minor":0,"rate":100}]}}"#;
+        let v2 = props(j, CgroupVersion::V2);
+        assert_eq!(get(&v2, "IOWeight"), Some(json!(4950)));
+        assert_eq!(
+            get(&v2, "IODeviceWeight"),
+            Some(json!([["/dev/block/8:0", 910]]))
+        );
+        assert_eq!(
+            get(&v2, "IOReadBandwidthMax"),
+            Some(json!([["/dev/block/8:0", 1048576]]))
+        );
+        assert_eq!(
+            get(&v2, "IOWriteIOPSMax"),
+            Some(json!([["/dev/block/8:0", 100]]))
+        );
+        let v1 = props(j, CgroupVersion::V1);
+        assert_eq!(get(&v1, "BlockIOWeight"), Some(json!(500)));
+        assert_eq!(
+            get(&v1, "BlockIOReadBandwidth"),
+            Some(json!([["/dev/block/8:0", 1048576]]))
+        );
+        let r = from_json(j).unwrap();
+        let w = cgroupfs_writes(&r, CgroupVersion::V1).unwrap();
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].file, "blkio.throttle.write_iops_device");
+        assert!(cgroupfs_writes(&r, CgroupVersion::V2).unwrap().is_empty());
+        let hp = from_json(r#"{"hugepageLimits":[{"pageSize":"2MB","limit":1048576}]}"#).unwrap();
+        assert!(cgroupfs_writes(&hp, CgroupVersion::V2).is_err());
+        assert_eq!(
+            cgroupfs_writes(&hp, CgroupVersion::V1).unwrap()[0].file,
+            "hugetlb.2MB.limit_in_bytes"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use oci_spec::runtime::{LinuxCpuBuilder, LinuxResources, LinuxResourcesBuilder};
+use oci_spec::runtime::LinuxResources;
 use tracing::{debug, info, warn};
 use zbus::zvariant::Value;
 
@@ -29,14 +29,14 @@ use super::fs::{read_file, write_file};
 use super::{CgroupError, FsManager, Manager, Stats};
 use crate::host::{CgroupLayout, CgroupVersion};
 use crate::path::{Driver, SystemdUnit};
-use crate::resources::Write;
+use crate::resources::{self, Write};
 
 pub use crate::sigterm::{ignore_sigterm_during, SigtermIgnored};
 
 /// How long a systemd job (start, stop) and each D-Bus call may take by default.
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(30);
 /// v1 hierarchies systemd does not manage; the driver makes the unit's directory there itself.
-const UNMANAGED_V1: [&str; 2] = ["cpuset", "freezer"];
+const UNMANAGED_V1: [&str; 5] = ["cpuset", "freezer", "hugetlb", "net_cls", "net_prio"];
 /// How long `destroy` waits for the other processes of a unit we sit in to exit.
 const EXIT_WAIT: Duration = Duration::from_secs(3);
 
@@ -55,6 +55,8 @@ pub struct SystemdManager {
     started: bool,
     /// Resources given before the unit existed; they go with `StartTransientUnit`.
     pending: Option<LinuxResources>,
+    /// The host layout (for probing what the kernel offers).
+    layout: CgroupLayout,
 }
 
 impl std::fmt::Debug for SystemdManager {
@@ -107,6 +109,7 @@ impl SystemdManager {
             timeout: DEFAULT_JOB_TIMEOUT,
             started: false,
             pending: None,
+            layout: layout.clone(),
         }
     }
 
@@ -286,84 +289,90 @@ impl SystemdManager {
         }
     }
 
-    fn memory_dir(&self) -> Result<PathBuf, CgroupError> {
-        self.reader
-            .paths()
-            .remove("memory")
+    /// The directory holding `controller`'s files for the unit: the unmanaged
+    /// hierarchies' (v1 cpuset, freezer, hugetlb, net_cls, net_prio) or systemd's.
+    fn dir_of(&self, controller: &str) -> Result<PathBuf, CgroupError> {
+        let from_unmanaged = self
+            .unmanaged
+            .as_ref()
+            .and_then(|u| u.paths().remove(controller));
+        let from_reader = || {
+            let mut p = self.reader.paths();
+            match self.version {
+                CgroupVersion::V2 => p.remove("unified"),
+                CgroupVersion::V1 => p.remove(controller),
+            }
+        };
+        from_unmanaged
+            .or_else(from_reader)
             .ok_or_else(|| CgroupError::NoController {
-                controller: "memory".into(),
+                controller: controller.into(),
                 path: PathBuf::from(&self.relative),
             })
     }
 
-    /// v1: the cgroupfs part of `res` (cpuset through the unmanaged hierarchy, memsw,
-    /// soft limit) around the unit properties, so the kernel's ordering rules hold.
+    /// The cgroupfs part of `res` (what systemd has no property for, see
+    /// [`props::cgroupfs_writes`]) around the unit properties. On v1 the memory limit
+    /// is a property and memory+swap a file: which goes first is the kernel's rule
+    /// in [`resources::memsw_first`], the one the cgroupfs driver uses too.
     fn apply(&mut self, res: &LinuxResources, with_properties: bool) -> Result<(), CgroupError> {
-        let writes: Vec<Write> = props::cgroupfs_writes(res, self.version)?;
-        let get = |file: &str| {
-            writes
-                .iter()
-                .find(|w| w.file == file)
-                .map(|w| w.value.clone())
-        };
-        let cpus = get("cpuset.cpus");
-        let mems = get("cpuset.mems");
+        let support = resources::HostSupport::probe(&self.layout);
+        let writes: Vec<Write> = props::cgroupfs_writes_for(res, self.version, &support)?;
+        let (cpuset, rest): (Vec<Write>, Vec<Write>) =
+            writes.into_iter().partition(|w| w.controller == "cpuset");
         let mut undo: Vec<(PathBuf, String)> = Vec::new();
-        if cpus.is_some() || mems.is_some() {
-            let mut cpu = LinuxCpuBuilder::default();
-            if let Some(c) = cpus {
-                cpu = cpu.cpus(c);
-            }
-            if let Some(m) = mems {
-                cpu = cpu.mems(m);
-            }
-            let only = cpu
-                .build()
-                .and_then(|c| LinuxResourcesBuilder::default().cpu(c).build())
-                .map_err(|e| self.err("cpuset", e))?;
-            if let Some(u) = self.unmanaged.as_mut() {
-                if let Some(dir) = u.paths().get("cpuset") {
-                    for f in ["cpuset.cpus", "cpuset.mems"] {
-                        let p = dir.join(f);
-                        if let Ok(old) = read_file(&p) {
-                            undo.push((p, old));
-                        }
-                    }
+        let r = (|| -> Result<(), CgroupError> {
+            if !cpuset.is_empty() {
+                if let Some(u) = self.unmanaged.as_ref() {
+                    u.apply_writes(&cpuset, &mut undo)?;
                 }
-                // Checks the lists against the host and the parent, restores on failure.
-                u.set(&only)?;
             }
-        }
-        // v1 refuses a memory limit above memory+swap: raise memsw before the limit, lower it after.
-        let memsw = get("memory.memsw.limit_in_bytes");
-        let mut memsw_done = false;
-        if let Some(v) = &memsw {
-            let file = self.memory_dir()?.join("memory.memsw.limit_in_bytes");
-            let cur: i128 = read_file(&file)?.parse().unwrap_or(i128::MAX);
-            let new: i128 = v
-                .parse()
-                .map(|n: i128| if n < 0 { i128::MAX } else { n })
-                .unwrap_or(i128::MAX);
-            if new >= cur {
-                write_file(&file, v)?;
-                memsw_done = true;
-            }
-        }
-        if with_properties {
-            if let Err(e) = self.set_properties(res) {
-                for (p, old) in undo.iter().rev() {
-                    if let Err(re) = write_file(p, old) {
-                        warn!(error = %re, "could not restore the previous cpuset");
-                    }
+            let memsw_pos = rest
+                .iter()
+                .position(|w| w.file == "memory.memsw.limit_in_bytes");
+            let mut before = Vec::new();
+            let mut after = Vec::new();
+            for (i, w) in rest.into_iter().enumerate() {
+                let first = Some(i) == memsw_pos && {
+                    let cur = read_file(&self.dir_of("memory")?.join("memory.limit_in_bytes"))
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(u64::MAX);
+                    let new: i64 = w.value.parse().unwrap_or(-1);
+                    resources::memsw_first(new, cur)
+                };
+                if first {
+                    before.push(w);
+                } else {
+                    after.push(w);
                 }
-                return Err(e);
+            }
+            self.write_all(&before, &mut undo)?;
+            if with_properties {
+                self.set_properties(res)?;
+            }
+            self.write_all(&after, &mut undo)
+        })();
+        if r.is_err() {
+            for (p, old) in undo.iter().rev() {
+                if let Err(re) = write_file(p, old) {
+                    warn!(error = %re, file = %p.display(), "could not restore the previous value");
+                }
             }
         }
-        if let (Some(v), false) = (&memsw, memsw_done) {
-            write_file(&self.memory_dir()?.join("memory.memsw.limit_in_bytes"), v)?;
-        }
-        if let Some(v) = get("memory.soft_limit_in_bytes") {
-            write_file(&self.memory_dir()?.join("memory.soft_limit_in_bytes"), &v)?;
+        r
+    }
+
+    fn write_all(
+        &self,
+        writes: &[Write],
+        undo: &mut Vec<(PathBuf, String)>,
+    ) -> Result<(), CgroupError> {
+        for w in writes {
+            let path = self.dir_of(w.controller)?.join(&w.file);
+            let old = read_file(&path)?;
+            write_file(&path, &w.value)?;
+            undo.push((path, old));
         }
         Ok(())
     }
@@ -501,16 +510,17 @@ impl Manager for SystemdManager {
             self.start(Some(pid))?;
         }
         if let Some(u) = self.unmanaged.as_mut() {
-            // v1: systemd leaves cpuset and freezer alone; the unit's directory there is ours.
+            // v1: systemd leaves cpuset, freezer, hugetlb, net_cls and net_prio alone;
+            // the unit's directories there are ours.
             u.create()?;
-            if let Some(res) = self.pending.take() {
-                self.apply(&res, false)?;
-            }
-            if let Some(u) = self.unmanaged.as_mut() {
-                u.add_proc(pid)?;
-            }
         }
-        self.pending = None;
+        // What went with StartTransientUnit as properties is done; the cgroupfs part now.
+        if let Some(res) = self.pending.take() {
+            self.apply(&res, false)?;
+        }
+        if let Some(u) = self.unmanaged.as_mut() {
+            u.add_proc(pid)?;
+        }
         Ok(())
     }
 
@@ -528,15 +538,18 @@ impl Manager for SystemdManager {
         self.reader.threads()
     }
 
-    /// The same checks as the cgroupfs driver (one home for the rule: the requested
-    /// cpus and mems must be online and granted by the nearest existing parent
-    /// cgroup), read through cgroupfs, before anything is sent to systemd.
+    /// Everything `set` would refuse, before anything exists: the properties, the
+    /// cgroupfs part on this host, and the cpuset against the host's online CPUs and
+    /// the nearest existing parent (the cgroupfs driver's rule, one home for both).
     fn check(&self, res: &LinuxResources) -> Result<(), CgroupError> {
-        self.reader.check(res)
+        props::resource_properties(res, self.version)?;
+        let support = resources::HostSupport::probe(&self.layout);
+        props::cgroupfs_writes_for(res, self.version, &support)?;
+        self.reader.check_cpuset(res)
     }
 
     fn set(&mut self, res: &LinuxResources) -> Result<(), CgroupError> {
-        self.reader.check(res)?;
+        self.check(res)?;
         if !self.started && self.active_state()?.is_some_and(|s| s == "active") {
             // A manager restored from state: the unit runs already.
             self.started = true;
@@ -639,6 +652,11 @@ fn variant(v: &props::PropValue) -> Value<'_> {
         PropValue::Strs(v) => Value::from(v.iter().map(String::as_str).collect::<Vec<_>>()),
         PropValue::U32s(v) => Value::from(v.clone()),
         PropValue::Bytes(v) => Value::from(v.clone()),
+        PropValue::DevU64s(v) => Value::from(
+            v.iter()
+                .map(|(d, n)| (d.as_str(), *n))
+                .collect::<Vec<(&str, u64)>>(),
+        ),
     }
 }
 
