@@ -94,3 +94,4 @@ pub mod resources;
 pub mod sandbox;
 pub mod sigterm;
 pub mod state;
+pub mod suggest;

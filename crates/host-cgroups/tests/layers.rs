@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("failpoint", 0),
     ("metrics", 0),
     ("sigterm", 0),
+    ("suggest", 0),
     // 1: inputs and host facts.
     ("path", 1),
     ("host", 1),

@@ -1147,7 +1147,7 @@ pub fn parse_value(mut v: serde_json::Value) -> Result<Parsed, ResourceError> {
                 } else {
                     format!("resources.{section}.{k}")
                 };
-                let hint = crate::config::nearest(k, known)
+                let hint = crate::suggest::nearest(k, known)
                     .map(|n| format!(" (did you mean {n:?}?)"))
                     .unwrap_or_default();
                 warnings.push(format!("unknown key {path}{hint}: ignored"));
