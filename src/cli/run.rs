@@ -174,7 +174,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         None
     };
     let hooks: std::sync::Arc<dyn vcpu_hooks::VcpuHooks> = match &controller {
-        Some(c) => c.hooks(),
+        Some(c) => c.hooks_for_boot(vcpus),
         None => std::sync::Arc::new(vcpu_hooks::NoHooks),
     };
     let vmm_cfg = VmmConfig {

@@ -9,5 +9,6 @@ pub mod path;
 pub mod placement;
 pub mod plan;
 pub mod resources;
+pub mod selfplace;
 pub mod sigterm;
 pub mod state;
