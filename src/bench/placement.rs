@@ -111,7 +111,9 @@ impl VcpuHooks for Probe {
                         r = Err(HookError::Refused {
                             index,
                             tid: gettid(),
-                            reason: vcpu_hooks::PlacementError::Controller { what: e.to_string() },
+                            reason: vcpu_hooks::PlacementError::Controller {
+                                what: e.to_string(),
+                            },
                         });
                         break;
                     }

@@ -383,7 +383,10 @@ mod tests {
     #[test]
     fn lines_match_per_hierarchy() {
         let v1 = "12:pids:/a/sb\n4:cpu,cpuacct:/a/sb\n1:name=systemd:/x\n0::/x\n";
-        assert_eq!(check_lines(v1, &[e("cpu", "/a/sb"), e("pids", "/a/sb")]), Ok(()));
+        assert_eq!(
+            check_lines(v1, &[e("cpu", "/a/sb"), e("pids", "/a/sb")]),
+            Ok(())
+        );
         let err = check_lines(v1, &[e("cpuacct", "/a/other")]).unwrap_err();
         assert!(matches!(&err, PlacementError::WrongCgroup { found, .. } if found == "/a/sb"));
         assert!(err.to_string().contains("/a/other"), "{err}");

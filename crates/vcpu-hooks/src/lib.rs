@@ -151,7 +151,10 @@ impl fmt::Display for PlacementError {
                     format!("the {hierarchy} hierarchy")
                 };
                 if found.is_empty() {
-                    write!(f, "/proc/thread-self/cgroup does not list {h}; expected {expected}")
+                    write!(
+                        f,
+                        "/proc/thread-self/cgroup does not list {h}; expected {expected}"
+                    )
                 } else {
                     write!(f, "in {h} the thread is in {found}, not in {expected}")
                 }
@@ -450,10 +453,12 @@ mod tests {
         let (hooks, rx) = channel(Duration::from_secs(5));
         let h2 = hooks.clone();
         let t = thread::spawn(move || h2.vcpu_started(0));
-        rx.recv().unwrap().confirm(Err(PlacementError::NoController {
-            controller: "cpu".into(),
-            path: "sb".into(),
-        }));
+        rx.recv()
+            .unwrap()
+            .confirm(Err(PlacementError::NoController {
+                controller: "cpu".into(),
+                path: "sb".into(),
+            }));
         assert!(matches!(t.join().unwrap(), Err(HookError::Refused { .. })));
         drop(rx);
         assert!(matches!(
