@@ -156,7 +156,8 @@ enum Cmd {
 enum Input {
     Report(HookReport),
     Hook(HookMessage),
-    Cmd(Cmd),
+    /// Boxed: resources are large and rare, reports small and frequent.
+    Cmd(Box<Cmd>),
 }
 
 /// The controller handle the VMM and runtime hold.
@@ -423,7 +424,7 @@ impl CgroupController {
     fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Cmd) -> Result<T, ControllerError> {
         let (tx, rx) = bounded(1);
         self.cmd
-            .send(Input::Cmd(make(tx)))
+            .send(Input::Cmd(Box::new(make(tx))))
             .map_err(|_| ControllerError::Stopped)?;
         rx.recv().map_err(|_| ControllerError::Stopped)
     }
@@ -521,11 +522,13 @@ impl Worker {
             match input {
                 Input::Report(r) => self.on_report(r),
                 Input::Hook(m) => self.on_event(m),
-                Input::Cmd(Cmd::Shutdown(destroy, reply)) => {
-                    let _ = reply.send(self.teardown(destroy));
-                    return;
-                }
-                Input::Cmd(c) => self.on_command(c),
+                Input::Cmd(c) => match *c {
+                    Cmd::Shutdown(destroy, reply) => {
+                        let _ = reply.send(self.teardown(destroy));
+                        return;
+                    }
+                    c => self.on_command(c),
+                },
             }
         }
     }

@@ -331,10 +331,7 @@ impl HookReceiver {
 
     /// The next message, waiting at most `timeout`; `None` when none came.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<HookMessage> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(m) => Some(m),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        self.rx.recv_timeout(timeout).ok()
     }
 
     /// A queued message, without waiting.
