@@ -283,7 +283,11 @@ fn one_run(
             Mode::Upstream => Arc::new(vcpu_hooks::NoHooks),
             Mode::CgroupsRs => {
                 let (h, rx) = vcpu_hooks::channel(vcpu_hooks::DEFAULT_PLACEMENT_TIMEOUT);
-                server = Some(cgroups_rs_server(rx, relative.clone(), layout.controllers()));
+                server = Some(cgroups_rs_server(
+                    rx,
+                    relative.clone(),
+                    layout.controllers(),
+                ));
                 Arc::new(h)
             }
         };
@@ -312,10 +316,11 @@ fn one_run(
         // Pinned from outside after start (upstream; and the controller's late pins).
         let mut pinned_late: Vec<(i32, Instant, u64)> = Vec::new();
         if mode == Mode::Upstream && pin {
-            let cpus: Vec<u32> = host_cgroups::resources::CpuList::parse("cpus", pin_cpus.unwrap_or(""))
-                .map_err(|e| BenchError::step("cpuset", e))?
-                .iter()
-                .collect();
+            let cpus: Vec<u32> =
+                host_cgroups::resources::CpuList::parse("cpus", pin_cpus.unwrap_or(""))
+                    .map_err(|e| BenchError::step("cpuset", e))?
+                    .iter()
+                    .collect();
             let mut delay = Duration::from_millis(50);
             let found = loop {
                 let f = demo_vmm::scan_vcpu_tids();

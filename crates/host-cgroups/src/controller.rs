@@ -774,8 +774,28 @@ impl Worker {
             .filter(|r| !r.exited && !r.exited_before_placement && r.error.is_none())
             .collect();
         live.sort_by_key(|r| r.index);
-        if !cpus.is_empty() && live.len() == cpus.len() {
-            for (r, cpu) in live.into_iter().zip(cpus.iter()) {
+        // Count as the hooks do: vCPUs recorded here, those whose hook passed but whose
+        // report is still on its way, and announced boot vCPUs not started yet. Counting
+        // only the records would reset a vCPU that pinned itself before the report of
+        // another boot vCPU arrived.
+        let all: std::collections::BTreeSet<u32> = {
+            let p = self.pin.lock().unwrap_or_else(PoisonError::into_inner);
+            live.iter()
+                .map(|r| r.index)
+                .chain(p.live.iter().copied())
+                .chain(p.boot.iter().copied())
+                .collect()
+        };
+        let cpu_list: Vec<u32> = cpus.iter().collect();
+        if !cpu_list.is_empty() && all.len() == cpu_list.len() {
+            for r in live {
+                let Some(cpu) = all
+                    .iter()
+                    .position(|&i| i == r.index)
+                    .and_then(|rank| cpu_list.get(rank).copied())
+                else {
+                    continue;
+                };
                 // Pinned by its own hook already.
                 if r.pinned_cpu == Some(cpu) {
                     continue;
