@@ -18,7 +18,7 @@ fn hook_call(c: &mut Criterion) {
     g.bench_function("NoHooks", |b| b.iter(|| black_box(NoHooks.vcpu_started(0))));
     let (hooks, rx) = vcpu_hooks::channel(Duration::from_secs(10));
     let responder = std::thread::spawn(move || {
-        while let Ok(m) = rx.recv() {
+        while let Some(m) = rx.recv() {
             m.confirm(Ok(()));
         }
     });

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use demo_vmm::{kvm_api_version, BackendChoice, VcpuBackend, Vmm, VmmConfig, VmmError};
-use vcpu_hooks::{HookError, HookMessage, NoHooks, PlacementReply, VcpuEvent};
+use vcpu_hooks::{HookError, HookReceiver, NoHooks, PlacementError, PlacementReply, VcpuEvent};
 
 /// Bound for anything that should take milliseconds.
 const GENEROUS: Duration = Duration::from_secs(10);
@@ -114,7 +114,7 @@ struct Controller {
 
 impl Controller {
     fn spawn(
-        rx: Receiver<HookMessage>,
+        rx: HookReceiver,
         decide: impl Fn(u32) -> Option<PlacementReply> + Send + 'static,
     ) -> Controller {
         let (s_tx, started) = crossbeam_channel::unbounded();
@@ -151,7 +151,7 @@ impl Controller {
         Controller { started, exited }
     }
 
-    fn accept_all(rx: Receiver<HookMessage>) -> Controller {
+    fn accept_all(rx: HookReceiver) -> Controller {
         Controller::spawn(rx, |_| Some(Ok(())))
     }
 
@@ -186,7 +186,15 @@ impl Controller {
     }
 }
 
-fn hooks_and_rx() -> (Arc<vcpu_hooks::ChannelReporter>, Receiver<HookMessage>) {
+fn no_such_cgroup() -> PlacementError {
+    PlacementError::Io {
+        op: "write 1 to".into(),
+        path: "/sys/fs/cgroup/cpu/missing/tasks".into(),
+        errno: Some(libc::ENOENT),
+    }
+}
+
+fn hooks_and_rx() -> (Arc<vcpu_hooks::ChannelReporter>, HookReceiver) {
     let (reporter, rx) = vcpu_hooks::channel(GENEROUS);
     (Arc::new(reporter), rx)
 }
@@ -399,7 +407,7 @@ fn kvm_refused_hook_fails_start_and_no_guest_code_runs() {
     // Refuse vCPU 1 only; vCPU 0 is placed but must not run either.
     let ctl = Controller::spawn(rx, |i| {
         Some(if i == 1 {
-            Err("no such cgroup".into())
+            Err(no_such_cgroup())
         } else {
             Ok(())
         })
@@ -414,7 +422,7 @@ fn kvm_refused_hook_fails_start_and_no_guest_code_runs() {
             source: HookError::Refused {
                 index: 1, reason, ..
             },
-        } => assert_eq!(reason, "no such cgroup"),
+        } => assert_eq!(reason, &no_such_cgroup()),
         other => panic!("unexpected error: {other}"),
     }
     assert!(err.to_string().contains("vCPU 1"), "{err}");
@@ -440,7 +448,7 @@ fn failed_start_can_be_retried() {
     let first = std::sync::atomic::AtomicBool::new(true);
     let ctl = Controller::spawn(rx, move |_| {
         Some(if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            Err("not yet".into())
+            Err(no_such_cgroup())
         } else {
             Ok(())
         })
@@ -463,7 +471,7 @@ fn refused_hotplug_leaves_running_vcpus_alone() {
     // vCPU 2 is refused; vCPU 1 of the same hotplug batch is placed but aborted.
     let ctl = Controller::spawn(rx, |i| {
         Some(if i == 2 {
-            Err("cpuset full".into())
+            Err(no_such_cgroup())
         } else {
             Ok(())
         })

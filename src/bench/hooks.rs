@@ -44,7 +44,7 @@ impl Immediate {
         let responder = std::thread::Builder::new()
             .name("hcg-responder".into())
             .spawn(move || {
-                while let Ok(m) = rx.recv() {
+                while let Some(m) = rx.recv() {
                     m.confirm(Ok(()));
                 }
             })

@@ -222,14 +222,6 @@ pub fn task_cpu_ns_now(tid: i32) -> Option<u64> {
     clock_ns(((!tid) << 3) | 4 | 2)
 }
 
-/// `guest_time` of one of our threads, in clock ticks (field 43 of `stat`).
-pub fn task_guest_ticks(tid: i32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
-    // Fields after the `(comm)` start with field 3 (state); guest_time is field 43.
-    let rest = &s[s.rfind(')')? + 1..];
-    rest.split_whitespace().nth(43 - 3)?.parse().ok()
-}
-
 /// The calling thread's cgroup for `controller`, relative to the hierarchy root.
 pub fn thread_cgroup(controller: &str) -> Option<String> {
     let t = std::fs::read_to_string("/proc/thread-self/cgroup").ok()?;
@@ -382,7 +374,6 @@ mod tests {
         assert!(thread_cpu_ns() > 0);
         assert!(task_cpu_ns_now(vcpu_hooks::gettid()).is_some_and(|n| n > 0));
         assert!(own_tids().contains(&vcpu_hooks::gettid()));
-        assert!(task_guest_ticks(vcpu_hooks::gettid()).is_some());
         assert!(rss_bytes() > 0);
     }
 }

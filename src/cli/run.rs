@@ -81,9 +81,15 @@ struct VcpuOut {
     tid: i32,
     cgroups: BTreeMap<String, String>,
     placed_after_us: Option<u64>,
+    /// born, self-move or controller; absent without a controller.
+    placed_by: Option<String>,
+    /// Task migration writes made to place this vCPU.
+    cgroup_writes: Option<u32>,
     exited: bool,
     exited_before_placement: bool,
     pinned_cpu: Option<u32>,
+    /// µs from the vCPU's hook until it had its single-CPU affinity.
+    pinned_after_us: Option<u64>,
     cpu_seconds: f64,
 }
 
@@ -193,7 +199,9 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         max_vcpus,
         backend,
     };
-    let mut vmm = match Vmm::new(vmm_cfg, sandbox.hooks()).and_then(|mut v| v.start().map(|()| v)) {
+    let mut vmm = match Vmm::new(vmm_cfg, sandbox.hooks_for_boot(vcpus))
+        .and_then(|mut v| v.start().map(|()| v))
+    {
         Ok(v) => v,
         Err(e) => {
             let r = sandbox.teardown(|| ()).report;
@@ -347,9 +355,12 @@ fn vmm_vcpu_rows(snapshot: &[ThreadInfo], records: &[VcpuRecord]) -> Vec<VcpuOut
                 tid: r.tid,
                 cgroups: t.map(|t| t.cgroups.clone()).unwrap_or_default(),
                 placed_after_us: r.placed_after_us,
+                placed_by: Some(r.placed_by.to_string()),
+                cgroup_writes: Some(r.cgroup_writes),
                 exited: r.exited,
                 exited_before_placement: r.exited_before_placement,
                 pinned_cpu: r.pinned_cpu,
+                pinned_after_us: r.pinned_after_us,
                 cpu_seconds: t.map(|t| t.cpu_ns as f64 / 1e9).unwrap_or(0.0),
             }
         })
@@ -364,9 +375,12 @@ fn vmm_vcpu_rows(snapshot: &[ThreadInfo], records: &[VcpuRecord]) -> Vec<VcpuOut
                 tid: t.tid,
                 cgroups: t.cgroups.clone(),
                 placed_after_us: None,
+                placed_by: None,
+                cgroup_writes: None,
                 exited: false,
                 exited_before_placement: false,
                 pinned_cpu: None,
+                pinned_after_us: None,
                 cpu_seconds: t.cpu_ns as f64 / 1e9,
             })
             .collect();

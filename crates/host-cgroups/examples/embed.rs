@@ -52,7 +52,7 @@ pub fn run(vcpus: u32, config: &Path) -> Result<(), String> {
     let mut failures = Vec::new();
 
     // dragonball's VcpuManager holds the hooks and clones them into each vCPU thread.
-    let hooks = sandbox.hooks();
+    let hooks = sandbox.hooks_for_boot(vcpus);
     let stop = Arc::new(AtomicBool::new(false));
     let barrier = Arc::new(Barrier::new(vcpus as usize + 1));
     let threads: Vec<JoinHandle<Result<(), String>>> = (0..vcpus)

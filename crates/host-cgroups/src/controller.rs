@@ -2,10 +2,15 @@
 //! each vCPU thread the hooks report, keeps per-container resources, and
 //! tears everything down.
 //!
-//! One thread owns the cgroup managers. It is fed by two channels: the vCPU
-//! hooks (a `Started` event is answered only once the thread is placed, so no
-//! guest cycle runs outside the sandbox cgroup) and commands from the runtime
-//! (resource updates, stats, shutdown).
+//! One thread owns the cgroup managers. Before any vCPU spawns it decides where
+//! vCPU threads go and prepares it ([`crate::selfplace`]): each vCPU thread then
+//! confirms (born placed) or performs (self-placement by writing `0`) its own
+//! placement, and pins itself, in its start hook, and reports to this thread,
+//! which records it. No guest cycle runs outside the target cgroup: a thread
+//! that is not there is refused. The controller thread is fed by one queue:
+//! those reports, commands from the runtime (resource updates, stats,
+//! shutdown), and, for [`CgroupController::hooks_controller_writes`], vCPUs
+//! that wait for it to write their tid (the previous way, kept as a baseline).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,12 +18,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
+use std::sync::{Mutex, PoisonError};
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use oci_spec::runtime::LinuxResources;
 use serde::Serialize;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 use vcpu_hooks::{ChannelReporter, HookMessage, VcpuEvent, VcpuHooks};
+
+use crate::selfplace::{self, HookReport, InThreadHooks, PinState, PlacedBy, Report, Target};
+pub use crate::selfplace::{get_affinity, set_affinity};
 
 use crate::failpoint;
 use crate::host::CgroupLayout;
@@ -74,7 +84,9 @@ impl ControllerError {
 pub struct ControllerOptions {
     /// Where state is persisted; `None` keeps it in memory only.
     pub state_dir: Option<PathBuf>,
-    /// Bound on a vCPU's wait for placement.
+    /// Bound on a vCPU's wait for the controller thread, on the channel path
+    /// ([`CgroupController::hooks_controller_writes`]) only: the default hooks
+    /// never wait for the controller thread.
     pub placement_timeout: Duration,
     /// Resources for the sandbox cgroup as a whole.
     pub sandbox_resources: Option<LinuxResources>,
@@ -103,6 +115,13 @@ pub struct VcpuRecord {
     pub tid: i32,
     /// µs from the hook's timestamp to confirmed placement.
     pub placed_after_us: Option<u64>,
+    /// How the thread got into its cgroup.
+    pub placed_by: PlacedBy,
+    /// Task migration writes (`tasks`, `cgroup.threads`) made to place this vCPU.
+    pub cgroup_writes: u32,
+    /// µs from the hook's timestamp until the thread had its single-CPU affinity
+    /// (in its hook, or later by the controller); `None` when not pinned.
+    pub pinned_after_us: Option<u64>,
     /// The thread had exited before it could be placed.
     pub exited_before_placement: bool,
     /// The thread's exit was reported.
@@ -137,10 +156,21 @@ enum Cmd {
     Shutdown(bool, Sender<TeardownReport>),
 }
 
+/// What the controller thread reads: the hooks' reports, the channel-path
+/// hooks' messages, and runtime commands, in the order they were sent.
+enum Input {
+    Report(HookReport),
+    Hook(HookMessage),
+    /// Boxed: resources are large and rare, reports small and frequent.
+    Cmd(Box<Cmd>),
+}
+
 /// The controller handle the VMM and runtime hold.
 pub struct CgroupController {
-    hooks: ChannelReporter,
-    cmd: Sender<Cmd>,
+    hooks: Arc<InThreadHooks>,
+    channel_hooks: ChannelReporter,
+    pin: Arc<Mutex<PinState>>,
+    cmd: Sender<Input>,
     thread: Option<JoinHandle<()>>,
     plan: SandboxPlan,
     paths: BTreeMap<String, PathBuf>,
@@ -154,7 +184,10 @@ struct Worker {
     state: SandboxState,
     state_dir: Option<PathBuf>,
     records: Vec<VcpuRecord>,
+    /// When each vCPU thread (by tid) entered its hook.
+    started_at: BTreeMap<i32, Instant>,
     pinned: bool,
+    pin: Arc<Mutex<PinState>>,
 }
 
 impl CgroupController {
@@ -198,6 +231,7 @@ impl CgroupController {
         if let Some(dir) = &opts.state_dir {
             state.save(dir)?;
         }
+        let mut target = None;
         let setup = (|| -> Result<(), ControllerError> {
             sandbox.create()?;
             failpoint_hit("create-sandbox")?;
@@ -227,17 +261,20 @@ impl CgroupController {
             if let Some(dir) = &opts.state_dir {
                 state.save(dir)?;
             }
+            target = Some(prepare_target(&state, sandbox.as_ref(), &layout)?);
             Ok(())
         })();
-        if let Err(e) = setup {
-            warn!(error = %e, "sandbox setup failed; rolling back");
-            let mut w = Worker::new(plan.placement, sandbox, overhead, state, opts.state_dir);
-            let report = w.teardown(true);
-            for err in report.errors {
-                warn!(error = %err, "rollback");
+        let target = match (setup, target) {
+            (Ok(()), Some(t)) => t,
+            (Err(e), _) => return Err(Self::roll_back(e, &plan, sandbox, overhead, state, opts)),
+            (Ok(()), None) => {
+                let e = ControllerError::Cgroup(CgroupError::NoController {
+                    controller: "any".into(),
+                    path: PathBuf::from(&plan.sandbox.path),
+                });
+                return Err(Self::roll_back(e, &plan, sandbox, overhead, state, opts));
             }
-            return Err(e);
-        }
+        };
         if !plan.configured_sandbox_cgroup_only && plan.placement == Placement::VmmProcess {
             info!(
                 driver = %plan.driver,
@@ -245,7 +282,26 @@ impl CgroupController {
                 "sandbox_cgroup_only = false has no effect here: the whole VMM process is in the sandbox cgroup"
             );
         }
-        Ok(Self::spawn(plan, opts, sandbox, overhead, state))
+        Ok(Self::spawn(plan, opts, sandbox, overhead, state, target))
+    }
+
+    fn roll_back(
+        e: ControllerError,
+        plan: &SandboxPlan,
+        sandbox: Box<dyn Manager>,
+        overhead: Option<Box<dyn Manager>>,
+        state: SandboxState,
+        opts: ControllerOptions,
+    ) -> ControllerError {
+        {
+            warn!(error = %e, "sandbox setup failed; rolling back");
+            let mut w = Worker::new(plan.placement, sandbox, overhead, state, opts.state_dir);
+            let report = w.teardown(true);
+            for err in report.errors {
+                warn!(error = %err, "rollback");
+            }
+        }
+        e
     }
 
     /// Restores a sandbox from its persisted state (after a restart of the process).
@@ -266,7 +322,8 @@ impl CgroupController {
             state_dir: Some(state_dir),
             ..opts
         };
-        Ok(Self::spawn(plan, opts, sandbox, overhead, state))
+        let target = prepare_target(&state, sandbox.as_ref(), layout)?;
+        Ok(Self::spawn(plan, opts, sandbox, overhead, state, target))
     }
 
     fn spawn(
@@ -275,24 +332,46 @@ impl CgroupController {
         sandbox: Box<dyn Manager>,
         overhead: Option<Box<dyn Manager>>,
         state: SandboxState,
+        target: Target,
     ) -> Self {
         let paths = sandbox.paths();
         let overhead_paths = overhead.as_ref().map(|o| o.paths());
-        let (hooks, events) = vcpu_hooks::channel(opts.placement_timeout);
-        let (cmd, cmds) = unbounded();
-        let worker = Worker::new(
+        let (cmd, inputs) = unbounded();
+        let mut worker = Worker::new(
             plan.placement,
             sandbox,
             overhead,
             state,
             opts.state_dir.clone(),
         );
+        let pin = Arc::clone(&worker.pin);
+        worker.publish_pin_cpus();
+        let tx = cmd.clone();
+        let hooks = Arc::new(InThreadHooks {
+            target: Arc::new(target),
+            pin: Arc::clone(&pin),
+            sink: Arc::new(move |r| tx.send(Input::Report(r)).is_ok()),
+            relative: PathBuf::from(&plan.sandbox.path),
+        });
+        let tx = cmd.clone();
+        let channel_hooks = ChannelReporter::with_sink(
+            Arc::new(move |m| match tx.send(Input::Hook(m)) {
+                Ok(()) => Ok(()),
+                Err(e) => match e.into_inner() {
+                    Input::Hook(m) => Err(m),
+                    _ => Ok(()),
+                },
+            }),
+            opts.placement_timeout,
+        );
         let thread = std::thread::Builder::new()
             .name("hcg-controller".into())
-            .spawn(move || worker.run(events, cmds))
+            .spawn(move || worker.run(inputs))
             .ok();
         CgroupController {
             hooks,
+            channel_hooks,
+            pin,
             cmd,
             thread,
             plan,
@@ -306,9 +385,37 @@ impl CgroupController {
         &self.plan
     }
 
-    /// The hooks to hand to the VMM's vCPU spawn path.
+    /// The hooks to hand to the VMM's vCPU spawn path: each vCPU thread confirms
+    /// or makes its own placement (and pins itself) in its hook, without waiting
+    /// for the controller thread (see [`crate::selfplace`]).
+    ///
+    /// With pinning on, a vCPU can pin itself only when it knows the vCPU count:
+    /// use [`CgroupController::hooks_for_boot`] when the VMM is about to boot
+    /// vCPUs; with these hooks alone the last boot vCPU pins itself and the
+    /// controller thread pins the earlier ones after their hooks returned.
     pub fn hooks(&self) -> Arc<dyn VcpuHooks> {
-        Arc::new(self.hooks.clone())
+        self.hooks.clone()
+    }
+
+    /// [`CgroupController::hooks`], announcing that the VMM boots vCPUs
+    /// `0..boot_vcpus` now: with pinning on and as many of them as CPUs in the
+    /// sandbox cpuset, each vCPU sets its single-CPU affinity in its own hook,
+    /// before its first guest instruction.
+    pub fn hooks_for_boot(&self, boot_vcpus: u32) -> Arc<dyn VcpuHooks> {
+        {
+            let mut p = self.pin.lock().unwrap_or_else(PoisonError::into_inner);
+            let live = p.live.clone();
+            p.boot = (0..boot_vcpus).filter(|i| !live.contains(i)).collect();
+        }
+        self.hooks()
+    }
+
+    /// Hooks that send each vCPU's tid to the controller thread and wait (at most
+    /// [`ControllerOptions::placement_timeout`]) while it writes the tid to the
+    /// sandbox's `tasks` files (cgroup v1 + cgroupfs) or confirms a born-placed
+    /// thread without checking it. The previous way, kept as a benchmark baseline.
+    pub fn hooks_controller_writes(&self) -> Arc<dyn VcpuHooks> {
+        Arc::new(self.channel_hooks.clone())
     }
 
     /// vCPU records so far, including every hook event sent before this call.
@@ -329,7 +436,7 @@ impl CgroupController {
     fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Cmd) -> Result<T, ControllerError> {
         let (tx, rx) = bounded(1);
         self.cmd
-            .send(make(tx))
+            .send(Input::Cmd(Box::new(make(tx))))
             .map_err(|_| ControllerError::Stopped)?;
         rx.recv().map_err(|_| ControllerError::Stopped)
     }
@@ -370,6 +477,22 @@ impl CgroupController {
     }
 }
 
+/// What a vCPU thread does in its hook: born placed (checked) wherever the whole
+/// process was moved into the sandbox cgroup; otherwise it moves itself there.
+fn prepare_target(
+    state: &SandboxState,
+    sandbox: &dyn Manager,
+    layout: &CgroupLayout,
+) -> Result<Target, ControllerError> {
+    let paths = sandbox.paths();
+    let moves = state.placement == Placement::VcpuThreads && !state.sandbox_cgroup_only;
+    Ok(if moves {
+        Target::open_move(&selfplace::distinct_dirs(&paths), state.cgroup_version)?
+    } else {
+        Target::Born(Target::expect(&paths, layout)?)
+    })
+}
+
 fn merge(a: &[PathBuf], b: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = a.to_vec();
     for p in b {
@@ -388,6 +511,7 @@ impl Worker {
         state: SandboxState,
         state_dir: Option<PathBuf>,
     ) -> Self {
+        let state_pinning = state.enable_vcpus_pinning;
         Worker {
             placement,
             sandbox,
@@ -395,43 +519,100 @@ impl Worker {
             state,
             state_dir,
             records: Vec::new(),
+            started_at: BTreeMap::new(),
             pinned: false,
+            pin: Arc::new(Mutex::new(PinState {
+                enabled: state_pinning,
+                ..Default::default()
+            })),
         }
     }
 
-    fn run(mut self, events: Receiver<HookMessage>, cmds: Receiver<Cmd>) {
-        loop {
-            select! {
-                recv(events) -> msg => match msg {
-                    Ok(m) => self.on_event(m),
-                    Err(_) => return,
-                },
-                recv(cmds) -> cmd => {
-                    // A command sees every hook event sent before it: drain those first.
-                    while let Ok(m) = events.try_recv() {
-                        self.on_event(m);
-                    }
-                    match cmd {
-                    Ok(Cmd::Shutdown(destroy, reply)) => {
+    /// One queue: a command sees every hook report sent before it.
+    fn run(mut self, inputs: Receiver<Input>) {
+        for input in inputs {
+            match input {
+                Input::Report(r) => self.on_report(r),
+                Input::Hook(m) => self.on_event(m),
+                Input::Cmd(c) => match *c {
+                    Cmd::Shutdown(destroy, reply) => {
                         let _ = reply.send(self.teardown(destroy));
                         return;
                     }
-                    Ok(c) => self.on_command(c),
-                    Err(_) => return,
-                    }
-                }
+                    c => self.on_command(c),
+                },
             }
         }
+    }
+
+    /// Records what a vCPU thread did in its hook.
+    fn on_report(&mut self, r: HookReport) {
+        match r {
+            HookReport::Started(Report {
+                index,
+                tid,
+                at,
+                placed_at,
+                placed_by,
+                writes,
+                outcome,
+                pinned,
+            }) => {
+                let us = |t: Instant| t.saturating_duration_since(at).as_micros() as u64;
+                let rec = VcpuRecord {
+                    index,
+                    tid,
+                    placed_after_us: placed_at.filter(|_| outcome.is_ok()).map(us),
+                    placed_by,
+                    cgroup_writes: writes,
+                    pinned_after_us: pinned.map(|(_, t)| us(t)),
+                    exited_before_placement: false,
+                    exited: false,
+                    pinned_cpu: pinned.map(|(c, _)| c),
+                    error: outcome.as_ref().err().map(|e| e.to_string()),
+                };
+                debug!(index, tid, placed_after_us = ?rec.placed_after_us, %placed_by, "vCPU placed");
+                if rec.error.is_some() {
+                    warn!(index, tid, error = ?rec.error, "vCPU refused");
+                    METRICS.placement_failures.inc();
+                } else if let Some(us) = rec.placed_after_us {
+                    METRICS.vcpus_placed.inc();
+                    METRICS.placement_latency.record(us);
+                }
+                self.records.push(rec);
+                self.started_at.insert(tid, at);
+                self.repin();
+            }
+            HookReport::Exited { index, tid } => self.mark_exited(index, tid),
+        }
+    }
+
+    fn mark_exited(&mut self, index: u32, tid: i32) {
+        self.started_at.remove(&tid);
+        for r in self.records.iter_mut() {
+            if r.index == index && r.tid == tid {
+                r.exited = true;
+            }
+        }
+        self.repin();
     }
 
     fn on_event(&mut self, msg: HookMessage) {
         match msg.event {
             VcpuEvent::Started { index, tid, at } => {
+                let before = crate::manager::fs::migration_writes();
                 let outcome = self.place(tid);
+                let writes = crate::manager::fs::migration_writes().saturating_sub(before);
                 let mut rec = VcpuRecord {
                     index,
                     tid,
                     placed_after_us: None,
+                    placed_by: match self.placement {
+                        Placement::VcpuThreads => PlacedBy::Controller,
+                        Placement::VmmProcess => PlacedBy::Born,
+                    },
+                    cgroup_writes: writes as u32,
+                    pinned_after_us: None,
                     exited_before_placement: false,
                     exited: false,
                     pinned_cpu: None,
@@ -453,22 +634,18 @@ impl Worker {
                     Err(e) => {
                         rec.error = Some(e.to_string());
                         METRICS.placement_failures.inc();
-                        Err(e.to_string())
+                        Err(selfplace::placement_error(&e))
                     }
                 };
                 debug!(index, tid, placed_after_us = ?rec.placed_after_us, "vCPU placed");
                 self.records.push(rec);
+                self.started_at.insert(tid, at);
                 msg.confirm(reply);
                 self.repin();
             }
             VcpuEvent::Exited { index, tid } => {
-                for r in self.records.iter_mut() {
-                    if r.index == index && r.tid == tid {
-                        r.exited = true;
-                    }
-                }
                 msg.confirm(Ok(()));
-                self.repin();
+                self.mark_exited(index, tid);
             }
         }
     }
@@ -583,12 +760,9 @@ impl Worker {
         }
     }
 
-    /// Pins vCPU i to the i-th CPU of the cpuset when their numbers match; resets otherwise.
-    fn repin(&mut self) {
-        if !self.state.enable_vcpus_pinning {
-            return;
-        }
-        let cpus = match Self::cpuset_union(&self.state.containers) {
+    /// The cpuset vCPUs are pinned within: the containers' union, else the sandbox resources'.
+    fn pin_cpus(&self) -> CpuList {
+        match Self::cpuset_union(&self.state.containers) {
             Ok((c, _)) if !c.is_empty() => c,
             _ => self
                 .state
@@ -597,22 +771,68 @@ impl Worker {
                 .and_then(|r| resources::cpuset_of(r).ok())
                 .and_then(|(c, _)| c)
                 .unwrap_or_default(),
-        };
+        }
+    }
+
+    /// Tells the hooks the cpuset they pin within.
+    fn publish_pin_cpus(&mut self) {
+        let cpus: Vec<u32> = self.pin_cpus().iter().collect();
+        self.pin.lock().unwrap_or_else(PoisonError::into_inner).cpus = cpus;
+    }
+
+    /// Pins vCPU i to the i-th CPU of the cpuset when their numbers match; resets otherwise.
+    fn repin(&mut self) {
+        if !self.state.enable_vcpus_pinning {
+            return;
+        }
+        self.publish_pin_cpus();
+        let cpus = self.pin_cpus();
+        let pinned_any = self.records.iter().any(|r| r.pinned_cpu.is_some());
         let mut live: Vec<&mut VcpuRecord> = self
             .records
             .iter_mut()
             .filter(|r| !r.exited && !r.exited_before_placement && r.error.is_none())
             .collect();
         live.sort_by_key(|r| r.index);
-        if !cpus.is_empty() && live.len() == cpus.len() {
-            for (r, cpu) in live.into_iter().zip(cpus.iter()) {
+        // Count as the hooks do: vCPUs recorded here, those whose hook passed but whose
+        // report is still on its way, and announced boot vCPUs not started yet. Counting
+        // only the records would reset a vCPU that pinned itself before the report of
+        // another boot vCPU arrived.
+        let all: std::collections::BTreeSet<u32> = {
+            let p = self.pin.lock().unwrap_or_else(PoisonError::into_inner);
+            live.iter()
+                .map(|r| r.index)
+                .chain(p.live.iter().copied())
+                .chain(p.boot.iter().copied())
+                .collect()
+        };
+        let cpu_list: Vec<u32> = cpus.iter().collect();
+        if !cpu_list.is_empty() && all.len() == cpu_list.len() {
+            for r in live {
+                let Some(cpu) = all
+                    .iter()
+                    .position(|&i| i == r.index)
+                    .and_then(|rank| cpu_list.get(rank).copied())
+                else {
+                    continue;
+                };
+                // Pinned by its own hook already.
+                if r.pinned_cpu == Some(cpu) {
+                    continue;
+                }
                 match set_affinity(r.tid, &[cpu]) {
-                    Ok(()) => r.pinned_cpu = Some(cpu),
+                    Ok(()) => {
+                        r.pinned_cpu = Some(cpu);
+                        r.pinned_after_us = self
+                            .started_at
+                            .get(&r.tid)
+                            .map(|at| at.elapsed().as_micros() as u64);
+                    }
                     Err(e) => warn!(tid = r.tid, cpu, error = %e, "pinning failed"),
                 }
             }
             self.pinned = true;
-        } else if self.pinned {
+        } else if self.pinned || pinned_any {
             let all: Vec<u32> = if cpus.is_empty() {
                 crate::host::online_cpus()
                     .map(|c| c.iter().collect())
@@ -625,6 +845,7 @@ impl Worker {
                     warn!(tid = r.tid, error = %e, "resetting affinity failed");
                 }
                 r.pinned_cpu = None;
+                r.pinned_after_us = None;
             }
             self.pinned = false;
         }
@@ -664,40 +885,6 @@ impl Worker {
         );
         report
     }
-}
-
-/// Sets a thread's CPU affinity (`sched_setaffinity`).
-pub fn set_affinity(tid: i32, cpus: &[u32]) -> std::io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &c in cpus {
-        // SAFETY: CPU_SET only writes inside `set` for indexes below CPU_SETSIZE.
-        if (c as usize) < libc::CPU_SETSIZE as usize {
-            unsafe { libc::CPU_SET(c as usize, &mut set) };
-        }
-    }
-    // SAFETY: passes a valid pointer and the size of the set it points to.
-    let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// Reads a thread's CPU affinity (`sched_getaffinity`).
-pub fn get_affinity(tid: i32) -> std::io::Result<Vec<u32>> {
-    // SAFETY: as above; the kernel fills the set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let rc =
-        unsafe { libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok((0..libc::CPU_SETSIZE as u32)
-        // SAFETY: CPU_ISSET reads inside `set`.
-        .filter(|&c| unsafe { libc::CPU_ISSET(c as usize, &set) })
-        .collect())
 }
 
 /// A failpoint on the set-up path (no-op without the `failpoints` feature).
@@ -807,17 +994,19 @@ mod tests {
         Worker::new(Placement::VcpuThreads, fake, None, state, None)
     }
 
+    /// A Started event through the channel path, as a vCPU thread would send it.
     fn started(w: &mut Worker, index: u32, tid: i32) -> Result<(), String> {
-        let (tx, rx) = bounded(1);
-        w.on_event(HookMessage {
-            event: VcpuEvent::Started {
-                index,
-                tid,
-                at: Instant::now(),
-            },
-            reply: Some(tx),
-        });
-        rx.recv().unwrap()
+        let (hooks, rx) = vcpu_hooks::channel(Duration::from_secs(10));
+        let t = std::thread::spawn(move || hooks.vcpu_started(index));
+        let mut msg = rx.recv().unwrap();
+        if let VcpuEvent::Started { index: i, at, .. } = msg.event {
+            msg.event = VcpuEvent::Started { index: i, tid, at };
+        }
+        w.on_event(msg);
+        t.join().unwrap().map_err(|e| match e {
+            vcpu_hooks::HookError::Refused { reason, .. } => reason.to_string(),
+            other => other.to_string(),
+        })
     }
 
     #[test]
@@ -838,10 +1027,7 @@ mod tests {
         let recs = w.records.clone();
         assert!(recs[0].error.is_some());
         assert!(recs[1].placed_after_us.is_some());
-        w.on_event(HookMessage {
-            event: VcpuEvent::Exited { index: 2, tid: 77 },
-            reply: None,
-        });
+        w.on_event(HookMessage::new(VcpuEvent::Exited { index: 2, tid: 77 }));
         assert!(w.records[1].exited);
     }
 

@@ -92,6 +92,7 @@ pub mod placement;
 pub mod plan;
 pub mod resources;
 pub mod sandbox;
+pub mod selfplace;
 pub mod sigterm;
 pub mod state;
 pub mod suggest;

@@ -411,10 +411,23 @@ impl Sandbox {
 
     /// The hooks for dragonball's `VcpuManager`: each vCPU thread calls
     /// `vcpu_started` first thing in `Vcpu::start_threaded` and `vcpu_exited` last.
-    /// When inactive, hooks that confirm at once.
+    /// In the hook the thread confirms (or makes) its own placement, and is refused
+    /// when it is not where the sandbox wants it. When inactive, hooks that confirm
+    /// at once. Prefer [`Sandbox::hooks_for_boot`] when the boot vCPU count is known.
     pub fn hooks(&self) -> Arc<dyn VcpuHooks> {
         match &self.controller {
             Some(c) => c.hooks(),
+            None => Arc::new(vcpu_hooks::NoHooks),
+        }
+    }
+
+    /// [`Sandbox::hooks`] for a VMM about to boot `vcpus` vCPUs: knowing the count, each
+    /// vCPU can pin itself in its hook (with `enable_vcpus_pinning` and as many vCPUs as
+    /// CPUs in the cpuset) before its first guest instruction. dragonball knows the
+    /// count when `VcpuManager::create_boot_vcpus` runs.
+    pub fn hooks_for_boot(&self, vcpus: u32) -> Arc<dyn VcpuHooks> {
+        match &self.controller {
+            Some(c) => c.hooks_for_boot(vcpus),
             None => Arc::new(vcpu_hooks::NoHooks),
         }
     }

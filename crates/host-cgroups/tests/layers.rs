@@ -28,10 +28,12 @@ const LAYERS: &[(&str, u32)] = &[
     ("state", 4),
     // 5: the drivers.
     ("manager", 5),
-    // 6: the controller thread inside the VMM.
-    ("controller", 6),
-    // 7: the entry point.
-    ("sandbox", 7),
+    // 6: what a vCPU thread does in its own hook (placement check or move, pinning).
+    ("selfplace", 6),
+    // 7: the controller thread inside the VMM.
+    ("controller", 7),
+    // 8: the entry point.
+    ("sandbox", 8),
 ];
 
 fn module_of(rel: &Path) -> String {

@@ -1,12 +1,13 @@
 //! Hooks a VMM calls from its vCPU spawn path, so that a cgroup controller
-//! learns each vCPU thread id the moment the thread exists.
+//! places each vCPU thread (and pins it) before the thread runs guest code.
 //!
 //! The vCPU thread reports itself: its first act is [`VcpuHooks::vcpu_started`],
 //! called on its own thread, so the tid comes from `gettid(2)` and nobody has
-//! to poll `/proc/<pid>/task`. The call sends one message over a
-//! `crossbeam-channel` and then waits for the controller's confirmation, so
-//! the thread never enters the guest before it sits in its cgroup. The last
-//! act of the thread, after its run loop ends, is [`VcpuHooks::vcpu_exited`].
+//! to poll `/proc/<pid>/task`. The call returns only once the thread may enter
+//! the guest: `Ok` means it sits in its cgroup (and, where the controller pins
+//! vCPUs, has its CPU affinity); `Err` means it must not run guest code, and the
+//! VMM fails that vCPU's start with the error. The last act of the thread, after
+//! its run loop ends, is [`VcpuHooks::vcpu_exited`].
 //!
 //! # Where the calls go in dragonball
 //!
@@ -27,13 +28,47 @@
 //! in parallel with the spawning of the remaining ones, and no vCPU passes the
 //! barrier (and so reaches `KVM_RUN`) unplaced. The hooks object is an
 //! `Arc<dyn VcpuHooks>` held by the `VcpuManager` and cloned into each thread.
+//! Hotplugged vCPUs are spawned by the same code and take the same path. The
+//! VMM names only [`VcpuHooks`] and [`HookError`]; no channel type.
+//!
+//! # What happens inside `vcpu_started`
+//!
+//! That is the implementation's business; the call site above does not change.
+//! Two implementations exist:
+//!
+//! - **In the thread itself** (`host_cgroups`' controller, the default): the
+//!   controller decides, before any vCPU spawns, where vCPU threads go and
+//!   prepares it. The thread then, in its hook, without waiting for the
+//!   controller:
+//!   - *born placed*: where the target is the cgroup the spawning thread already
+//!     sits in (a thread is born in its creator's cgroups), it reads
+//!     `/proc/thread-self/cgroup` and compares it with what the controller
+//!     expects; no cgroup write happens. A thread found elsewhere gets
+//!     [`HookError::Refused`] with [`PlacementError::WrongCgroup`];
+//!   - *self-placement*: where it must move, it writes the literal `0` into the
+//!     target files the controller opened ahead of time (one `tasks` per cgroup v1
+//!     hierarchy, or the v2 `cgroup.threads`). `0` means "the writing thread":
+//!     the kernel then skips the global threadgroup lock (and the RCU grace
+//!     period its first writer after an idle spell waits for). A failed write
+//!     refuses the start ([`PlacementError::Io`]);
+//!   - *pinning*: when the controller pins vCPUs and the vCPU count matches the
+//!     cpuset, the thread sets its own single-CPU affinity
+//!     (`sched_setaffinity(0, ..)`) before it returns;
+//!   - then it reports what it did (tid, times, outcome) to the controller, which
+//!     records it; the report does not wait for an answer.
+//! - **Over a channel** ([`ChannelReporter`], from [`channel`]): the thread sends
+//!   its tid and waits (bounded) for a controller thread to place it and answer
+//!   with a [`PlacementReply`]. This is how the controller worked before; it stays
+//!   for controllers that must write themselves and as the benchmark's baseline.
 
 #![deny(missing_docs)]
 
 use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, SendError, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 /// What happened to a vCPU thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,19 +91,123 @@ pub enum VcpuEvent {
     },
 }
 
-/// The controller's answer to a `Started` event: `Ok` once the thread is placed.
-pub type PlacementReply = Result<(), String>;
+/// Why a vCPU thread could not be placed (or pinned): the offending file, value or cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PlacementError {
+    /// The thread is not where the controller expects it: in the cgroup v1 hierarchy
+    /// of `hierarchy` (`""` for cgroup v2) `/proc/thread-self/cgroup` lists `found`
+    /// (empty when the hierarchy is not listed at all), not `expected`.
+    WrongCgroup {
+        /// A controller of the hierarchy (`cpu`, `memory`, ...), or `""` on cgroup v2.
+        hierarchy: String,
+        /// The cgroup the controller expects, as `/proc` shows it (`/a/b`).
+        expected: String,
+        /// The cgroup the thread is in.
+        found: String,
+    },
+    /// A cgroup file (or `/proc` file) operation failed.
+    Io {
+        /// What was attempted (`write "0" to`, `write 1234 to`, `read`, ...).
+        op: String,
+        /// The file.
+        path: PathBuf,
+        /// The kernel's errno, when the failure came from the kernel.
+        errno: Option<i32>,
+    },
+    /// The thread could not set its own CPU affinity to `cpu`.
+    Affinity {
+        /// The CPU.
+        cpu: u32,
+        /// The kernel's errno.
+        errno: i32,
+    },
+    /// A controller the placement needs is not available for the cgroup.
+    NoController {
+        /// The controller.
+        controller: String,
+        /// The cgroup.
+        path: PathBuf,
+    },
+    /// The controller failed in a way none of the variants above describes;
+    /// `what` is its own error, rendered.
+    Controller {
+        /// The controller's error.
+        what: String,
+    },
+}
+
+impl fmt::Display for PlacementError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlacementError::WrongCgroup {
+                hierarchy,
+                expected,
+                found,
+            } => {
+                let h = if hierarchy.is_empty() {
+                    "the cgroup v2 hierarchy".to_string()
+                } else {
+                    format!("the {hierarchy} hierarchy")
+                };
+                if found.is_empty() {
+                    write!(
+                        f,
+                        "/proc/thread-self/cgroup does not list {h}; expected {expected}"
+                    )
+                } else {
+                    write!(f, "in {h} the thread is in {found}, not in {expected}")
+                }
+            }
+            PlacementError::Io { op, path, errno } => match errno {
+                Some(e) => write!(
+                    f,
+                    "{op} {}: {}",
+                    path.display(),
+                    std::io::Error::from_raw_os_error(*e)
+                ),
+                None => write!(f, "{op} {}: failed", path.display()),
+            },
+            PlacementError::Affinity { cpu, errno } => write!(
+                f,
+                "setting its own CPU affinity to CPU {cpu}: {}",
+                std::io::Error::from_raw_os_error(*errno)
+            ),
+            PlacementError::NoController { controller, path } => write!(
+                f,
+                "controller {controller} is not available for cgroup {}",
+                path.display()
+            ),
+            PlacementError::Controller { what } => f.write_str(what),
+        }
+    }
+}
+
+impl std::error::Error for PlacementError {}
+
+/// The controller's answer to a `Started` event sent over a [`ChannelReporter`]:
+/// `Ok` once the thread is placed.
+pub type PlacementReply = Result<(), PlacementError>;
 
 /// One message on the hooks channel: an event and, for `Started`, where to confirm it.
 #[derive(Debug)]
 pub struct HookMessage {
     /// The event.
     pub event: VcpuEvent,
-    /// Send the placement outcome here; `None` for events nobody waits on.
-    pub reply: Option<Sender<PlacementReply>>,
+    reply: Option<Sender<PlacementReply>>,
 }
 
 impl HookMessage {
+    /// A message nobody waits on (what `Exited` sends).
+    pub fn new(event: VcpuEvent) -> Self {
+        HookMessage { event, reply: None }
+    }
+
+    /// Whether a vCPU thread waits for [`HookMessage::confirm`] on this message.
+    pub fn awaits_reply(&self) -> bool {
+        self.reply.is_some()
+    }
+
     /// Confirms (or refuses) the event to the waiting vCPU thread, if it still waits.
     pub fn confirm(self, outcome: PlacementReply) {
         if let Some(reply) = self.reply {
@@ -81,16 +220,16 @@ impl HookMessage {
 /// Why a vCPU may not enter the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HookError {
-    /// The controller refused or failed to place the thread.
+    /// The thread could not be placed (or pinned) where the controller decided.
     Refused {
         /// vCPU index.
         index: u32,
         /// Thread id.
         tid: i32,
-        /// The controller's reason.
-        reason: String,
+        /// What went wrong.
+        reason: PlacementError,
     },
-    /// No confirmation arrived within the bound.
+    /// No confirmation arrived within the bound ([`ChannelReporter`] only).
     Timeout {
         /// vCPU index.
         index: u32,
@@ -99,7 +238,7 @@ pub enum HookError {
         /// The bound that passed.
         waited: Duration,
     },
-    /// The controller is gone (its receiver was dropped).
+    /// The controller is gone.
     Disconnected {
         /// vCPU index.
         index: u32,
@@ -127,7 +266,14 @@ impl fmt::Display for HookError {
     }
 }
 
-impl std::error::Error for HookError {}
+impl std::error::Error for HookError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            HookError::Refused { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+}
 
 /// What a VMM calls from each vCPU thread.
 pub trait VcpuHooks: Send + Sync {
@@ -148,24 +294,84 @@ impl VcpuHooks for NoHooks {
     fn vcpu_exited(&self, _index: u32) {}
 }
 
+/// Where a [`ChannelReporter`] delivers its messages: returns the message back when the
+/// receiving side is gone.
+pub type Sink = Arc<dyn Fn(HookMessage) -> Result<(), HookMessage> + Send + Sync>;
+
 /// Hooks that report over a channel and wait a bounded time for placement.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ChannelReporter {
-    tx: Sender<HookMessage>,
+    sink: Sink,
     timeout: Duration,
+}
+
+impl fmt::Debug for ChannelReporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelReporter")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Default bound on waiting for placement: generous, since an idle cgroup core
 /// may first wait one RCU grace period, and a loaded host is slower still.
 pub const DEFAULT_PLACEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The controller's end of [`channel`]: the messages of every reporter cloned from it.
+#[derive(Debug)]
+pub struct HookReceiver {
+    rx: Receiver<HookMessage>,
+}
+
+impl HookReceiver {
+    /// The next message; `None` once every reporter is gone and the queue is empty.
+    pub fn recv(&self) -> Option<HookMessage> {
+        self.rx.recv().ok()
+    }
+
+    /// The next message, waiting at most `timeout`; `None` when none came.
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<HookMessage> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+
+    /// A queued message, without waiting.
+    pub fn try_recv(&self) -> Option<HookMessage> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// The messages of a [`HookReceiver`], until every reporter is gone.
+#[derive(Debug)]
+pub struct HookMessages(HookReceiver);
+
+impl Iterator for HookMessages {
+    type Item = HookMessage;
+    fn next(&mut self) -> Option<HookMessage> {
+        self.0.recv()
+    }
+}
+
+impl IntoIterator for HookReceiver {
+    type Item = HookMessage;
+    type IntoIter = HookMessages;
+    fn into_iter(self) -> HookMessages {
+        HookMessages(self)
+    }
+}
+
 /// A reporter and the receiving end the controller reads.
-pub fn channel(timeout: Duration) -> (ChannelReporter, Receiver<HookMessage>) {
+pub fn channel(timeout: Duration) -> (ChannelReporter, HookReceiver) {
     let (tx, rx) = crossbeam_channel::unbounded();
-    (ChannelReporter { tx, timeout }, rx)
+    let sink: Sink = Arc::new(move |m| tx.send(m).map_err(|e| e.into_inner()));
+    (ChannelReporter { sink, timeout }, HookReceiver { rx })
 }
 
 impl ChannelReporter {
+    /// A reporter that hands its messages to `sink` (e.g. a controller's own command queue).
+    pub fn with_sink(sink: Sink, timeout: Duration) -> Self {
+        ChannelReporter { sink, timeout }
+    }
+
     /// The bound on waiting for a placement confirmation.
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -181,7 +387,7 @@ impl VcpuHooks for ChannelReporter {
             event: VcpuEvent::Started { index, tid, at },
             reply: Some(reply_tx),
         };
-        if let Err(SendError(_)) = self.tx.send(msg) {
+        if (self.sink)(msg).is_err() {
             return Err(HookError::Disconnected { index, tid });
         }
         match reply_rx.recv_timeout(self.timeout) {
@@ -197,15 +403,12 @@ impl VcpuHooks for ChannelReporter {
     }
 
     fn vcpu_exited(&self, index: u32) {
-        let msg = HookMessage {
-            event: VcpuEvent::Exited {
-                index,
-                tid: gettid(),
-            },
-            reply: None,
-        };
+        let msg = HookMessage::new(VcpuEvent::Exited {
+            index,
+            tid: gettid(),
+        });
         // A controller that is already gone has nothing left to record.
-        let _ = self.tx.send(msg);
+        let _ = (self.sink)(msg);
     }
 }
 
@@ -247,7 +450,12 @@ mod tests {
         let (hooks, rx) = channel(Duration::from_secs(5));
         let h2 = hooks.clone();
         let t = thread::spawn(move || h2.vcpu_started(0));
-        rx.recv().unwrap().confirm(Err("no cgroup".into()));
+        rx.recv()
+            .unwrap()
+            .confirm(Err(PlacementError::NoController {
+                controller: "cpu".into(),
+                path: "sb".into(),
+            }));
         assert!(matches!(t.join().unwrap(), Err(HookError::Refused { .. })));
         drop(rx);
         assert!(matches!(
@@ -271,7 +479,7 @@ mod tests {
         hooks.vcpu_exited(2);
         let msg = rx.recv().unwrap();
         assert!(matches!(msg.event, VcpuEvent::Exited { index: 2, .. }));
-        assert!(msg.reply.is_none());
+        assert!(!msg.awaits_reply());
         NoHooks.vcpu_exited(0);
         assert_eq!(NoHooks.vcpu_started(0), Ok(()));
     }

@@ -14,6 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Write as _};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use oci_spec::runtime::LinuxResources;
@@ -31,6 +32,23 @@ const RMDIR_RETRY: Duration = Duration::from_secs(3);
 const CREATE_ATTEMPTS: usize = 10;
 /// Lock serialising the removal of shared parents against creation below them.
 pub const TREE_LOCK: &str = "/run/host-cgroups/tree.lock";
+
+/// Writes of a pid, a tid or `0` to a `tasks`, `cgroup.procs` or `cgroup.threads` file
+/// made by this process through the library (the manager's and the vCPU hooks').
+static MIGRATION_WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// How many task migration writes (`tasks`, `cgroup.procs`, `cgroup.threads`) this
+/// process has made through the library since it started: one per file written, so
+/// placing one thread in the 8 hierarchies of a cgroup v1 host counts 8. Tests and
+/// benchmarks read it before and after an operation to count its writes.
+pub fn migration_writes() -> u64 {
+    MIGRATION_WRITES.load(Ordering::Relaxed)
+}
+
+/// Adds `n` to [`migration_writes`].
+pub(crate) fn count_migration_writes(n: u64) {
+    MIGRATION_WRITES.fetch_add(n, Ordering::Relaxed);
+}
 
 /// One hierarchy the cgroup spans: its mount point and the controllers on it.
 #[derive(Debug)]
@@ -263,6 +281,7 @@ impl FsManager {
         for h in &self.hiers {
             let path = h.dir(&self.relative).join(file);
             failpoint::hit("fs-write").map_err(|e| injected(&path, e))?;
+            count_migration_writes(1);
             let r = OpenOptions::new()
                 .write(true)
                 .open(&path)
@@ -310,6 +329,7 @@ impl FsManager {
         if procs.contains(&me) {
             match self.version {
                 CgroupVersion::V2 => {
+                    count_migration_writes(1);
                     write_file(&home.join("cgroup.procs"), &me.to_string())?;
                 }
                 CgroupVersion::V1 => {
@@ -322,6 +342,7 @@ impl FsManager {
                     // Threads, not the process: other threads may sit elsewhere by design.
                     for tid in read_ids(&dir.join("tasks"))? {
                         if own.contains(&tid) {
+                            count_migration_writes(1);
                             let r = write_file(&home.join("tasks"), &tid.to_string());
                             if let Err(e) = r {
                                 if !matches!(e, CgroupError::Io { ref source, .. } if source.raw_os_error() == Some(libc::ESRCH))
@@ -677,6 +698,7 @@ impl Manager for FsManager {
                 h.tasks = Some(f);
             }
             // cgroupfs takes each write(2) as one request, whatever the offset.
+            count_migration_writes(1);
             let r = match h.tasks.as_ref() {
                 Some(mut f) => f.write(value.as_bytes()).map(|_| ()),
                 None => Ok(()),

@@ -64,7 +64,6 @@ fn unsupported(field: impl Into<String>, reason: impl Into<String>) -> ResourceE
     }
 }
 
-
 /// One cgroupfs write: `value` into `file` of `controller`'s cgroup directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Write {
