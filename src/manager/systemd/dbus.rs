@@ -134,11 +134,12 @@ pub struct StopResult {
 
 /// The signal streams of one unit, kept for the connection's lifetime: `JobRemoved` and
 /// `UnitRemoved` filtered by the bus on the unit's name, so each operation costs no
-/// `AddMatch`/`RemoveMatch` round trip.
+/// `AddMatch`/`RemoveMatch` round trip. `removed` is matched while the first job runs
+/// (or before the first stop), off the connection set-up's critical path.
 struct Watch {
     unit: String,
     jobs: MessageStream,
-    removed: MessageStream,
+    removed: Option<MessageStream>,
 }
 
 /// One connection to systemd on the system bus, kept for the manager's lifetime.
@@ -223,14 +224,11 @@ fn open(
         let Some(unit) = unit else {
             return Ok(None);
         };
-        // zbus sends the two AddMatch calls one after the other.
         let jobs = MessageStream::for_match_rule(job_rule(unit)?, c, Some(JOB_QUEUE)).await?;
-        let removed =
-            MessageStream::for_match_rule(removed_rule(unit)?, c, Some(JOB_QUEUE)).await?;
         Ok::<_, zbus::Error>(Some(Watch {
             unit: unit.to_string(),
             jobs,
-            removed,
+            removed: None,
         }))
     };
     let (sub, (version, watch)) = async_io::block_on(futures_lite::future::zip(
@@ -262,24 +260,6 @@ fn drain(stream: &mut MessageStream) -> usize {
         n += 1;
     }
     n
-}
-
-/// The next message of `stream` before `deadline`: `Ok(None)` when the deadline passed.
-fn next_before(stream: &mut MessageStream, deadline: Instant) -> Result<Option<Message>, BusError> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    let next = async_io::block_on(futures_lite::future::or(
-        async { Some(stream.next().await) },
-        async {
-            async_io::Timer::after(left).await;
-            None
-        },
-    ));
-    match next {
-        None => Ok(None),
-        Some(None) => Err(BusError::other("the bus connection closed")),
-        Some(Some(Err(e))) => Err(e.into()),
-        Some(Some(Ok(m))) => Ok(Some(m)),
-    }
 }
 
 /// `(job, result)` of a `JobRemoved` signal.
@@ -324,8 +304,16 @@ impl Bus {
 
     fn reopen(&mut self) -> Result<(), BusError> {
         warn!("the system bus connection closed; reopening it once");
+        let had_removed = self.watch.as_ref().is_some_and(|w| w.removed.is_some());
         self.watch = None;
-        let (conn, watch, _) = open(self.timeout, self.unit.as_deref())?;
+        let (conn, mut watch, _) = open(self.timeout, self.unit.as_deref())?;
+        if let (Some(w), true) = (watch.as_mut(), had_removed) {
+            w.removed = Some(async_io::block_on(MessageStream::for_match_rule(
+                removed_rule(&w.unit)?,
+                conn.inner(),
+                Some(JOB_QUEUE),
+            ))?);
+        }
         self.conn = conn;
         self.watch = watch;
         Ok(())
@@ -380,25 +368,23 @@ impl Bus {
             self.unit = Some(unit.to_string());
             let t0 = Instant::now();
             let c = self.conn.inner();
-            let (jobs, removed) = async_io::block_on(async {
-                let jobs =
-                    MessageStream::for_match_rule(job_rule(unit)?, c, Some(JOB_QUEUE)).await?;
-                let removed =
-                    MessageStream::for_match_rule(removed_rule(unit)?, c, Some(JOB_QUEUE)).await?;
-                Ok::<_, zbus::Error>((jobs, removed))
-            })?;
+            let jobs = async_io::block_on(MessageStream::for_match_rule(
+                job_rule(unit)?,
+                c,
+                Some(JOB_QUEUE),
+            ))?;
             debug!(unit, us = us(t0), "signals matched");
             self.watch = Some(Watch {
                 unit: unit.to_string(),
                 jobs,
-                removed,
+                removed: None,
             });
         }
         let w = self
             .watch
             .as_mut()
             .ok_or_else(|| BusError::other("no signal match"))?;
-        let stale = drain(&mut w.jobs) + drain(&mut w.removed);
+        let stale = drain(&mut w.jobs) + w.removed.as_mut().map_or(0, drain);
         if stale > 0 {
             debug!(unit, stale, "dropped signals of earlier operations");
         }
@@ -425,43 +411,6 @@ impl Bus {
         Ok((job, reply.recv_position()))
     }
 
-    fn wait_job(
-        &mut self,
-        method: &str,
-        job: &OwnedObjectPath,
-        t0: Instant,
-    ) -> Result<JobResult, BusError> {
-        let deadline = t0 + self.timeout;
-        let timeout = self.timeout;
-        let w = self
-            .watch
-            .as_mut()
-            .ok_or_else(|| BusError::other("no signal match"))?;
-        loop {
-            let msg = next_before(&mut w.jobs, deadline)
-                .map_err(|e| {
-                    BusError::other(format!("{method}: waiting for job {}: {e}", job.as_str()))
-                })?
-                .ok_or_else(|| {
-                    BusError::other(format!(
-                        "{method}: job {} did not finish within {} s",
-                        job.as_str(),
-                        timeout.as_secs_f64()
-                    ))
-                })?;
-            let Some((path, result)) = job_removed(&msg) else {
-                continue;
-            };
-            debug!(unit = %w.unit, method, job = %path.as_str(), %result, us = us(t0), "JobRemoved");
-            if &path == job {
-                return Ok(JobResult {
-                    job: job.as_str().to_string(),
-                    result,
-                });
-            }
-        }
-    }
-
     /// Calls a Manager method that returns a job, and waits for that job's `JobRemoved`.
     ///
     /// The signal match is in place before the call (added once per connection), so a job
@@ -473,7 +422,71 @@ impl Bus {
         let t0 = Instant::now();
         let (job, _) = self.queue_job(unit, method, body)?;
         debug!(unit, method, job = %job.as_str(), us = us(t0), "job queued");
-        self.wait_job(method, &job, t0)
+        let deadline = t0 + self.timeout;
+        let timeout = self.timeout;
+        let c = self.conn.inner();
+        let w = self
+            .watch
+            .as_mut()
+            .ok_or_else(|| BusError::other("no signal match"))?;
+        let wait = async {
+            loop {
+                let next = futures_lite::future::or(async { Some(w.jobs.next().await) }, async {
+                    async_io::Timer::after(deadline.saturating_duration_since(Instant::now()))
+                        .await;
+                    None
+                })
+                .await;
+                let msg = match next {
+                    None => {
+                        return Err(BusError::other(format!(
+                            "{method}: job {} did not finish within {} s",
+                            job.as_str(),
+                            timeout.as_secs_f64()
+                        )))
+                    }
+                    Some(None) => {
+                        return Err(BusError::other(format!(
+                            "{method}: the bus connection closed while waiting for job {}",
+                            job.as_str()
+                        )))
+                    }
+                    Some(Some(Err(e))) => return Err(e.into()),
+                    Some(Some(Ok(m))) => m,
+                };
+                let Some((path, result)) = job_removed(&msg) else {
+                    continue;
+                };
+                debug!(unit, method, job = %path.as_str(), %result, us = us(t0), "JobRemoved");
+                if path == job {
+                    return Ok(JobResult {
+                        job: job.as_str().to_string(),
+                        result,
+                    });
+                }
+            }
+        };
+        // The UnitRemoved match for a later stop costs a round trip: send it while
+        // systemd runs the job.
+        let need = w.removed.is_none();
+        let add = async {
+            if !need {
+                return None;
+            }
+            let rule = match removed_rule(unit) {
+                Ok(r) => r,
+                Err(e) => return Some(Err(e)),
+            };
+            Some(MessageStream::for_match_rule(rule, c, Some(JOB_QUEUE)).await)
+        };
+        let (result, removed) = async_io::block_on(futures_lite::future::zip(wait, add));
+        match removed {
+            Some(Ok(stream)) => w.removed = Some(stream),
+            // Tried again before the first stop.
+            Some(Err(e)) => debug!(unit, error = %e, "UnitRemoved match not added"),
+            None => {}
+        }
+        result
     }
 
     /// `StopUnit(unit, "replace")`, waits for its job, then for systemd to unload the unit.
@@ -489,6 +502,18 @@ impl Bus {
     pub fn stop_unit(&mut self, unit: &str) -> Result<StopResult, BusError> {
         let method = "StopUnit";
         let t0 = Instant::now();
+        self.watch(unit)?;
+        if self.watch.as_ref().is_some_and(|w| w.removed.is_none()) {
+            let c = self.conn.inner();
+            let stream = async_io::block_on(MessageStream::for_match_rule(
+                removed_rule(unit)?,
+                c,
+                Some(JOB_QUEUE),
+            ))?;
+            if let Some(w) = self.watch.as_mut() {
+                w.removed = Some(stream);
+            }
+        }
         let (job, after) = self.queue_job(unit, method, &(unit, "replace"))?;
         debug!(unit, method, job = %job.as_str(), us = us(t0), "job queued");
         let deadline = t0 + self.timeout;
@@ -497,13 +522,17 @@ impl Bus {
             .watch
             .as_mut()
             .ok_or_else(|| BusError::other("no signal match"))?;
+        let (jobs, removed) = match w.removed.as_mut() {
+            Some(r) => (&mut w.jobs, r),
+            None => return Err(BusError::other("no UnitRemoved match")),
+        };
         let is_ours = |m: &Message| m.recv_position() > after;
         let mut gone = false;
         // The job, noting an UnitRemoved that comes first.
         let job = loop {
             let next = async_io::block_on(futures_lite::future::or(
-                async { Some((true, w.jobs.next().await)) },
-                futures_lite::future::or(async { Some((false, w.removed.next().await)) }, async {
+                async { Some((true, jobs.next().await)) },
+                futures_lite::future::or(async { Some((false, removed.next().await)) }, async {
                     async_io::Timer::after(deadline.saturating_duration_since(Instant::now()))
                         .await;
                     None
@@ -555,8 +584,11 @@ impl Bus {
         let outcome = async_io::block_on(futures_lite::future::or(
             async {
                 loop {
-                    match w.removed.next().await {
-                        Some(Ok(m)) if is_ours(&m) => return Ok(true),
+                    match removed.next().await {
+                        Some(Ok(m)) if is_ours(&m) => {
+                            debug!(unit, us = us(t0), "UnitRemoved");
+                            return Ok(true);
+                        }
                         Some(Ok(_)) => continue,
                         Some(Err(e)) => return Err(BusError::from(e)),
                         None => return Err(BusError::other("the bus connection closed")),
@@ -568,10 +600,14 @@ impl Bus {
                     .call_method(Some(DEST), PATH, Some(MANAGER), "GetUnit", &(unit,))
                     .await
                 {
-                    Ok(_) => Ok(false),
+                    Ok(_) => {
+                        debug!(unit, us = us(t0), "GetUnit: still loaded");
+                        Ok(false)
+                    }
                     Err(e) => {
                         let e = BusError::from(e);
                         if e.is(NO_SUCH_UNIT) {
+                            debug!(unit, us = us(t0), "GetUnit: NoSuchUnit");
                             Ok(true)
                         } else {
                             Err(e)
