@@ -1,6 +1,7 @@
 //! `bench systemd`: round trips to systemd for one sandbox, three ways in one
 //! run: this project's systemd driver (through the `Manager` trait),
-//! `systemd-run --scope`, and `cgroups-rs`'s `SystemdManager`.
+//! `systemd-run --scope` + `systemctl set-property --runtime` + `systemctl stop`,
+//! and `cgroups-rs`'s `SystemdManager`.
 //!
 //! One round trip: start a transient scope holding a process (a `sleep` this
 //! bench started) and return only once that process is really in the unit's
@@ -292,11 +293,23 @@ pub fn run(args: &SystemdArgs) -> Result<(), BenchError> {
     ]);
     let mut results = Vec::new();
     let mut series = Vec::new();
-    let start_p50 = |i: Impl| {
+    // p50 of one step (0 start, 1 set, 2 stop, 3 the whole round trip) of `i`.
+    let p50 = |i: Impl, step: usize| {
         steps
             .iter()
             .find(|(w, _, _)| *w == i)
-            .map(|(_, s, _)| Summary::of(&s.iter().map(|x| x.0).collect::<Vec<_>>()).p50)
+            .map(|(_, s, _)| {
+                let v: Vec<f64> = s
+                    .iter()
+                    .map(|x| match step {
+                        0 => x.0,
+                        1 => x.1,
+                        2 => x.2,
+                        _ => x.0 + x.1 + x.2,
+                    })
+                    .collect();
+                Summary::of(&v).p50
+            })
             .unwrap_or(0.0)
     };
     for (which, got, failed) in &steps {
@@ -334,17 +347,25 @@ pub fn run(args: &SystemdArgs) -> Result<(), BenchError> {
             "error": failed,
         }));
     }
-    let vs_run = ratio(start_p50(Impl::Project), start_p50(Impl::SystemdRun));
+    let vs = |step: usize| ratio(p50(Impl::Project, step), p50(Impl::SystemdRun, step));
+    let (vs_run, vs_set, vs_stop, vs_total) = (vs(0), vs(1), vs(2), vs(3));
+    let within = |r: f64, bound: f64| super::placement::yes_no(r > 0.0 && r <= bound);
     let markdown = format!(
         "## systemd round trips (cgroup v{}, systemd driver)\n\n\
          Command: `host-cgroups bench systemd` ({elapsed:.0} s)\n\n{}\n\
          Start = from the call until the process is in the unit's cgroup (read from /proc); set = a CPU \
          quota of 50 %; stop = the unit stopped.\n\n{}\n\
-         Target: start no slower than `systemd-run --scope`: {} ({vs_run:.2}× its p50).\n",
+         Targets (p50 against systemd's own tools in this run): start no slower than \
+         `systemd-run --scope`: {} ({vs_run:.2}×); set no slower than `systemctl set-property \
+         --runtime`: {} ({vs_set:.2}×); stop no slower than `systemctl stop`: {} ({vs_stop:.2}×); \
+         round trip at most 0.5× theirs: {} ({vs_total:.2}×).\n",
         layout.version().number(),
         report::load_note(load_start, load_end),
         t.markdown(),
-        super::placement::yes_no(vs_run > 0.0 && vs_run <= 1.0),
+        within(vs_run, 1.0),
+        within(vs_set, 1.0),
+        within(vs_stop, 1.0),
+        within(vs_total, 0.5),
     );
     let json: Value = json!({
         "bench": "systemd",
@@ -356,6 +377,9 @@ pub fn run(args: &SystemdArgs) -> Result<(), BenchError> {
         "elapsed_s": round3(elapsed),
         "results": results,
         "start_vs_systemd_run_p50": round3(vs_run),
+        "set_vs_systemctl_set_property_p50": round3(vs_set),
+        "stop_vs_systemctl_stop_p50": round3(vs_stop),
+        "round_trip_vs_systemd_tools_p50": round3(vs_total),
     });
     let svg = cdf_svg(
         "systemd: transient scope start until the process is in the cgroup",

@@ -123,10 +123,32 @@ pub struct JobResult {
     pub result: String,
 }
 
+/// How a stop ended: the job's result, and whether systemd has unloaded the unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopResult {
+    /// The stop job and its `JobRemoved` result.
+    pub job: JobResult,
+    /// systemd unloaded the unit (`UnitRemoved`, or `GetUnit` answered `NoSuchUnit`).
+    pub gone: bool,
+}
+
+/// The signal streams of one unit, kept for the connection's lifetime: `JobRemoved` and
+/// `UnitRemoved` filtered by the bus on the unit's name, so each operation costs no
+/// `AddMatch`/`RemoveMatch` round trip. `removed` is matched while the first job runs
+/// (or before the first stop), off the connection set-up's critical path.
+struct Watch {
+    unit: String,
+    jobs: MessageStream,
+    removed: Option<MessageStream>,
+}
+
 /// One connection to systemd on the system bus, kept for the manager's lifetime.
 pub struct Bus {
     conn: Connection,
     timeout: Duration,
+    /// The unit whose signals are watched (`connect_watching`), re-watched after a reopen.
+    unit: Option<String>,
+    watch: Option<Watch>,
     /// systemd's `Version` property as given.
     pub version_string: String,
     /// Its leading number, when it parses.
@@ -137,18 +159,86 @@ impl fmt::Debug for Bus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Bus")
             .field("timeout", &self.timeout)
+            .field("unit", &self.unit)
             .field("version", &self.version_string)
             .finish()
     }
 }
 
-fn open(timeout: Duration) -> Result<Connection, zbus::Error> {
+fn us(t: Instant) -> u64 {
+    t.elapsed().as_micros() as u64
+}
+
+/// `JobRemoved(u id, o job, s unit, s result)` of `unit` (the bus filters on `arg2`).
+fn job_rule(unit: &str) -> Result<MatchRule<'_>, zbus::Error> {
+    Ok(MatchRule::builder()
+        .msg_type(Type::Signal)
+        .sender(DEST)?
+        .interface(MANAGER)?
+        .member("JobRemoved")?
+        .path(PATH)?
+        .arg(2, unit)?
+        .build())
+}
+
+/// `UnitRemoved(s unit, o path)` of `unit` (the bus filters on `arg0`).
+fn removed_rule(unit: &str) -> Result<MatchRule<'_>, zbus::Error> {
+    Ok(MatchRule::builder()
+        .msg_type(Type::Signal)
+        .sender(DEST)?
+        .interface(MANAGER)?
+        .member("UnitRemoved")?
+        .path(PATH)?
+        .arg(0, unit)?
+        .build())
+}
+
+/// Opens the connection and, in parallel (one round trip instead of three or four):
+/// `Subscribe()` (without it systemd may not emit the signals to us), the `Version`
+/// property, and the unit's signal matches when `unit` is given.
+fn open(
+    timeout: Duration,
+    unit: Option<&str>,
+) -> Result<(Connection, Option<Watch>, String), zbus::Error> {
+    let t0 = Instant::now();
     let conn = zbus::blocking::connection::Builder::system()?
         .method_timeout(timeout)
         .build()?;
-    // Without a subscription systemd may not emit JobRemoved to us.
-    conn.call_method(Some(DEST), PATH, Some(MANAGER), "Subscribe", &())?;
-    Ok(conn)
+    debug!(us = us(t0), "bus connection open");
+    let c = conn.inner();
+    let subscribe = c.call_method(Some(DEST), PATH, Some(MANAGER), "Subscribe", &());
+    let version = async {
+        let reply = c
+            .call_method(
+                Some(DEST),
+                PATH,
+                Some(PROPERTIES),
+                "Get",
+                &(MANAGER, "Version"),
+            )
+            .await?;
+        let v: OwnedValue = reply.body().deserialize()?;
+        String::try_from(v).map_err(zbus::Error::from)
+    };
+    let watch = async {
+        let Some(unit) = unit else {
+            return Ok(None);
+        };
+        let jobs = MessageStream::for_match_rule(job_rule(unit)?, c, Some(JOB_QUEUE)).await?;
+        Ok::<_, zbus::Error>(Some(Watch {
+            unit: unit.to_string(),
+            jobs,
+            removed: None,
+        }))
+    };
+    let (sub, (version, watch)) = async_io::block_on(futures_lite::future::zip(
+        subscribe,
+        futures_lite::future::zip(version, watch),
+    ));
+    sub?;
+    let (version, watch) = (version?, watch?);
+    debug!(us = us(t0), "subscribed, version read, signals matched");
+    Ok((conn, watch, version))
 }
 
 fn get_property(
@@ -161,17 +251,47 @@ fn get_property(
     reply.body().deserialize::<OwnedValue>()
 }
 
+/// Takes every message already queued on `stream`, without waiting.
+fn drain(stream: &mut MessageStream) -> usize {
+    let mut n = 0;
+    while let Some(Some(_)) =
+        futures_lite::future::block_on(futures_lite::future::poll_once(stream.next()))
+    {
+        n += 1;
+    }
+    n
+}
+
+/// `(job, result)` of a `JobRemoved` signal.
+fn job_removed(msg: &Message) -> Option<(OwnedObjectPath, String)> {
+    msg.body()
+        .deserialize::<(u32, OwnedObjectPath, String, String)>()
+        .ok()
+        .map(|(_, job, _, result)| (job, result))
+}
+
 impl Bus {
     /// Connects to the system bus, subscribes to systemd's signals and reads its version.
     pub fn connect(timeout: Duration) -> Result<Self, BusError> {
-        let conn = open(timeout)?;
-        let version_string: String = get_property(&conn, PATH, MANAGER, "Version")
-            .and_then(|v| String::try_from(v).map_err(zbus::Error::from))?;
+        Self::open_bus(timeout, None)
+    }
+
+    /// [`Bus::connect`], and also matches `unit`'s `JobRemoved` and `UnitRemoved` signals
+    /// once for the connection's lifetime ([`Bus::run_job`], [`Bus::stop_unit`]).
+    pub fn connect_watching(timeout: Duration, unit: &str) -> Result<Self, BusError> {
+        Self::open_bus(timeout, Some(unit))
+    }
+
+    fn open_bus(timeout: Duration, unit: Option<&str>) -> Result<Self, BusError> {
+        let t0 = Instant::now();
+        let (conn, watch, version_string) = open(timeout, unit)?;
         let version = parse_version(&version_string);
-        debug!(version = %version_string, "connected to systemd");
+        debug!(version = %version_string, us = us(t0), "connected to systemd");
         Ok(Bus {
             conn,
             timeout,
+            unit: unit.map(str::to_string),
+            watch,
             version_string,
             version,
         })
@@ -184,7 +304,18 @@ impl Bus {
 
     fn reopen(&mut self) -> Result<(), BusError> {
         warn!("the system bus connection closed; reopening it once");
-        self.conn = open(self.timeout)?;
+        let had_removed = self.watch.as_ref().is_some_and(|w| w.removed.is_some());
+        self.watch = None;
+        let (conn, mut watch, _) = open(self.timeout, self.unit.as_deref())?;
+        if let (Some(w), true) = (watch.as_mut(), had_removed) {
+            w.removed = Some(async_io::block_on(MessageStream::for_match_rule(
+                removed_rule(&w.unit)?,
+                conn.inner(),
+                Some(JOB_QUEUE),
+            ))?);
+        }
+        self.conn = conn;
+        self.watch = watch;
         Ok(())
     }
 
@@ -221,51 +352,193 @@ impl Bus {
     where
         B: Serialize + DynamicType,
     {
-        self.retrying(method, |c| {
+        let t0 = Instant::now();
+        let r = self.retrying(method, |c| {
             c.call_method(Some(DEST), PATH, Some(MANAGER), method, body)
-        })
+        });
+        debug!(method, ok = r.is_ok(), us = us(t0), "call");
+        r
+    }
+
+    /// The watch of `unit`, matched now when the connection has none (or one of another
+    /// unit); signals left from earlier operations are dropped.
+    fn watch(&mut self, unit: &str) -> Result<&mut Watch, BusError> {
+        if self.watch.as_ref().is_none_or(|w| w.unit != unit) {
+            self.watch = None;
+            self.unit = Some(unit.to_string());
+            let t0 = Instant::now();
+            let c = self.conn.inner();
+            let jobs = async_io::block_on(MessageStream::for_match_rule(
+                job_rule(unit)?,
+                c,
+                Some(JOB_QUEUE),
+            ))?;
+            debug!(unit, us = us(t0), "signals matched");
+            self.watch = Some(Watch {
+                unit: unit.to_string(),
+                jobs,
+                removed: None,
+            });
+        }
+        let w = self
+            .watch
+            .as_mut()
+            .ok_or_else(|| BusError::other("no signal match"))?;
+        let stale = drain(&mut w.jobs) + w.removed.as_mut().map_or(0, drain);
+        if stale > 0 {
+            debug!(unit, stale, "dropped signals of earlier operations");
+        }
+        Ok(w)
+    }
+
+    /// Sends `method` (a Manager method that returns a job) with the unit's signals
+    /// matched, and returns the job and the reply's position in the received stream.
+    fn queue_job<B>(
+        &mut self,
+        unit: &str,
+        method: &str,
+        body: &B,
+    ) -> Result<(OwnedObjectPath, zbus::message::Sequence), BusError>
+    where
+        B: Serialize + DynamicType,
+    {
+        // The match is in place before the call, so a job that ends at once is not missed.
+        self.watch(unit)?;
+        let reply = self.call(method, body)?;
+        // A reopen inside `call` matched the unit's signals on the new connection before
+        // the call was sent again there.
+        let job: OwnedObjectPath = reply.body().deserialize().map_err(BusError::from)?;
+        Ok((job, reply.recv_position()))
     }
 
     /// Calls a Manager method that returns a job, and waits for that job's `JobRemoved`.
     ///
-    /// The signal match is added before the call, so a job that finishes at once is
-    /// not missed; the wait is bounded by the timeout.
+    /// The signal match is in place before the call (added once per connection), so a job
+    /// that finishes at once is not missed; the wait is bounded by the timeout.
     pub fn run_job<B>(&mut self, unit: &str, method: &str, body: &B) -> Result<JobResult, BusError>
     where
         B: Serialize + DynamicType,
     {
+        let t0 = Instant::now();
+        let (job, _) = self.queue_job(unit, method, body)?;
+        debug!(unit, method, job = %job.as_str(), us = us(t0), "job queued");
+        let deadline = t0 + self.timeout;
         let timeout = self.timeout;
-        let (mut stream, job) = self.retrying(method, |c| {
-            let rule = MatchRule::builder()
-                .msg_type(Type::Signal)
-                .sender(DEST)?
-                .interface(MANAGER)?
-                .member("JobRemoved")?
-                .path(PATH)?
-                // JobRemoved(u id, o job, s unit, s result): let the bus filter on the unit.
-                .arg(2, unit)?
-                .build();
+        let c = self.conn.inner();
+        let w = self
+            .watch
+            .as_mut()
+            .ok_or_else(|| BusError::other("no signal match"))?;
+        let wait = async {
+            loop {
+                let next = futures_lite::future::or(async { Some(w.jobs.next().await) }, async {
+                    async_io::Timer::after(deadline.saturating_duration_since(Instant::now()))
+                        .await;
+                    None
+                })
+                .await;
+                let msg = match next {
+                    None => {
+                        return Err(BusError::other(format!(
+                            "{method}: job {} did not finish within {} s",
+                            job.as_str(),
+                            timeout.as_secs_f64()
+                        )))
+                    }
+                    Some(None) => {
+                        return Err(BusError::other(format!(
+                            "{method}: the bus connection closed while waiting for job {}",
+                            job.as_str()
+                        )))
+                    }
+                    Some(Some(Err(e))) => return Err(e.into()),
+                    Some(Some(Ok(m))) => m,
+                };
+                let Some((path, result)) = job_removed(&msg) else {
+                    continue;
+                };
+                debug!(unit, method, job = %path.as_str(), %result, us = us(t0), "JobRemoved");
+                if path == job {
+                    return Ok(JobResult {
+                        job: job.as_str().to_string(),
+                        result,
+                    });
+                }
+            }
+        };
+        // The UnitRemoved match for a later stop costs a round trip: send it while
+        // systemd runs the job.
+        let need = w.removed.is_none();
+        let add = async {
+            if !need {
+                return None;
+            }
+            let rule = match removed_rule(unit) {
+                Ok(r) => r,
+                Err(e) => return Some(Err(e)),
+            };
+            Some(MessageStream::for_match_rule(rule, c, Some(JOB_QUEUE)).await)
+        };
+        let (result, removed) = async_io::block_on(futures_lite::future::zip(wait, add));
+        match removed {
+            Some(Ok(stream)) => w.removed = Some(stream),
+            // Tried again before the first stop.
+            Some(Err(e)) => debug!(unit, error = %e, "UnitRemoved match not added"),
+            None => {}
+        }
+        result
+    }
+
+    /// `StopUnit(unit, "replace")`, waits for its job, then for systemd to unload the unit.
+    ///
+    /// systemd sends `JobRemoved` when the unit is inactive (its cgroup already pruned) and
+    /// `UnitRemoved` when it unloads it, which it does before it handles any further
+    /// request, but after other work it may have queued (on cgroup v2, re-realising the
+    /// parent slice's controllers). So after a `done` job this waits for whichever comes
+    /// first: `UnitRemoved`, or the answer to `GetUnit` (`NoSuchUnit`: gone; a path: the
+    /// unit stays loaded, `gone` is false). `UnitRemoved` is only counted when received
+    /// after the `StopUnit` reply. `NoSuchUnit` from `StopUnit` is returned as an error for
+    /// the caller to treat as "nothing to stop".
+    pub fn stop_unit(&mut self, unit: &str) -> Result<StopResult, BusError> {
+        let method = "StopUnit";
+        let t0 = Instant::now();
+        self.watch(unit)?;
+        if self.watch.as_ref().is_some_and(|w| w.removed.is_none()) {
+            let c = self.conn.inner();
             let stream = async_io::block_on(MessageStream::for_match_rule(
-                rule,
-                c.inner(),
+                removed_rule(unit)?,
+                c,
                 Some(JOB_QUEUE),
             ))?;
-            let reply = c.call_method(Some(DEST), PATH, Some(MANAGER), method, body)?;
-            let job: OwnedObjectPath = reply.body().deserialize()?;
-            Ok((stream, job))
-        })?;
-        debug!(unit, method, job = %job.as_str(), "waiting for job");
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            if let Some(w) = self.watch.as_mut() {
+                w.removed = Some(stream);
+            }
+        }
+        let (job, after) = self.queue_job(unit, method, &(unit, "replace"))?;
+        debug!(unit, method, job = %job.as_str(), us = us(t0), "job queued");
+        let deadline = t0 + self.timeout;
+        let timeout = self.timeout;
+        let w = self
+            .watch
+            .as_mut()
+            .ok_or_else(|| BusError::other("no signal match"))?;
+        let (jobs, removed) = match w.removed.as_mut() {
+            Some(r) => (&mut w.jobs, r),
+            None => return Err(BusError::other("no UnitRemoved match")),
+        };
+        let is_ours = |m: &Message| m.recv_position() > after;
+        let mut gone = false;
+        // The job, noting an UnitRemoved that comes first.
+        let job = loop {
             let next = async_io::block_on(futures_lite::future::or(
-                async { Some(stream.next().await) },
-                async {
-                    async_io::Timer::after(left).await;
+                async { Some((true, jobs.next().await)) },
+                futures_lite::future::or(async { Some((false, removed.next().await)) }, async {
+                    async_io::Timer::after(deadline.saturating_duration_since(Instant::now()))
+                        .await;
                     None
-                },
+                }),
             ));
-            let msg = match next {
+            let (is_job, msg) = match next {
                 None => {
                     return Err(BusError::other(format!(
                         "{method}: job {} did not finish within {} s",
@@ -273,28 +546,79 @@ impl Bus {
                         timeout.as_secs_f64()
                     )))
                 }
-                Some(None) => {
+                Some((_, None)) => {
                     return Err(BusError::other(format!(
                         "{method}: the bus connection closed while waiting for job {}",
                         job.as_str()
                     )))
                 }
-                Some(Some(Err(e))) => return Err(e.into()),
-                Some(Some(Ok(m))) => m,
+                Some((_, Some(Err(e)))) => return Err(e.into()),
+                Some((is_job, Some(Ok(m)))) => (is_job, m),
             };
-            let Ok((_id, path, _unit, result)) = msg
-                .body()
-                .deserialize::<(u32, OwnedObjectPath, String, String)>()
-            else {
+            if !is_job {
+                gone |= is_ours(&msg);
+                debug!(
+                    unit,
+                    ours = is_ours(&msg),
+                    us = us(t0),
+                    "UnitRemoved before JobRemoved"
+                );
+                continue;
+            }
+            let Some((path, result)) = job_removed(&msg) else {
                 continue;
             };
+            debug!(unit, method, job = %path.as_str(), %result, us = us(t0), "JobRemoved");
             if path == job {
-                return Ok(JobResult {
+                break JobResult {
                     job: job.as_str().to_string(),
                     result,
-                });
+                };
             }
+        };
+        if gone || job.result != "done" {
+            return Ok(StopResult { job, gone });
         }
+        // UnitRemoved, or GetUnit's answer, whichever comes first.
+        let c = self.conn.inner();
+        let outcome = async_io::block_on(futures_lite::future::or(
+            async {
+                loop {
+                    match removed.next().await {
+                        Some(Ok(m)) if is_ours(&m) => {
+                            debug!(unit, us = us(t0), "UnitRemoved");
+                            return Ok(true);
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return Err(BusError::from(e)),
+                        None => return Err(BusError::other("the bus connection closed")),
+                    }
+                }
+            },
+            async {
+                match c
+                    .call_method(Some(DEST), PATH, Some(MANAGER), "GetUnit", &(unit,))
+                    .await
+                {
+                    Ok(_) => {
+                        debug!(unit, us = us(t0), "GetUnit: still loaded");
+                        Ok(false)
+                    }
+                    Err(e) => {
+                        let e = BusError::from(e);
+                        if e.is(NO_SUCH_UNIT) {
+                            debug!(unit, us = us(t0), "GetUnit: NoSuchUnit");
+                            Ok(true)
+                        } else {
+                            Err(e)
+                        }
+                    }
+                }
+            },
+        ))
+        .map_err(|e| BusError::other(format!("{method}: after job {}: {e}", job.job)))?;
+        debug!(unit, gone = outcome, us = us(t0), "unit unloaded?");
+        Ok(StopResult { job, gone: outcome })
     }
 
     /// The object path of a loaded unit (`NoSuchUnit` when it is not loaded).
@@ -308,8 +632,10 @@ impl Bus {
 
     /// A string property of the Unit interface (`ActiveState`, `SubState`, ...).
     pub fn unit_state(&mut self, unit: &str, property: &str) -> Result<String, BusError> {
+        let t0 = Instant::now();
         let path = self.get_unit(unit)?;
         let v = self.retrying(property, |c| get_property(c, path.as_str(), UNIT, property))?;
+        debug!(unit, property, us = us(t0), "unit_state");
         String::try_from(v).map_err(|e| BusError::other(format!("{property}: {e}")))
     }
 

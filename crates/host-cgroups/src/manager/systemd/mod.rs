@@ -28,6 +28,7 @@ use self::props::{UnitProperty, SYSTEMD_ATTACH, SYSTEMD_FREEZE};
 use super::fs::{read_file, write_file};
 use super::{CgroupError, FsManager, Manager, Stats};
 use crate::host::{CgroupLayout, CgroupVersion};
+use crate::metrics::{IncMetric, METRICS};
 use crate::path::{Driver, SystemdUnit};
 use crate::resources::{self, Write};
 
@@ -129,7 +130,9 @@ impl SystemdManager {
         self.bus.as_ref().and_then(|b| b.version)
     }
 
+    /// A refusal or failed job on this unit (counted in the metrics).
     fn err(&self, what: &str, e: impl std::fmt::Display) -> CgroupError {
+        METRICS.systemd_job_failures.inc();
         CgroupError::SystemdUnit {
             unit: self.unit.unit.clone(),
             message: format!("{what}: {e}"),
@@ -138,7 +141,8 @@ impl SystemdManager {
 
     fn bus(&mut self) -> Result<&mut Bus, CgroupError> {
         if self.bus.is_none() {
-            self.bus = Some(Bus::connect(self.timeout).map_err(unreachable)?);
+            self.bus =
+                Some(Bus::connect_watching(self.timeout, &self.unit.unit).map_err(unreachable)?);
         }
         // Just set when it was missing.
         self.bus
@@ -424,24 +428,60 @@ impl SystemdManager {
         }
     }
 
+    /// `StopUnit` and its job, then systemd's unloading of the unit (see
+    /// [`Bus::stop_unit`]); `ResetFailedUnit` when the unit ended failed; then checks that
+    /// systemd removed the unit's cgroup directories.
     fn stop_and_wait(&mut self) -> Result<(), CgroupError> {
         let unit = self.unit.unit.clone();
-        let r = self
-            .bus()?
-            .run_job(&unit, "StopUnit", &(unit.as_str(), "replace"));
-        match r {
-            Ok(j) if j.result == "done" => {}
-            Ok(j) => {
-                warn!(unit = %unit, result = %j.result, "stop job did not end 'done'");
-            }
+        let r = self.bus()?.stop_unit(&unit);
+        let stop = match r {
+            Ok(s) => s,
             Err(e) if e.is(NO_SUCH_UNIT) => return Ok(()),
             Err(e) => return Err(self.err("StopUnit", e)),
+        };
+        if stop.job.result != "done" {
+            warn!(unit = %unit, result = %stop.job.result, "stop job did not end 'done'");
+            METRICS.systemd_job_failures.inc();
         }
-        // A unit that ended failed stays loaded (and its name taken) until reset.
-        if self.active_state()?.as_deref() == Some("failed") {
+        // A unit that ended failed stays loaded (and its name taken) until reset; a unit
+        // systemd unloaded did not.
+        if !stop.gone && self.active_state()?.as_deref() == Some("failed") {
             self.reset_failed()?;
         }
-        Ok(())
+        self.check_pruned()
+    }
+
+    /// The unit's cgroup directories systemd manages are gone (it prunes them when the unit
+    /// becomes inactive); processes that systemd's SIGTERM has not ended yet may keep one
+    /// briefly, so this waits up to `EXIT_WAIT` before naming what is left.
+    fn check_pruned(&self) -> Result<(), CgroupError> {
+        let dirs: Vec<PathBuf> = self
+            .reader
+            .paths()
+            .into_iter()
+            .filter(|(c, _)| {
+                self.version == CgroupVersion::V2
+                    || !(UNMANAGED_V1.contains(&c.as_str()) || c == "devices")
+            })
+            .map(|(_, d)| d)
+            .collect();
+        let start = Instant::now();
+        loop {
+            let Some(left) = dirs.iter().find(|d| d.exists()) else {
+                return Ok(());
+            };
+            if start.elapsed() >= EXIT_WAIT {
+                return Err(self.err(
+                    "StopUnit",
+                    format!(
+                        "the unit stopped but its cgroup {} is still there after {} s",
+                        left.display(),
+                        EXIT_WAIT.as_secs_f64()
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// v1: removes the cpuset/freezer directories, once the unit's other processes are gone.
@@ -496,6 +536,7 @@ impl Manager for SystemdManager {
 
     /// Starts the scope with `pid` in it (first call), else `AttachProcessesToUnit`.
     fn add_proc(&mut self, pid: i32) -> Result<(), CgroupError> {
+        debug!(unit = %self.unit.unit, pid, "add_proc");
         if self.unit.is_slice() {
             return Err(CgroupError::Unsupported {
                 what: "placing a process in a slice unit",
@@ -549,7 +590,9 @@ impl Manager for SystemdManager {
     }
 
     fn set(&mut self, res: &LinuxResources) -> Result<(), CgroupError> {
+        let t0 = Instant::now();
         self.check(res)?;
+        debug!(unit = %self.unit.unit, us = t0.elapsed().as_micros() as u64, "set: validated");
         if !self.started && self.active_state()?.is_some_and(|s| s == "active") {
             // A manager restored from state: the unit runs already.
             self.started = true;
@@ -559,7 +602,9 @@ impl Manager for SystemdManager {
             self.pending = Some(res.clone());
             return Ok(());
         }
-        self.apply(res, true)
+        let r = self.apply(res, true);
+        debug!(unit = %self.unit.unit, us = t0.elapsed().as_micros() as u64, "set: applied");
+        r
     }
 
     /// `FreezeUnit` on cgroup v2 with systemd ≥ 246, the cgroupfs freezer otherwise
@@ -615,13 +660,17 @@ impl Manager for SystemdManager {
             debug!(unit = %self.unit.unit, error = %e, "systemd unreachable and the unit's cgroup absent: nothing to stop");
             return self.remove_unmanaged();
         }
+        let t0 = Instant::now();
         let inside = self.self_inside();
+        debug!(unit = %self.unit.unit, inside, us = t0.elapsed().as_micros() as u64, "destroy: self_inside");
         if inside {
             self.stop_self()?;
         } else {
             self.stop_and_wait()?;
         }
+        debug!(unit = %self.unit.unit, us = t0.elapsed().as_micros() as u64, "destroy: stopped");
         self.remove_unmanaged()?;
+        debug!(unit = %self.unit.unit, us = t0.elapsed().as_micros() as u64, "destroy: done");
         self.started = false;
         self.pending = None;
         Ok(())
