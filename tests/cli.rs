@@ -29,7 +29,8 @@ fn snapshot() -> Vec<std::path::PathBuf> {
     for m in common::mounts(&layout) {
         if let Ok(rd) = std::fs::read_dir(&m) {
             for e in rd.flatten() {
-                if e.path().is_dir() {
+                // `hcg*` are other tests' and benchmarks' own cgroups, made meanwhile.
+                if e.path().is_dir() && !e.file_name().to_string_lossy().starts_with("hcg") {
                     out.push(e.path());
                 }
             }
