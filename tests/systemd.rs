@@ -761,3 +761,39 @@ fn bus_going_away_mid_run_is_reported_and_cleanup_finishes_later() {
     assert!(!state.join(format!("{id}.json")).exists());
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// Issue 13's values reach systemd as `resolve` plans them: pids 0 is `TasksMax=1`
+/// (systemd refuses 0; runc 1.4 sends 1), unlimited memory with a swap figure is
+/// `MemorySwapMax=<swap>` on v2, and a quota above the kernel's ceiling never gets here.
+#[test]
+fn issue13_values_reach_systemd_as_planned() {
+    if !needs_systemd("issue13_values_reach_systemd_as_planned") {
+        return;
+    }
+    let layout = layout();
+    let g = SliceGuard::new();
+    let id = unique("i13");
+    let unit = unit_of(&g.path(&id), &id);
+    let a = ChildGuard::sleep();
+    let mut m = SystemdManager::new(&layout, &unit);
+    m.create().unwrap();
+    m.add_proc(a.pid()).unwrap();
+    m.set(&from_json(r#"{"pids":{"limit":0}}"#).unwrap())
+        .expect("pids 0");
+    assert_eq!(systemctl_show(&unit.unit, &["TasksMax"])["TasksMax"], "1");
+    if layout.version() == CgroupVersion::V2 {
+        m.set(&from_json(r#"{"memory":{"limit":-1,"swap":300}}"#).unwrap())
+            .expect("unlimited memory with swap");
+        let show = systemctl_show(&unit.unit, &["MemoryMax", "MemorySwapMax"]);
+        assert_eq!(show["MemoryMax"], "infinity");
+        assert_eq!(show["MemorySwapMax"], "300");
+    }
+    let too_big = from_json(r#"{"cpu":{"quota":20971520000000,"period":100000}}"#).unwrap();
+    assert!(
+        m.set(&too_big).is_err(),
+        "a quota past 2^44-1 µs was accepted"
+    );
+    assert_eq!(systemctl_show(&unit.unit, &["TasksMax"])["TasksMax"], "1");
+    m.destroy().expect("destroy");
+    assert!(!listed(&unit.unit));
+}
