@@ -186,6 +186,17 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
     let layout = CgroupLayout::detect().map_err(|e| BenchError::Unsupported(e.to_string()))?;
     let guard = BenchCgroups::new(&layout);
     let systemd = !args.cgroupfs_only && host_cgroups::host::SystemdInfo::detect().reachable;
+    // On cgroup v1, systemd re-realizing the cgroups next to a starting or stopping
+    // `Delegate=yes` scope migrates the processes of the units beside it back into their
+    // unit's cgroup in each hierarchy, this process included, even while it sits in a
+    // cgroupfs sandbox (seen in sd-v1: a vCPU found itself in `/` of blkio and was
+    // refused). A runtime on such a host uses the systemd driver; so does the soak there.
+    let systemd_only = systemd && layout.version() == host_cgroups::host::CgroupVersion::V1;
+    if systemd_only {
+        eprintln!(
+            "soak: cgroup v1 with systemd: systemd cycles only (cgroupfs sandboxes of this process would be undone by systemd's re-realization)"
+        );
+    }
     // `hcgsoak-<random>.slice` holds the systemd sandboxes: slices are named by
     // their path in systemd, so the slice's directory is its own name under the root.
     let slice = format!("{}.slice", guard.name.replace("hcgbench", "hcgsoak"));
@@ -198,7 +209,7 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
     let mut sd_ms = Vec::new();
     for i in 1..=args.cycles {
         let id = format!("soak{i}");
-        let use_systemd = systemd && i % 2 == 0;
+        let use_systemd = systemd && (systemd_only || i % 2 == 0);
         let t = Instant::now();
         if use_systemd {
             systemd_cycle(
@@ -275,7 +286,7 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
         "machine": report::machine(),
         "cycles": args.cycles,
         "window": args.window,
-        "drivers": if systemd { vec!["cgroupfs", "systemd"] } else { vec!["cgroupfs"] },
+        "drivers": if systemd_only { vec!["systemd"] } else if systemd { vec!["cgroupfs", "systemd"] } else { vec!["cgroupfs"] },
         "backend": args.backend,
         "elapsed_s": elapsed,
         "load_start": load_start,
