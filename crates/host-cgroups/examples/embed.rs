@@ -77,17 +77,14 @@ pub fn run(vcpus: u32, config: &Path) -> Result<(), String> {
             };
             println!("  {name:<24} {path}");
         }
-        // In every hierarchy the sandbox uses, the thread must show the sandbox path
-        // (`/proc` names the cgroup v2 hierarchy with an empty controller list).
+        // In every hierarchy the sandbox uses, the thread must show the sandbox path.
         let misplaced: Vec<&String> = sandbox_dirs
             .keys()
             .filter(|c| {
-                let key = if c.as_str() == "unified" {
-                    ""
-                } else {
-                    c.as_str()
-                };
-                cgroups.get(key).map(|p| p.trim_start_matches('/')) != Some(expected.as_str())
+                // v1 names the hierarchy by its controllers; v2 has one hierarchy, which
+                // `/proc` lists with an empty controller field.
+                let found = cgroups.get(c.as_str()).or_else(|| cgroups.get(""));
+                found.map(|p| p.trim_start_matches('/')) != Some(expected.as_str())
             })
             .collect();
         if sandbox_dirs.is_empty() || !misplaced.is_empty() {
