@@ -1,0 +1,460 @@
+//! The operator's commands as a new user meets them (issue 14): a sandbox id that
+//! has state is refused, the `--keep` hint works as printed, `cleanup` reports
+//! exactly what it found and did, `check` says why a host cannot run sandboxes,
+//! `inspect --sandbox-id`, machine-readable logs and `--json` shapes.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_host-cgroups");
+/// Generous: a loaded machine is slow, and slowness must not fail a test.
+const WAIT: Duration = Duration::from_secs(120);
+
+fn hc(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run host-cgroups")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(out: &Output) -> &Output {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&ok(out).stdout).expect("JSON on stdout")
+}
+
+/// A state directory, a cgroup prefix (and its overhead twin) for one test; all removed on drop.
+struct Fx {
+    prefix: String,
+    state: PathBuf,
+    _guard: CgroupGuard,
+    _overhead: CgroupGuard,
+}
+
+impl Fx {
+    fn new(tag: &str) -> Self {
+        let prefix = unique(tag);
+        let state = std::env::temp_dir().join(unique("opstate"));
+        std::fs::create_dir_all(&state).unwrap();
+        Fx {
+            _guard: CgroupGuard::new(&prefix),
+            _overhead: CgroupGuard::new(&format!("kata_overhead/{prefix}"))
+                .and_parent_if_empty("kata_overhead"),
+            prefix,
+            state,
+        }
+    }
+
+    fn state_dir(&self) -> &str {
+        self.state.to_str().unwrap()
+    }
+
+    fn state_file(&self, id: &str) -> PathBuf {
+        self.state.join(format!("{id}.json"))
+    }
+
+    /// Every cgroup below the prefix (and below `kata_overhead/<prefix>`), relative to
+    /// its hierarchy root, over all hierarchies.
+    fn walk(&self) -> BTreeSet<String> {
+        let layout = layout();
+        let mut out = BTreeSet::new();
+        for m in mounts(&layout) {
+            for top in [
+                self.prefix.clone(),
+                format!("kata_overhead/{}", self.prefix),
+            ] {
+                let d = m.join(&top);
+                if d.is_dir() {
+                    walk_rel(&m, &d, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    /// `run --keep` of sandbox `id` at `path`, ending at once.
+    fn run_keep(&self, id: &str, path: &str) -> Output {
+        hc(&[
+            "run",
+            "--keep",
+            "--duration",
+            "0",
+            "--cgroups-path",
+            path,
+            "--sandbox-id",
+            id,
+            "--state-dir",
+            self.state_dir(),
+        ])
+    }
+}
+
+impl Drop for Fx {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+fn walk_rel(mount: &Path, d: &Path, out: &mut BTreeSet<String>) {
+    out.insert(d.strip_prefix(mount).unwrap().display().to_string());
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                walk_rel(mount, &e.path(), out);
+            }
+        }
+    }
+}
+
+fn strings(v: &Value) -> BTreeSet<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The names in `kept` entries (`name: reason`).
+fn kept_names(v: &Value) -> BTreeSet<String> {
+    strings(v)
+        .into_iter()
+        .map(|k| k.split(':').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn same_sandbox_id_is_refused_and_the_first_record_stays() {
+    let fx = Fx::new("sameid");
+    let id = "sb1";
+    let first = format!("{}/a/b", fx.prefix);
+    ok(&fx.run_keep(id, &first));
+    let state_before = std::fs::read(fx.state_file(id)).expect("first state file");
+    let cgroups_before = fx.walk();
+    assert!(cgroups_before.contains(&first), "{cgroups_before:?}");
+
+    let second = format!("{}/x/y", fx.prefix);
+    let out = fx.run_keep(id, &second);
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
+    let err = text(&out.stderr);
+    let file = fx.state_file(id);
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    assert!(
+        err.contains(&format!(
+            "host-cgroups cleanup --sandbox-id {id} --state-dir {}",
+            fx.state_dir()
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), state_before);
+    assert_eq!(fx.walk(), cgroups_before, "the refused run changed cgroups");
+
+    ok(&hc(&[
+        "cleanup",
+        "--sandbox-id",
+        id,
+        "--state-dir",
+        fx.state_dir(),
+    ]));
+    assert!(fx.walk().is_empty(), "left: {:?}", fx.walk());
+    assert!(!file.exists());
+}
+
+#[test]
+fn keep_hint_works_as_printed() {
+    let fx = Fx::new("hint");
+    let out = fx.run_keep("sb1", &format!("{}/p/sb", fx.prefix));
+    let stdout = text(&ok(&out).stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("remove with"))
+        .unwrap_or_else(|| panic!("no hint in {stdout}"));
+    let cmd = line
+        .split('`')
+        .nth(1)
+        .unwrap_or_else(|| panic!("no quoted command in {line}"));
+    assert!(cmd.starts_with("host-cgroups cleanup "), "{cmd}");
+    assert!(!fx.walk().is_empty());
+    // As printed, through a shell, with the binary found on PATH.
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir("/")
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    ok(&out);
+    assert!(fx.walk().is_empty(), "left: {:?}", fx.walk());
+    assert!(!fx.state_file("sb1").exists());
+}
+
+#[test]
+fn cleanup_from_state_lists_exactly_what_existed() {
+    let fx = Fx::new("cleanst");
+    let path = format!("{}/a/b", fx.prefix);
+    ok(&fx.run_keep("sb1", &path));
+    let before = fx.walk();
+    assert!(before.contains(&path) && before.contains(&fx.prefix));
+    let v = json(&hc(&[
+        "cleanup",
+        "--sandbox-id",
+        "sb1",
+        "--state-dir",
+        fx.state_dir(),
+        "--json",
+    ]));
+    let after = fx.walk();
+    let gone: BTreeSet<String> = before.difference(&after).cloned().collect();
+    assert_eq!(strings(&v["removed"]), gone, "{v}");
+    assert_eq!(
+        gone,
+        BTreeSet::from([fx.prefix.clone(), format!("{}/a", fx.prefix), path.clone()])
+    );
+    assert!(after.is_empty(), "{after:?}");
+    assert!(strings(&v["kept"]).is_empty(), "{v}");
+    assert!(!fx.state_file("sb1").exists());
+}
+
+#[test]
+fn cleanup_keeps_a_parent_that_holds_another_cgroup() {
+    let fx = Fx::new("cleankept");
+    let path = format!("{}/a/b", fx.prefix);
+    ok(&fx.run_keep("sb1", &path));
+    // A sibling the run did not make, in one hierarchy only.
+    let layout = layout();
+    let m = mounts(&layout)[0].clone();
+    let sibling = format!("{}/a/other", fx.prefix);
+    std::fs::create_dir(m.join(&sibling)).unwrap();
+    let before = fx.walk();
+    let v = json(&hc(&[
+        "cleanup",
+        "--sandbox-id",
+        "sb1",
+        "--state-dir",
+        fx.state_dir(),
+        "--json",
+    ]));
+    let after = fx.walk();
+    let gone: BTreeSet<String> = before.difference(&after).cloned().collect();
+    assert_eq!(strings(&v["removed"]), gone, "{v}");
+    assert_eq!(gone, BTreeSet::from([path.clone()]));
+    assert_eq!(
+        after,
+        BTreeSet::from([fx.prefix.clone(), format!("{}/a", fx.prefix), sibling])
+    );
+    // What the run created and still stands is reported kept, with a reason.
+    assert_eq!(
+        kept_names(&v["kept"]),
+        BTreeSet::from([fx.prefix.clone(), format!("{}/a", fx.prefix)]),
+        "{v}"
+    );
+}
+
+#[test]
+fn cleanup_by_path_uses_the_state_file_when_there_is_one() {
+    let fx = Fx::new("cleanpst");
+    let path = format!("{}/a/b", fx.prefix);
+    ok(&fx.run_keep("sb1", &path));
+    let before = fx.walk();
+    let v = json(&hc(&[
+        "cleanup",
+        "--sandbox-id",
+        "sb1",
+        "--state-dir",
+        fx.state_dir(),
+        "--cgroups-path",
+        &path,
+        "--json",
+    ]));
+    assert!(
+        v["source"]
+            .as_str()
+            .unwrap()
+            .contains(&fx.state_file("sb1").display().to_string()),
+        "{v}"
+    );
+    let after = fx.walk();
+    assert!(after.is_empty(), "parents left: {after:?}");
+    assert_eq!(strings(&v["removed"]), before, "{v}");
+    assert!(!fx.state_file("sb1").exists());
+}
+
+#[test]
+fn cleanup_by_path_without_state_reports_absent_and_kept_truthfully() {
+    let fx = Fx::new("cleanpath");
+    let path = format!("{}/a/b", fx.prefix);
+    // Nothing exists: everything absent, nothing removed or kept.
+    let v = json(&hc(&[
+        "cleanup",
+        "--sandbox-id",
+        "sb1",
+        "--state-dir",
+        fx.state_dir(),
+        "--cgroups-path",
+        &path,
+        "--json",
+    ]));
+    assert!(strings(&v["removed"]).is_empty(), "{v}");
+    assert!(strings(&v["kept"]).is_empty(), "{v}");
+    assert_eq!(
+        strings(&v["absent"]),
+        BTreeSet::from([path.clone(), format!("kata_overhead/{path}")]),
+        "{v}"
+    );
+    // A kept run whose state file is lost: the leaf goes, its parents stay (no state
+    // says whose they are).
+    ok(&fx.run_keep("sb1", &path));
+    std::fs::remove_file(fx.state_file("sb1")).unwrap();
+    let before = fx.walk();
+    let v = json(&hc(&[
+        "cleanup",
+        "--sandbox-id",
+        "sb1",
+        "--state-dir",
+        fx.state_dir(),
+        "--cgroups-path",
+        &path,
+        "--json",
+    ]));
+    let after = fx.walk();
+    let gone: BTreeSet<String> = before.difference(&after).cloned().collect();
+    assert_eq!(strings(&v["removed"]), gone, "{v}");
+    assert_eq!(gone, BTreeSet::from([path.clone()]));
+    assert_eq!(kept_names(&v["kept"]), after, "{v}");
+    assert_eq!(
+        strings(&v["absent"]),
+        BTreeSet::from([format!("kata_overhead/{path}")])
+    );
+}
+
+/// A `host-cgroups run` child; killed (by pid) and reaped on drop.
+struct RunChild {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl RunChild {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn host-cgroups");
+        let err = child.stderr.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        RunChild {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn wait_for(&mut self, needle: &str) {
+        let start = Instant::now();
+        while start.elapsed() < WAIT {
+            match self.lines.recv_timeout(Duration::from_millis(200)) {
+                Ok(l) => {
+                    let hit = l.contains(needle);
+                    self.seen.push(l);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(_) => {}
+            }
+        }
+        panic!("no line with {needle:?}; stderr: {:#?}", self.seen);
+    }
+
+    /// SIGTERM (the run cleans up) and wait.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child by its pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for RunChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn cleanup_of_a_live_sandbox_is_refused() {
+    let fx = Fx::new("cleanlive");
+    let path = format!("{}/sb", fx.prefix);
+    let mut run = RunChild::spawn(&[
+        "run",
+        "--duration",
+        "600",
+        "--cgroups-path",
+        &path,
+        "--sandbox-id",
+        "sb1",
+        "--state-dir",
+        fx.state_dir(),
+    ]);
+    run.wait_for("running");
+    let pid = run.child.id();
+    let before = fx.walk();
+    for extra in [&[][..], &["--cgroups-path", path.as_str()][..]] {
+        let mut args = vec![
+            "cleanup",
+            "--sandbox-id",
+            "sb1",
+            "--state-dir",
+            fx.state_dir(),
+        ];
+        args.extend_from_slice(extra);
+        let out = hc(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(&format!("sandbox sb1 is still running (pid {pid})")),
+            "{}",
+            text(&out.stderr)
+        );
+        assert_eq!(fx.walk(), before);
+        assert!(fx.state_file("sb1").exists());
+    }
+    assert!(run.stop().success());
+    assert!(fx.walk().is_empty(), "{:?}", fx.walk());
+}
