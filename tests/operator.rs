@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{channel, Receiver};
@@ -457,4 +458,100 @@ fn cleanup_of_a_live_sandbox_is_refused() {
     }
     assert!(run.stop().success());
     assert!(fx.walk().is_empty(), "{:?}", fx.walk());
+}
+
+/// Runs the binary as user and group 65534 (nobody), with no supplementary groups.
+/// `None` when util-linux's `setpriv` is not installed.
+fn as_nobody(args: &[&str]) -> Option<Output> {
+    match Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+        .args(args)
+        .current_dir("/")
+        .output()
+    {
+        Ok(o) => Some(o),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("setpriv: {e}"),
+    }
+}
+
+#[test]
+fn check_as_non_root_fails_with_the_real_reason() {
+    // The binary must be reachable by nobody (target/ under a private directory is not).
+    let reachable = Path::new(BIN).ancestors().skip(1).all(|d| {
+        std::fs::metadata(d)
+            .map(|m| m.permissions().mode() & 0o001 != 0)
+            .unwrap_or(false)
+    });
+    if !reachable {
+        return common::skip::skip(
+            "check_as_non_root_fails_with_the_real_reason",
+            "the test binary's directories are not searchable by other users",
+        );
+    }
+    let Some(out) = as_nobody(&["check"]) else {
+        return common::skip::skip(
+            "check_as_non_root_fails_with_the_real_reason",
+            "setpriv (util-linux) is not installed",
+        );
+    };
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("not running as root"), "{stdout}");
+    assert!(
+        stdout.contains("verdict: this host cannot run sandboxes (failed: root"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("not running as root"), "{stderr}");
+    // KVM: the OS error of the step that failed, not a guess.
+    if Path::new("/dev/kvm").exists() {
+        let kvm = stdout
+            .lines()
+            .find(|l| l.contains(" kvm "))
+            .unwrap_or_else(|| panic!("no kvm item: {stdout}"));
+        let mode = std::fs::metadata("/dev/kvm").unwrap().permissions().mode();
+        if mode & 0o006 != 0o006 {
+            assert!(kvm.starts_with("FAIL"), "{kvm}");
+            assert!(
+                kvm.contains("open /dev/kvm: Permission denied (os error 13)"),
+                "{kvm}"
+            );
+        }
+    }
+    let out = as_nobody(&["check", "--json"]).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v["verdict"], "fail", "{v}");
+    assert!(strings(&v["failed"]).contains("root"), "{v}");
+    let root = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "root")
+        .unwrap();
+    assert_eq!(root["verdict"], "fail");
+    for i in v["items"].as_array().unwrap() {
+        assert!(
+            ["ok", "warn", "fail"].contains(&i["verdict"].as_str().unwrap()),
+            "{i}"
+        );
+        assert!(i["detail"].is_string(), "{i}");
+    }
+}
+
+#[test]
+fn check_as_root_agrees_with_its_items() {
+    let out = hc(&["check", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let failed: BTreeSet<String> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["verdict"] == "fail")
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(strings(&v["failed"]), failed);
+    assert_eq!(out.status.success(), failed.is_empty(), "{v}");
+    assert!(!failed.contains("root"), "{v}");
 }

@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 
+mod check;
 mod cleanup;
 mod run;
 
@@ -13,9 +14,12 @@ use oci_spec::runtime::LinuxResources;
 use serde::Serialize;
 
 use host_cgroups::config::{load_bundle, RuntimeConfig};
-use host_cgroups::host::{CgroupLayout, CgroupVersion, KvmInfo, SystemdInfo};
+use host_cgroups::host::{CgroupLayout, CgroupVersion};
 use host_cgroups::plan::{nominal_layout, SandboxPlan};
 use host_cgroups::resources;
+
+/// The version of this program, in every `--json` object's `version` field.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// An error the CLI reports, with the exit code it maps to.
 #[derive(Debug)]
@@ -64,8 +68,9 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Detect the host: cgroup hierarchy, controllers, mounts, systemd and KVM.
-    Check(CheckArgs),
+    /// Can this host run sandboxes? Root, cgroup hierarchy and access, controllers, systemd, KVM;
+    /// exits 1 when an item fails.
+    Check(check::CheckArgs),
     /// Show the driver, cgroups and placement a sandbox would get (no side effects).
     Resolve(ResolveArgs),
     /// Boot a sandbox with the in-process VMM, place its threads, report, clean up.
@@ -125,14 +130,6 @@ pub fn print_threads(threads: &[host_cgroups::host::ThreadInfo]) {
             cg.join(" ")
         );
     }
-}
-
-/// Arguments of `check`.
-#[derive(Debug, Args)]
-pub struct CheckArgs {
-    /// Print one JSON object.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Arguments naming a sandbox and its configuration, shared by several subcommands.
@@ -217,74 +214,6 @@ pub fn layout_for(version: Option<u8>) -> Result<CgroupLayout, CliError> {
     }
 }
 
-#[derive(Serialize)]
-struct CheckReport {
-    hierarchy: host_cgroups::host::Hierarchy,
-    cgroup_version: u8,
-    controllers: Vec<String>,
-    mounts: std::collections::BTreeMap<String, PathBuf>,
-    unified: Option<PathBuf>,
-    own_cgroups: std::collections::BTreeMap<String, String>,
-    systemd: SystemdInfo,
-    kvm: KvmInfo,
-    vcpu_backend: &'static str,
-}
-
-fn check(args: &CheckArgs) -> Result<(), CliError> {
-    let layout = CgroupLayout::detect().map_err(runtime)?;
-    let kvm = KvmInfo::detect();
-    let report = CheckReport {
-        hierarchy: layout.hierarchy,
-        cgroup_version: layout.version().number(),
-        controllers: layout.controllers(),
-        mounts: layout.mounts.clone(),
-        unified: layout.unified.clone(),
-        own_cgroups: layout.own.clone(),
-        systemd: host_cgroups::manager::systemd_info(),
-        vcpu_backend: if kvm.available { "kvm" } else { "thread" },
-        kvm,
-    };
-    if args.json {
-        print_json(&report)?;
-        return Ok(());
-    }
-    println!(
-        "cgroup hierarchy: {} (drivers act on cgroup v{})",
-        serde_json::to_value(report.hierarchy)
-            .map_err(runtime)?
-            .as_str()
-            .unwrap_or("?"),
-        report.cgroup_version
-    );
-    println!("controllers:      {}", report.controllers.join(" "));
-    for (c, m) in &report.mounts {
-        println!("  {c:<14} {}", m.display());
-    }
-    if let Some(u) = &report.unified {
-        println!("  {:<14} {}", "(cgroup2)", u.display());
-    }
-    println!(
-        "systemd:          {}",
-        if report.systemd.reachable {
-            "PID 1, reachable over D-Bus"
-        } else if report.systemd.pid1 {
-            "PID 1, but the system bus does not answer"
-        } else {
-            "not PID 1 (the systemd driver is unavailable)"
-        }
-    );
-    match (&report.kvm.api_version, &report.kvm.reason) {
-        (Some(v), _) => {
-            println!("kvm:              available (API version {v}); vCPU backend: kvm")
-        }
-        (None, r) => println!(
-            "kvm:              unavailable ({}); vCPU backend: thread",
-            r.as_deref().unwrap_or("unknown")
-        ),
-    }
-    Ok(())
-}
-
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json(v: &impl Serialize) -> Result<(), CliError> {
     let s = serde_json::to_string_pretty(v).map_err(runtime)?;
@@ -339,7 +268,7 @@ fn resolve(args: &ResolveArgs) -> Result<(), CliError> {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Check(a) => check(&a),
+        Command::Check(a) => check::check(&a),
         Command::Resolve(a) => resolve(&a),
         Command::Run(a) => run::run(&a),
         Command::Inspect(a) => inspect(&a),
