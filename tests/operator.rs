@@ -555,3 +555,141 @@ fn check_as_root_agrees_with_its_items() {
     assert_eq!(out.status.success(), failed.is_empty(), "{v}");
     assert!(!failed.contains("root"), "{v}");
 }
+
+/// Directories named `name` directly under any hierarchy root.
+fn at_roots(name: &str) -> Vec<PathBuf> {
+    mounts(&layout())
+        .into_iter()
+        .map(|m| m.join(name))
+        .filter(|d| d.exists())
+        .collect()
+}
+
+#[test]
+fn an_option_is_never_taken_as_the_cgroups_path() {
+    let fx = Fx::new("optpath");
+    assert!(
+        at_roots("--json").is_empty(),
+        "a --json cgroup exists already"
+    );
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["resolve", "--cgroups-path", "--json", "--sandbox-id", "sb1"],
+        vec!["resolve", "--sandbox-id", "sb1", "--cgroups-path", "--json"],
+        vec![
+            "run",
+            "--cgroups-path",
+            "--json",
+            "--sandbox-id",
+            "sb1",
+            "--duration",
+            "0",
+            "--state-dir",
+            fx.state_dir(),
+        ],
+        vec![
+            "cleanup",
+            "--sandbox-id",
+            "sb1",
+            "--state-dir",
+            fx.state_dir(),
+            "--cgroups-path",
+            "--json",
+        ],
+    ];
+    for args in cases {
+        let out = hc(&args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("\"--json\""), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(
+            at_roots("--json").is_empty(),
+            "{args:?} made a --json cgroup"
+        );
+        assert!(!fx.state_file("sb1").exists(), "{args:?}");
+    }
+    // systemd's root slice form keeps its single leading dash.
+    let out = hc(&[
+        "resolve",
+        "--sandbox-id",
+        "sb1",
+        "--cgroups-path",
+        "-.slice:kata:sb1",
+        "--cgroup-version",
+        "2",
+        "--json",
+    ]);
+    ok(&out);
+}
+
+#[test]
+fn vcpu_counts_are_checked_both_ways_and_backends_are_listed() {
+    let fx = Fx::new("vcpuargs");
+    for (args, needle) in [
+        (vec!["--vcpus", "2", "--unplug-to", "3"], "--unplug-to 3"),
+        (
+            vec!["--vcpus", "1", "--hotplug", "2", "--unplug-to", "3"],
+            "--unplug-to 3",
+        ),
+        (vec!["--vcpus", "2", "--hotplug", "1"], "--hotplug 1"),
+        (vec!["--backend", "quantum"], "quantum"),
+    ] {
+        let path = format!("{}/sb", fx.prefix);
+        let mut all = vec![
+            "run",
+            "--cgroups-path",
+            &path,
+            "--sandbox-id",
+            "sb1",
+            "--state-dir",
+            fx.state_dir(),
+            "--duration",
+            "0",
+        ];
+        all.extend(args.iter().copied());
+        let out = hc(&all);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(fx.walk().is_empty(), "{args:?} created cgroups");
+        assert!(!fx.state_file("sb1").exists());
+    }
+    let help = text(&ok(&hc(&["run", "--help"])).stdout);
+    for b in ["auto", "kvm", "thread"] {
+        assert!(help.contains(&format!("- {b}:")), "{help}");
+    }
+}
+
+#[test]
+fn the_readme_hotplug_example_works() {
+    let cpus = host_cgroups::host::online_cpus().unwrap().len();
+    if cpus < 2 {
+        return common::skip::skip(
+            "the_readme_hotplug_example_works",
+            "the example is for hosts with 2 or more CPUs",
+        );
+    }
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.contains("--hotplug") && l.starts_with("cargo run"))
+        .expect("a hotplug example in README.md");
+    let cmd = line.split('#').next().unwrap();
+    let args: Vec<&str> = cmd
+        .split_whitespace()
+        .skip_while(|w| *w != "--")
+        .skip(1)
+        .collect();
+    assert_eq!(args.first(), Some(&"run"), "{line}");
+    // As written, plus a cgroups path and state directory of this test's own.
+    let fx = Fx::new("readme");
+    let path = format!("{}/sb", fx.prefix);
+    let mut all = args.clone();
+    all.extend(["--cgroups-path", &path, "--state-dir", fx.state_dir()]);
+    let out = hc(&all);
+    let err = text(&ok(&out).stderr);
+    assert!(err.contains("hotplugged to 2 vCPUs"), "{err}");
+    assert!(err.contains("unplugged to 1 vCPUs"), "{err}");
+    assert!(fx.walk().is_empty(), "{:?}", fx.walk());
+}

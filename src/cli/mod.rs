@@ -176,16 +176,29 @@ pub fn load_resources(arg: Option<&str>) -> Result<Option<LinuxResources>, CliEr
     Ok(Some(res))
 }
 
-/// The cgroups path as UTF-8, refusing other bytes with the value shown.
+/// The cgroups path as UTF-8, refusing other bytes with the value shown, and refusing
+/// a value that begins with `--`: that is an option taken as the path
+/// (`--cgroups-path --json`), which would otherwise become a `--json` cgroup at every
+/// hierarchy root. A single leading `-` stays allowed for systemd's root slice form
+/// (`-.slice:prefix:name`), which the path parser checks by its own rule.
 pub fn cgroups_path_str(p: Option<&OsString>) -> Result<String, CliError> {
     match p {
         None => Ok(String::new()),
-        Some(os) => os.to_str().map(str::to_string).ok_or_else(|| {
-            bad(format!(
-                "cgroups path {:?} is not valid UTF-8",
-                os.to_string_lossy()
-            ))
-        }),
+        Some(os) => {
+            let s = os.to_str().map(str::to_string).ok_or_else(|| {
+                bad(format!(
+                    "cgroups path {:?} is not valid UTF-8",
+                    os.to_string_lossy()
+                ))
+            })?;
+            if s.starts_with("--") {
+                return Err(bad(format!(
+                    "cgroups path {s:?} begins with \"--\": that is an option, not a path \
+                     (did --cgroups-path lose its value?)"
+                )));
+            }
+            Ok(s)
+        }
     }
 }
 

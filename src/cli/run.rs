@@ -33,10 +33,11 @@ pub struct RunArgs {
     /// vCPUs at boot (default: the configuration's default_vcpus).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=240))]
     pub vcpus: Option<u32>,
-    /// Grow to M vCPUs one second after start.
+    /// Grow to M vCPUs one second after start (at least --vcpus, at most default_maxvcpus,
+    /// which 0 makes the host's CPU count).
     #[arg(long, value_name = "M", value_parser = clap::value_parser!(u32).range(1..=240))]
     pub hotplug: Option<u32>,
-    /// Remove vCPUs down to K, two seconds after start.
+    /// Remove vCPUs down to K, two seconds after start (at most the boot or --hotplug count).
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=240))]
     pub unplug_to: Option<u32>,
     /// How long the sandbox runs, in seconds.
@@ -51,12 +52,33 @@ pub struct RunArgs {
     /// Keep the cgroups and state after the run.
     #[arg(long)]
     pub keep: bool,
-    /// vCPU backend: auto (KVM when /dev/kvm works), kvm, or thread.
-    #[arg(long, value_name = "auto|kvm|thread", default_value = "auto")]
-    pub backend: String,
+    /// vCPU backend.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
     /// Print one JSON object at the end.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The vCPU backends of the demo VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// KVM when /dev/kvm works, else threads.
+    Auto,
+    /// KVM, or fail.
+    Kvm,
+    /// Plain threads that stand in for vCPUs (testing; hosts without KVM).
+    Thread,
+}
+
+impl From<Backend> for BackendChoice {
+    fn from(b: Backend) -> Self {
+        match b {
+            Backend::Auto => BackendChoice::Auto,
+            Backend::Kvm => BackendChoice::Kvm,
+            Backend::Thread => BackendChoice::Thread,
+        }
+    }
 }
 
 /// Set by SIGINT/SIGTERM: end the run early and clean up.
@@ -130,7 +152,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         .sandbox_id
         .clone()
         .unwrap_or_else(|| format!("hcg{:016x}", random_u64()));
-    let backend: BackendChoice = args.backend.parse().map_err(bad)?;
+    let backend = BackendChoice::from(args.backend);
     if !(args.duration.is_finite() && args.duration >= 0.0) {
         return Err(bad(format!(
             "--duration {} must be 0 or more seconds",
@@ -152,6 +174,14 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         if m < vcpus {
             return Err(bad(format!(
                 "--hotplug {m} is below the boot vCPUs {vcpus}"
+            )));
+        }
+    }
+    if let Some(k) = args.unplug_to {
+        let top = args.hotplug.unwrap_or(vcpus).max(vcpus);
+        if k > top {
+            return Err(bad(format!(
+                "--unplug-to {k} is above the vCPUs the sandbox will have ({top}); it can only remove vCPUs"
             )));
         }
     }
