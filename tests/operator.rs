@@ -693,3 +693,182 @@ fn the_readme_hotplug_example_works() {
     assert!(err.contains("unplugged to 1 vCPUs"), "{err}");
     assert!(fx.walk().is_empty(), "{:?}", fx.walk());
 }
+
+/// `run` of a throwaway sandbox with extra environment and arguments before `run`.
+fn run_with(fx: &Fx, env: &[(&str, &str)], global: &[&str], extra: &[&str]) -> Output {
+    let path = format!("{}/sb", fx.prefix);
+    let mut c = Command::new(BIN);
+    c.args(global)
+        .args([
+            "run",
+            "--cgroups-path",
+            &path,
+            "--sandbox-id",
+            "sb1",
+            "--state-dir",
+            fx.state_dir(),
+        ])
+        .args(extra)
+        .env_remove("HOST_CGROUPS_LOG")
+        .env_remove("HOST_CGROUPS_FAILPOINT")
+        .env_remove("NO_COLOR");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run host-cgroups")
+}
+
+fn assert_json_lines(stderr: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for l in stderr.lines() {
+        let v: Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object ({e}): {l:?}"));
+        assert!(v.is_object(), "{l}");
+        for k in ["timestamp", "level", "target"] {
+            assert!(v[k].is_string(), "no {k}: {l}");
+        }
+        assert!(v["fields"]["message"].is_string(), "no message: {l}");
+        out.push(v);
+    }
+    out
+}
+
+#[test]
+fn log_format_json_gives_one_object_per_line() {
+    let fx = Fx::new("logjson");
+    let out = run_with(
+        &fx,
+        &[("HOST_CGROUPS_LOG", "debug")],
+        &["--log-format", "json"],
+        &["--duration", "1.5"],
+    );
+    ok(&out);
+    let lines = assert_json_lines(&text(&out.stderr));
+    let levels: BTreeSet<&str> = lines.iter().map(|v| v["level"].as_str().unwrap()).collect();
+    assert!(levels.contains("DEBUG"), "{levels:?}");
+    // The program's own lines are objects too: the running line and the per-vCPU use.
+    assert!(
+        lines.iter().any(|v| v["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sb1 running")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["fields"]["message"].as_str().unwrap().contains("vcpu0:")),
+        "{lines:?}"
+    );
+    // Not a terminal: no colour in either format.
+    assert!(!text(&out.stderr).contains('\u{1b}'));
+    let out = run_with(
+        &fx,
+        &[("HOST_CGROUPS_LOG", "debug")],
+        &[],
+        &["--duration", "0"],
+    );
+    ok(&out);
+    assert!(
+        !text(&out.stderr).contains('\u{1b}'),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(fx.walk().is_empty());
+}
+
+#[test]
+fn an_error_is_printed_once() {
+    let fx = Fx::new("erronce");
+    // A set-up step fails (an injected error): the run rolls back and says why, once.
+    let env = [("HOST_CGROUPS_FAILPOINT", "add-proc=error")];
+    let out = run_with(&fx, &env, &[], &["--duration", "0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert_eq!(err.matches("failpoint add-proc").count(), 1, "{err}");
+    assert!(fx.walk().is_empty());
+
+    let out = run_with(
+        &fx,
+        &env,
+        &["--log-format", "json"],
+        &["--duration", "0", "--json"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let lines = assert_json_lines(&text(&out.stderr));
+    let errors: Vec<&Value> = lines.iter().filter(|v| v["level"] == "ERROR").collect();
+    assert_eq!(errors.len(), 1, "{lines:?}");
+    assert_eq!(
+        text(&out.stderr).matches("failpoint add-proc").count(),
+        1,
+        "{lines:?}"
+    );
+    // --json: the error object on stdout.
+    let v: Value = serde_json::from_slice(&out.stdout).expect("error object on stdout");
+    assert_eq!(v["error"]["kind"], "runtime", "{v}");
+    assert_eq!(v["error"]["exit_code"], 1);
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("failpoint add-proc"));
+    assert!(v["version"].is_string());
+    assert!(fx.walk().is_empty());
+}
+
+#[test]
+fn colour_only_on_a_terminal_and_never_with_no_color() {
+    // util-linux `script` gives the program a terminal.
+    let Ok(probe) = Command::new("script").arg("--version").output() else {
+        return common::skip::skip(
+            "colour_only_on_a_terminal_and_never_with_no_color",
+            "util-linux script is not installed",
+        );
+    };
+    assert!(probe.status.success());
+    let fx = Fx::new("colour");
+    let path = format!("{}/sb", fx.prefix);
+    let cmd = format!(
+        "{BIN} run --cgroups-path {path} --sandbox-id sb1 --state-dir {} --duration 0",
+        fx.state_dir()
+    );
+    let on_tty = |no_color: Option<&str>| -> String {
+        let mut c = Command::new("script");
+        c.args(["-qec", &cmd, "/dev/null"])
+            .env("HOST_CGROUPS_LOG", "debug")
+            .env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            c.env("NO_COLOR", v);
+        }
+        text(&ok(&c.output().unwrap()).stdout)
+    };
+    assert!(on_tty(None).contains("\u{1b}["), "no colour on a terminal");
+    assert!(
+        !on_tty(Some("1")).contains("\u{1b}["),
+        "colour despite NO_COLOR"
+    );
+    assert!(fx.walk().is_empty());
+}
+
+#[test]
+fn version_names_the_commit() {
+    let out = ok(&hc(&["--version"])).stdout.clone();
+    let v = text(&out);
+    let want_version = format!("host-cgroups {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(v.starts_with(&want_version), "{v}");
+    let commit = v
+        .trim()
+        .trim_start_matches(&want_version)
+        .trim_end_matches(')');
+    let git = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output();
+    match git {
+        Ok(g) if g.status.success() => assert_eq!(commit, text(&g.stdout).trim(), "{v}"),
+        // No git here (a test host): the build machine's commit or "unknown".
+        _ => assert!(
+            commit == "unknown" || commit.chars().all(|c| c.is_ascii_hexdigit()),
+            "{v}"
+        ),
+    }
+}

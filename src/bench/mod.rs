@@ -108,6 +108,24 @@ pub enum Which {
     Hooks(hooks::HooksArgs),
 }
 
+impl BenchArgs {
+    /// The options every bench takes.
+    pub fn common(&self) -> &Common {
+        match &self.which {
+            Which::Placement(a) => &a.common,
+            Which::Lifecycle(a) => &a.common,
+            Which::Systemd(a) => &a.common,
+            Which::Scale(a) => &a.common,
+            Which::Hooks(a) => &a.common,
+        }
+    }
+
+    /// Whether `--json` was given.
+    pub fn json(&self) -> bool {
+        self.common().json
+    }
+}
+
 /// Runs the chosen benchmark.
 pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     match &args.which {

@@ -555,10 +555,10 @@ pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
                 values: selfp.latency_us.clone(),
             });
         }
-        eprintln!(
+        crate::cli::progress(format!(
             "placement: {n} vCPUs, {runs} runs each: hooks p50 {:.0} µs, pull p50 {:.0} µs",
             hs.p50, ps.p50
-        );
+        ));
         rows.push(vec![
             n.to_string(),
             runs.to_string(),

@@ -286,7 +286,7 @@ pub fn emit(common: &Common, out: Output) -> Result<(), BenchError> {
         print!("{}", out.markdown);
     }
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-    eprintln!("host-cgroups bench: wrote {}", names.join(", "));
+    crate::cli::status(format!("bench: wrote {}", names.join(", ")));
     Ok(())
 }
 

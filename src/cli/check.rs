@@ -271,10 +271,12 @@ pub fn check(args: &CheckArgs) -> Result<(), CliError> {
             .filter(|i| i.verdict == Verdict::Fail)
             .map(|i| format!("{}: {}", i.name, i.detail))
             .collect();
-        Err(runtime(format!(
+        let e = runtime(format!(
             "this host cannot run sandboxes: {}",
             why.join("; ")
-        )))
+        ));
+        // With --json the verdict and the items are the result on stdout.
+        Err(if args.json { e.reported() } else { e })
     }
 }
 

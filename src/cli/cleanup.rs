@@ -65,10 +65,12 @@ pub fn cleanup(args: &CleanupArgs) -> Result<(), CliError> {
     if report.errors.is_empty() {
         Ok(())
     } else {
-        Err(runtime(format!(
+        let e = runtime(format!(
             "cleanup of {}: {}",
             args.sandbox_id,
             report.errors.join("; ")
-        )))
+        ));
+        // With --json the report (its `errors`) is the result on stdout.
+        Err(if args.json { e.reported() } else { e })
     }
 }

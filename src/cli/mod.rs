@@ -21,6 +21,79 @@ use host_cgroups::resources;
 /// The version of this program, in every `--json` object's `version` field.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// `--version`: the package version and the git commit it was built from (build.rs).
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("HOST_CGROUPS_GIT_COMMIT"),
+    ")"
+);
+
+/// The tracing target of the program's own status lines and final error, always shown.
+pub const STATUS_TARGET: &str = "host_cgroups::cli";
+
+/// How log lines (and the program's status lines) are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; colour only on a terminal without NO_COLOR.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, fields.message, target).
+    Json,
+}
+
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Records the log format for [`status`], [`progress`] and [`report_error`].
+pub fn set_log_format(f: LogFormat) {
+    let _ = LOG_FORMAT.set(f);
+}
+
+fn log_format() -> LogFormat {
+    LOG_FORMAT.get().copied().unwrap_or_default()
+}
+
+/// A status line on stderr: `host-cgroups: MSG`, or a JSON log object with `--log-format json`.
+pub fn status(msg: impl fmt::Display) {
+    match log_format() {
+        LogFormat::Text => eprintln!("host-cgroups: {msg}"),
+        LogFormat::Json => tracing::info!(target: STATUS_TARGET, "{msg}"),
+    }
+}
+
+/// A progress line on stderr as it is, or a JSON log object with `--log-format json`.
+pub fn progress(line: impl fmt::Display) {
+    match log_format() {
+        LogFormat::Text => eprintln!("{line}"),
+        LogFormat::Json => tracing::info!(target: STATUS_TARGET, "{line}"),
+    }
+}
+
+/// Reports the error that ends the program, once: on stderr (text, or a JSON log object
+/// with `--log-format json`), and, when the command was given `--json` and has not
+/// printed its own result, as an error object on stdout (schema in docs/cli.md).
+pub fn report_error(e: &CliError, json: bool) {
+    match log_format() {
+        LogFormat::Text => eprintln!("host-cgroups: error: {e}"),
+        LogFormat::Json => {
+            tracing::error!(target: STATUS_TARGET, exit_code = e.exit_code(), "{e}")
+        }
+    }
+    if json && !matches!(e, CliError::Reported(_)) {
+        let v = serde_json::json!({
+            "version": VERSION,
+            "error": {
+                "kind": e.kind(),
+                "exit_code": e.exit_code(),
+                "message": e.to_string(),
+            }
+        });
+        if let Ok(s) = serde_json::to_string_pretty(&v) {
+            println!("{s}");
+        }
+    }
+}
+
 /// An error the CLI reports, with the exit code it maps to.
 #[derive(Debug)]
 pub enum CliError {
@@ -28,6 +101,9 @@ pub enum CliError {
     BadInput(String),
     /// The host refused or failed: exit code 1.
     Runtime(String),
+    /// The command already printed its `--json` result, which shows the failure; the
+    /// error goes to stderr only.
+    Reported(Box<CliError>),
 }
 
 impl CliError {
@@ -36,6 +112,24 @@ impl CliError {
         match self {
             CliError::BadInput(_) => 2,
             CliError::Runtime(_) => 1,
+            CliError::Reported(e) => e.exit_code(),
+        }
+    }
+
+    /// `bad-input` or `runtime`, as in the JSON error object.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CliError::BadInput(_) => "bad-input",
+            CliError::Runtime(_) => "runtime",
+            CliError::Reported(e) => e.kind(),
+        }
+    }
+
+    /// Marks the error as shown in the command's own JSON result.
+    pub fn reported(self) -> CliError {
+        match self {
+            CliError::Reported(_) => self,
+            e => CliError::Reported(Box::new(e)),
         }
     }
 }
@@ -44,6 +138,7 @@ impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CliError::BadInput(m) | CliError::Runtime(m) => f.write_str(m),
+            CliError::Reported(e) => e.fmt(f),
         }
     }
 }
@@ -58,11 +153,28 @@ fn runtime(e: impl fmt::Display) -> CliError {
 
 /// Host cgroup placement for in-process VMM sandboxes.
 #[derive(Debug, Parser)]
-#[command(name = "host-cgroups", version, about)]
+#[command(name = "host-cgroups", version = LONG_VERSION, about)]
 pub struct Cli {
+    /// Log lines on stderr: text, or one JSON object per line (levels: HOST_CGROUPS_LOG).
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Whether the command was asked for `--json` (its errors then also go to stdout as JSON).
+    pub fn json_output(&self) -> bool {
+        match &self.command {
+            Command::Check(a) => a.json,
+            Command::Resolve(a) => a.json,
+            Command::Run(a) => a.json,
+            Command::Inspect(a) => a.json,
+            Command::Cleanup(a) => a.json,
+            Command::Bench(a) => a.json(),
+        }
+    }
 }
 
 /// The subcommands.

@@ -137,6 +137,7 @@ struct RunReport {
     usage: Option<Usage>,
     cleanup: TeardownReport,
     notes: Vec<String>,
+    errors: Vec<String>,
 }
 
 /// Runs the sandbox.
@@ -224,17 +225,16 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         }
     };
     if let Err(e) = host_cgroups::failpoint::hit("vmm-started") {
-        eprintln!("host-cgroups: {e}");
         let _ = sandbox.teardown(|| vmm.stop());
-        return Err(runtime("VMM start: injected failure"));
+        return Err(runtime(format!("VMM start: {e}")));
     }
     let backend_name = vmm.backend().to_string();
     let me = std::process::id() as i32;
     // Tests and users wait for this line: every boot vCPU is placed and running.
-    eprintln!(
-        "host-cgroups: sandbox {sandbox_id} running: {} vCPUs placed, pid {me}",
+    super::status(format!(
+        "sandbox {sandbox_id} running: {} vCPUs placed, pid {me}",
         vmm.vcpus().len()
-    );
+    ));
     let start = Instant::now();
     let total = Duration::from_secs_f64(args.duration);
     let live = !args.json || std::io::stderr().is_terminal();
@@ -254,7 +254,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
                     failure = Some(format!("hotplug to {want} vCPUs failed: {e}"));
                     break;
                 }
-                eprintln!("host-cgroups: hotplugged to {want} vCPUs");
+                super::status(format!("hotplugged to {want} vCPUs"));
             }
         }
         if !unplugged && start.elapsed() >= Duration::from_secs(2) {
@@ -266,7 +266,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
                     failure = Some(format!("unplug to {want} vCPUs failed: {e}"));
                     break;
                 }
-                eprintln!("host-cgroups: unplugged to {want} vCPUs");
+                super::status(format!("unplugged to {want} vCPUs"));
             }
         }
         if live && last_at.elapsed() >= Duration::from_secs(1) {
@@ -279,7 +279,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
                 let pct = (now - prev.min(now)) as f64 / 1e9 / dt * 100.0;
                 line.push_str(&format!(" vcpu{}:{pct:4.0}%", v.index));
             }
-            eprintln!("{line}");
+            super::progress(line);
         }
     }
     if STOP.load(Ordering::SeqCst) {
@@ -315,6 +315,14 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         }
         None => None,
     };
+    let mut errors = Vec::new();
+    if let Err(e) = &stopped {
+        errors.push(format!("VMM stop failed: {e}"));
+    }
+    errors.extend(failure);
+    if !cleanup.errors.is_empty() {
+        errors.push(format!("cleanup failed: {}", cleanup.errors.join("; ")));
+    }
     let report = RunReport {
         sandbox_id: plan.sandbox_id.clone(),
         driver: plan.driver.to_string(),
@@ -334,25 +342,19 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         usage,
         cleanup,
         notes,
+        errors,
     };
     if args.json {
         print_json(&report)?;
     } else {
         print_table(&report);
     }
-    if let Err(e) = stopped {
-        return Err(runtime(format!("VMM stop failed: {e}")));
+    if report.errors.is_empty() {
+        return Ok(());
     }
-    if let Some(f) = failure {
-        return Err(runtime(f));
-    }
-    if !report.cleanup.errors.is_empty() {
-        return Err(runtime(format!(
-            "cleanup failed: {}",
-            report.cleanup.errors.join("; ")
-        )));
-    }
-    Ok(())
+    let e = runtime(report.errors.join("; "));
+    // With --json the report (its `errors`) is the result on stdout.
+    Err(if args.json { e.reported() } else { e })
 }
 
 fn vmm_vcpu_rows(snapshot: &[ThreadInfo], records: &[VcpuRecord]) -> Vec<VcpuOut> {
