@@ -872,3 +872,137 @@ fn version_names_the_commit() {
         ),
     }
 }
+
+fn inspect_json(fx: &Fx, id: &str) -> Value {
+    json(&hc(&[
+        "inspect",
+        "--sandbox-id",
+        id,
+        "--state-dir",
+        fx.state_dir(),
+        "--json",
+    ]))
+}
+
+/// Every task listed in the sandbox cgroup's directories.
+fn tasks(v: &Value) -> Vec<Value> {
+    v["cgroups"][0]["directories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|d| d["threads"].as_array().unwrap().clone())
+        .collect()
+}
+
+#[test]
+fn inspect_a_kept_sandbox() {
+    let fx = Fx::new("inspkept");
+    let path = format!("{}/sb", fx.prefix);
+    ok(&fx.run_keep("sb1", &path));
+    let v = inspect_json(&fx, "sb1");
+    assert!(v["version"].is_string());
+    assert_eq!(v["sandbox_id"], "sb1");
+    assert_eq!(v["cgroup_version"], layout().version().number());
+    assert_eq!(v["vmm"]["running"], false, "{v}");
+    let sb = &v["cgroups"][0];
+    assert_eq!(sb["role"], "sandbox");
+    assert_eq!(sb["cgroup"]["path"], path.as_str());
+    assert_eq!(sb["exists"], true);
+    for d in sb["directories"].as_array().unwrap() {
+        assert_eq!(d["exists"], true, "{d}");
+        assert!(d["threads"].as_array().unwrap().is_empty(), "{d}");
+        assert!(Path::new(d["dir"].as_str().unwrap()).is_dir());
+    }
+    let created = sb["created"].as_array().unwrap();
+    assert!(!created.is_empty());
+    assert!(created.iter().all(|c| c["exists"] == true), "{sb}");
+
+    // A process that is not the sandbox's VMM, in the sandbox cgroup: listed, role `-`.
+    let child = ChildGuard::sleep();
+    let dir = PathBuf::from(sb["directories"][0]["dir"].as_str().unwrap());
+    std::fs::write(dir.join("cgroup.procs"), child.pid().to_string()).unwrap();
+    let v = inspect_json(&fx, "sb1");
+    let t = tasks(&v);
+    assert_eq!(t.len(), 1, "{v}");
+    assert_eq!(t[0]["pid"], child.pid());
+    assert_eq!(t[0]["tid"], child.pid());
+    assert_eq!(t[0]["name"], "sleep");
+    assert_eq!(t[0]["role"], "-");
+    assert_eq!(v["cgroups"][0]["directories"][0]["procs"][0], child.pid());
+    drop(child);
+    // The text form says the same.
+    let out = ok(&hc(&[
+        "inspect",
+        "--sandbox-id",
+        "sb1",
+        "--state-dir",
+        fx.state_dir(),
+    ]))
+    .stdout
+    .clone();
+    let s = text(&out);
+    assert!(s.contains("not running"), "{s}");
+    assert!(s.contains(&format!("sandbox cgroup {path}: exists")), "{s}");
+
+    ok(&hc(&[
+        "cleanup",
+        "--sandbox-id",
+        "sb1",
+        "--state-dir",
+        fx.state_dir(),
+    ]));
+    // No state: exit 2, naming the directory searched.
+    let out = hc(&[
+        "inspect",
+        "--sandbox-id",
+        "sb1",
+        "--state-dir",
+        fx.state_dir(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains(fx.state_dir()),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn inspect_a_running_sandbox_and_a_plain_process() {
+    let fx = Fx::new("insplive");
+    let path = format!("{}/sb", fx.prefix);
+    let mut run = RunChild::spawn(&[
+        "run",
+        "--duration",
+        "600",
+        "--cgroups-path",
+        &path,
+        "--sandbox-id",
+        "sb1",
+        "--state-dir",
+        fx.state_dir(),
+    ]);
+    run.wait_for("running");
+    let pid = run.child.id() as i64;
+    let v = inspect_json(&fx, "sb1");
+    assert_eq!(v["vmm"]["running"], true, "{v}");
+    assert_eq!(v["vmm"]["pid"], pid);
+    let t = tasks(&v);
+    assert!(t.iter().any(|t| t["role"] == "vcpu"), "{v}");
+    for t in &t {
+        assert_eq!(t["pid"], pid, "{t}");
+        assert_ne!(t["role"], "-", "{t}");
+    }
+    assert!(run.stop().success());
+
+    // A plain process's threads have no sandbox role.
+    let child = ChildGuard::sleep();
+    let v = json(&hc(&[
+        "inspect",
+        "--pid",
+        &child.pid().to_string(),
+        "--json",
+    ]));
+    assert!(v["version"].is_string());
+    assert_eq!(v["threads"][0]["role"], "-", "{v}");
+}

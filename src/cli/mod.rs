@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 mod check;
 mod cleanup;
+mod inspect;
 mod run;
 
 use clap::{Args, Parser, Subcommand};
@@ -187,36 +188,12 @@ pub enum Command {
     Resolve(ResolveArgs),
     /// Boot a sandbox with the in-process VMM, place its threads, report, clean up.
     Run(run::RunArgs),
-    /// List every thread of a process with its cgroups.
-    Inspect(InspectArgs),
+    /// Where a process's threads sit (--pid), or what a sandbox has on the host (--sandbox-id).
+    Inspect(inspect::InspectArgs),
     /// Remove what a crashed run left: its cgroups and state.
     Cleanup(cleanup::CleanupArgs),
     /// Benchmarks: placement, lifecycle, systemd, scale, hooks.
     Bench(crate::bench::BenchArgs),
-}
-
-/// Arguments of `inspect`.
-#[derive(Debug, Args)]
-pub struct InspectArgs {
-    /// The process.
-    #[arg(long, value_name = "PID")]
-    pub pid: i32,
-    /// Print one JSON object.
-    #[arg(long)]
-    pub json: bool,
-}
-
-fn inspect(args: &InspectArgs) -> Result<(), CliError> {
-    if args.pid <= 0 {
-        return Err(bad(format!("--pid {} is not a process id", args.pid)));
-    }
-    let threads = host_cgroups::host::threads(args.pid)
-        .map_err(|e| bad(format!("process {}: {e}", args.pid)))?;
-    if args.json {
-        return print_json(&serde_json::json!({ "pid": args.pid, "threads": threads }));
-    }
-    print_threads(&threads);
-    Ok(())
 }
 
 /// Prints a thread table: tid, name, role, and the cgroup per controller.
@@ -396,7 +373,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Check(a) => check::check(&a),
         Command::Resolve(a) => resolve(&a),
         Command::Run(a) => run::run(&a),
-        Command::Inspect(a) => inspect(&a),
+        Command::Inspect(a) => inspect::inspect(&a),
         Command::Cleanup(a) => cleanup::cleanup(&a),
         Command::Bench(a) => crate::bench::run(&a).map_err(CliError::from),
     }
