@@ -74,14 +74,18 @@ impl From<BenchError> for CliError {
     }
 }
 
+/// Where bench results go by default: an absolute directory, the same whatever the
+/// current directory (persistent across reboots, unlike /tmp).
+pub const DEFAULT_OUT: &str = "/var/tmp/host-cgroups-bench";
+
 /// Options every bench takes.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
     /// Print one JSON object on stdout instead of the Markdown table.
     #[arg(long)]
     pub json: bool,
-    /// Directory for the JSON, Markdown and SVG files.
-    #[arg(long, value_name = "DIR", default_value = "target/bench")]
+    /// Directory for the JSON, Markdown and SVG files (created; the path written is printed).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_OUT)]
     pub out: PathBuf,
 }
 
