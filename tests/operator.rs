@@ -1006,3 +1006,176 @@ fn inspect_a_running_sandbox_and_a_plain_process() {
     assert!(v["version"].is_string());
     assert_eq!(v["threads"][0]["role"], "-", "{v}");
 }
+
+/// `Fields of `NAME`: `a`, `b`, …` lines of docs/cli.md: NAME → (fields, whether "at least").
+fn documented_fields() -> std::collections::BTreeMap<String, (BTreeSet<String>, bool)> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md"))
+        .expect("docs/cli.md");
+    let mut out = std::collections::BTreeMap::new();
+    for l in doc.lines().filter(|l| l.starts_with("Fields of `")) {
+        let mut parts = l.split('`');
+        parts.next();
+        let name = parts.next().unwrap().to_string();
+        let (head, list) = l.split_once(':').unwrap();
+        let at_least = head.contains("(at least)");
+        let fields: BTreeSet<String> = list
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect();
+        assert!(!fields.is_empty(), "{l}");
+        out.insert(name, (fields, at_least));
+    }
+    out
+}
+
+fn keys(v: &Value) -> BTreeSet<String> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn every_json_output_has_the_documented_fields() {
+    let docs = documented_fields();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut check = |name: &str, v: &Value| {
+        let (want, at_least) = docs
+            .get(name)
+            .unwrap_or_else(|| panic!("docs/cli.md documents no `{name}`"));
+        let have = keys(v);
+        if *at_least {
+            assert!(
+                want.is_subset(&have),
+                "{name}: documented {want:?}, got {have:?}"
+            );
+        } else {
+            assert_eq!(&have, want, "{name}: the output and docs/cli.md differ");
+        }
+        seen.insert(name.to_string());
+    };
+    let fx = Fx::new("schema");
+    let path = format!("{}/sb", fx.prefix);
+
+    let out = hc(&["check", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("check JSON");
+    check("check --json", &v);
+    assert!(v["cgroup_version"].is_u64());
+
+    let v = json(&hc(&[
+        "resolve",
+        "--sandbox-id",
+        "sb1",
+        "--cgroups-path",
+        &path,
+        "--json",
+    ]));
+    check("resolve --json", &v);
+    check("cgroup object", &v["sandbox"]);
+    assert!(v["cgroup_version"].is_u64());
+
+    let v = json(&hc(&[
+        "run",
+        "--keep",
+        "--json",
+        "--duration",
+        "0",
+        "--cgroups-path",
+        &path,
+        "--sandbox-id",
+        "sb1",
+        "--state-dir",
+        fx.state_dir(),
+    ]));
+    check("run --json", &v);
+    check("cgroup object", &v["sandbox"]);
+    check("thread object", &v["threads"][0]);
+    assert!(v["cgroup_version"].is_u64());
+    assert!(v["usage"]["cpu_ns"].is_u64(), "{v}");
+    assert!(v["vcpus"][0]["cpu_ns"].is_u64(), "{v}");
+    assert_eq!(v["cleanup"]["kept"].as_array().unwrap().len(), 1, "{v}");
+
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(fx.state_file("sb1")).unwrap()).unwrap();
+    check("state file", &state);
+    assert!(state["cgroup_version"].is_u64(), "{state}");
+
+    let child = ChildGuard::sleep();
+    let v = json(&hc(&[
+        "inspect",
+        "--sandbox-id",
+        "sb1",
+        "--state-dir",
+        fx.state_dir(),
+        "--json",
+    ]));
+    check("inspect --sandbox-id --json", &v);
+    check("cgroup object", &v["cgroups"][0]["cgroup"]);
+    assert!(v["cgroup_version"].is_u64());
+    let dir = PathBuf::from(v["cgroups"][0]["directories"][0]["dir"].as_str().unwrap());
+    std::fs::write(dir.join("cgroup.procs"), child.pid().to_string()).unwrap();
+    let v = json(&hc(&[
+        "inspect",
+        "--sandbox-id",
+        "sb1",
+        "--state-dir",
+        fx.state_dir(),
+        "--json",
+    ]));
+    let mut task = tasks(&v)[0].clone();
+    assert_eq!(
+        task.as_object_mut().unwrap().remove("pid"),
+        Some(child.pid().into())
+    );
+    check("thread object", &task);
+
+    let v = json(&hc(&[
+        "inspect",
+        "--pid",
+        &child.pid().to_string(),
+        "--json",
+    ]));
+    check("inspect --pid --json", &v);
+    check("thread object", &v["threads"][0]);
+    drop(child);
+
+    let v = json(&hc(&[
+        "cleanup",
+        "--sandbox-id",
+        "sb1",
+        "--state-dir",
+        fx.state_dir(),
+        "--json",
+    ]));
+    check("cleanup --json", &v);
+    assert!(fx.walk().is_empty());
+
+    // A failure under --json: the error object on stdout, the text on stderr.
+    let out = hc(&["resolve", "--sandbox-id", "a/b", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("error object");
+    check("error", &v);
+    assert_eq!(v["error"]["kind"], "bad-input");
+    assert_eq!(v["error"]["exit_code"], 2);
+    assert!(v["error"]["message"].as_str().unwrap().contains("a/b"));
+    assert!(text(&out.stderr).contains("a/b"));
+
+    let out_dir = fx.state.join("bench");
+    let v = json(&hc(&[
+        "bench",
+        "hooks",
+        "--json",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]));
+    check("bench --json", &v);
+
+    let documented: BTreeSet<String> = docs.keys().cloned().collect();
+    assert_eq!(
+        seen, documented,
+        "documented outputs this test did not check"
+    );
+}

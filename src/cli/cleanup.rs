@@ -46,7 +46,10 @@ pub fn cleanup(args: &CleanupArgs) -> Result<(), CliError> {
         None => Sandbox::cleanup(&args.state_dir, &args.sandbox_id).map_err(classify)?,
     };
     if args.json {
-        print_json(&report)?;
+        print_json(&super::Versioned {
+            version: super::VERSION,
+            inner: &report,
+        })?;
     } else {
         println!("cleanup of {} (from {})", report.sandbox_id, report.source);
         for r in &report.removed {

@@ -8,7 +8,9 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{bad, print_json, runtime, CliError};
-use host_cgroups::host::{parse_proc_cgroup, thread_role, CgroupLayout, ThreadInfo};
+use host_cgroups::host::{
+    parse_proc_cgroup, task_cgroups, task_cpu_ns, thread_role, CgroupLayout, ThreadInfo,
+};
 use host_cgroups::manager;
 use host_cgroups::path::{validate_sandbox_id, CgroupsPath};
 use host_cgroups::plan::CgroupPlan;
@@ -80,18 +82,15 @@ fn inspect_pid(pid: i32, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-/// A task found in a cgroup.
+/// A task found in a cgroup: the thread object every command prints, plus its process.
 #[derive(Debug, Serialize)]
 struct Task {
-    /// The thread id.
-    tid: i32,
     /// Its process (thread group) id.
     pid: i32,
-    /// `comm`.
-    name: String,
-    /// `vcpu`, `controller`, `kvm` or `vmm` for a thread of the sandbox's running VMM;
-    /// `-` for any other process.
-    role: &'static str,
+    /// tid, name, role (`vcpu`, `controller`, `kvm` or `vmm` for a thread of the
+    /// sandbox's running VMM; `-` for any other process), cgroups, cpu_ns.
+    #[serde(flatten)]
+    thread: ThreadInfo,
 }
 
 /// One directory of a cgroup (one per hierarchy; v2 has one).
@@ -252,11 +251,19 @@ fn cgroup_report(
                     } else {
                         "-"
                     };
+                    let mut cgroups = task_cgroups(pid, tid).unwrap_or_default();
+                    if let Some(v2) = cgroups.remove("") {
+                        cgroups.insert("unified".to_string(), v2);
+                    }
                     Task {
-                        tid,
                         pid,
-                        name,
-                        role,
+                        thread: ThreadInfo {
+                            tid,
+                            name,
+                            role,
+                            cgroups,
+                            cpu_ns: task_cpu_ns(pid, tid).unwrap_or(0),
+                        },
                     }
                 })
                 .collect();
@@ -366,7 +373,7 @@ fn inspect_sandbox(id: &str, state_dir: &Path, json: bool) -> Result<(), CliErro
             for t in &d.threads {
                 println!(
                     "    tid {:<8} pid {:<8} {:<16} {}",
-                    t.tid, t.pid, t.name, t.role
+                    t.thread.tid, t.pid, t.thread.name, t.thread.role
                 );
             }
         }

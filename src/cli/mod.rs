@@ -316,6 +316,16 @@ pub fn layout_for(version: Option<u8>) -> Result<CgroupLayout, CliError> {
     }
 }
 
+/// A `--json` result with the `version` field first, then the object's own fields.
+#[derive(Serialize)]
+pub struct Versioned<'a, T: Serialize> {
+    /// [`VERSION`].
+    pub version: &'static str,
+    /// The object.
+    #[serde(flatten)]
+    pub inner: &'a T,
+}
+
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json(v: &impl Serialize) -> Result<(), CliError> {
     let s = serde_json::to_string_pretty(v).map_err(runtime)?;
@@ -335,7 +345,10 @@ fn resolve(args: &ResolveArgs) -> Result<(), CliError> {
     let layout = layout_for(args.cgroup_version)?;
     let plan = SandboxPlan::new(&config, &path, &id, &layout, res.as_ref()).map_err(bad)?;
     if args.json {
-        return print_json(&plan);
+        return print_json(&Versioned {
+            version: VERSION,
+            inner: &plan,
+        });
     }
     println!("driver:        {}", plan.driver);
     println!("cgroup:        v{}", plan.cgroup_version);

@@ -17,7 +17,7 @@ use super::{
 use demo_vmm::{BackendChoice, Vmm, VmmConfig};
 use host_cgroups::controller::{TeardownReport, VcpuRecord};
 use host_cgroups::host::{task_cpu_ns, threads, ThreadInfo};
-use host_cgroups::plan::SandboxPlan;
+use host_cgroups::plan::{CgroupPlan, SandboxPlan};
 use host_cgroups::sandbox::{Activation, Sandbox, SandboxOptions, Teardown};
 use host_cgroups::state::DEFAULT_STATE_DIR;
 
@@ -106,19 +106,20 @@ struct VcpuOut {
     exited: bool,
     exited_before_placement: bool,
     pinned_cpu: Option<u32>,
-    cpu_seconds: f64,
+    cpu_ns: u64,
 }
 
 #[derive(Serialize)]
 struct Usage {
-    cpu_seconds: f64,
+    cpu_ns: u64,
     nr_periods: u64,
     throttled_periods: u64,
-    throttled_seconds: f64,
+    throttled_ns: u64,
 }
 
 #[derive(Serialize)]
 struct RunReport {
+    version: &'static str,
     sandbox_id: String,
     driver: String,
     cgroup_version: u8,
@@ -126,18 +127,48 @@ struct RunReport {
     controller_active: bool,
     vcpu_backend: String,
     vmm_pid: i32,
-    sandbox: BTreeMap<String, PathBuf>,
-    sandbox_path: String,
-    overhead: Option<BTreeMap<String, PathBuf>>,
+    sandbox: CgroupPlan,
+    overhead: Option<CgroupPlan>,
     sandbox_cgroup_only: bool,
     state_dir: PathBuf,
     wall_seconds: f64,
     vcpus: Vec<VcpuOut>,
     threads: Vec<ThreadInfo>,
     usage: Option<Usage>,
-    cleanup: TeardownReport,
+    cleanup: CleanupOut,
     notes: Vec<String>,
     errors: Vec<String>,
+}
+
+/// What the run's own teardown did, in the shape of `cleanup`'s report: cgroups
+/// removed, absent, kept (with the reason), errors.
+#[derive(Serialize)]
+struct CleanupOut {
+    removed: Vec<String>,
+    absent: Vec<String>,
+    kept: Vec<String>,
+    errors: Vec<String>,
+}
+
+impl CleanupOut {
+    fn from_teardown(r: TeardownReport, plan: &SandboxPlan, state_dir: &std::path::Path) -> Self {
+        let kept = if r.kept {
+            vec![format!(
+                "{}: --keep; remove with `host-cgroups cleanup --sandbox-id {} --state-dir {}`",
+                plan.sandbox.path,
+                plan.sandbox_id,
+                state_dir.display()
+            )]
+        } else {
+            Vec::new()
+        };
+        CleanupOut {
+            removed: r.removed,
+            absent: Vec::new(),
+            kept,
+            errors: r.errors,
+        }
+    }
 }
 
 /// Runs the sandbox.
@@ -288,6 +319,8 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     // Snapshot where every thread sits while the sandbox still runs.
     let snapshot = threads(me).map_err(runtime)?;
     let records: Vec<VcpuRecord> = sandbox.vcpus();
+    // The directories the driver really uses (the plan's when the sandbox is inactive).
+    let real_paths = sandbox.paths();
     let stats = sandbox.stats().transpose();
     let wall = start.elapsed().as_secs_f64();
     // The sandbox owns the order: the VMM stops (VM fd closed) before the cgroups go,
@@ -304,10 +337,10 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let vcpus_out: Vec<VcpuOut> = vmm_vcpu_rows(&snapshot, &records);
     let usage = match stats {
         Some(Ok(s)) => Some(Usage {
-            cpu_seconds: s.cpu_usage_ns as f64 / 1e9,
+            cpu_ns: s.cpu_usage_ns,
             nr_periods: s.nr_periods,
             throttled_periods: s.nr_throttled,
-            throttled_seconds: s.throttled_ns as f64 / 1e9,
+            throttled_ns: s.throttled_ns,
         }),
         Some(Err(e)) => {
             notes.push(format!("usage not available: {e}"));
@@ -324,6 +357,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         errors.push(format!("cleanup failed: {}", cleanup.errors.join("; ")));
     }
     let report = RunReport {
+        version: super::VERSION,
         sandbox_id: plan.sandbox_id.clone(),
         driver: plan.driver.to_string(),
         cgroup_version: plan.cgroup_version,
@@ -331,16 +365,22 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         controller_active: config.vmm_in_process(),
         vcpu_backend: backend_name,
         vmm_pid: me,
-        sandbox: plan.sandbox.paths.clone(),
-        sandbox_path: plan.sandbox.path.clone(),
-        overhead: plan.overhead.as_ref().map(|o| o.paths.clone()),
+        sandbox: CgroupPlan {
+            paths: if real_paths.is_empty() {
+                plan.sandbox.paths.clone()
+            } else {
+                real_paths
+            },
+            ..plan.sandbox.clone()
+        },
+        overhead: plan.overhead.clone(),
         sandbox_cgroup_only: plan.sandbox_cgroup_only,
         state_dir: args.state_dir.clone(),
         wall_seconds: wall,
         vcpus: vcpus_out,
         threads: snapshot,
         usage,
-        cleanup,
+        cleanup: CleanupOut::from_teardown(cleanup, &plan, &args.state_dir),
         notes,
         errors,
     };
@@ -370,7 +410,7 @@ fn vmm_vcpu_rows(snapshot: &[ThreadInfo], records: &[VcpuRecord]) -> Vec<VcpuOut
                 exited: r.exited,
                 exited_before_placement: r.exited_before_placement,
                 pinned_cpu: r.pinned_cpu,
-                cpu_seconds: t.map(|t| t.cpu_ns as f64 / 1e9).unwrap_or(0.0),
+                cpu_ns: t.map(|t| t.cpu_ns).unwrap_or(0),
             }
         })
         .collect();
@@ -387,7 +427,7 @@ fn vmm_vcpu_rows(snapshot: &[ThreadInfo], records: &[VcpuRecord]) -> Vec<VcpuOut
                 exited: false,
                 exited_before_placement: false,
                 pinned_cpu: None,
-                cpu_seconds: t.cpu_ns as f64 / 1e9,
+                cpu_ns: t.cpu_ns,
             })
             .collect();
     }
@@ -399,7 +439,7 @@ fn print_table(r: &RunReport) {
         "sandbox {}  driver {}  cgroup v{}  placement {}  vCPU backend {}  pid {}",
         r.sandbox_id, r.driver, r.cgroup_version, r.placement, r.vcpu_backend, r.vmm_pid
     );
-    println!("sandbox cgroup: {}", r.sandbox_path);
+    println!("sandbox cgroup: {}", r.sandbox.path);
     super::print_threads(&r.threads);
     for v in &r.vcpus {
         println!(
@@ -418,10 +458,14 @@ fn print_table(r: &RunReport) {
     if let Some(u) = &r.usage {
         println!(
             "usage: {:.3} CPU-s in {:.1} s; throttled {} of {} periods ({:.3} s)",
-            u.cpu_seconds, r.wall_seconds, u.throttled_periods, u.nr_periods, u.throttled_seconds
+            u.cpu_ns as f64 / 1e9,
+            r.wall_seconds,
+            u.throttled_periods,
+            u.nr_periods,
+            u.throttled_ns as f64 / 1e9
         );
     }
-    if r.cleanup.kept {
+    if !r.cleanup.kept.is_empty() {
         println!(
             "cleanup: kept (--keep); remove with `host-cgroups cleanup --sandbox-id {} --state-dir {}`",
             r.sandbox_id,

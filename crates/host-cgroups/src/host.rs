@@ -46,14 +46,43 @@ pub enum HostError {
 }
 
 /// Which cgroup version the drivers act on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+///
+/// In JSON (state files, every command's `--json`) it is the number `1` or `2`; the
+/// strings `"1"` and `"2"` of older state files are read as well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CgroupVersion {
     /// cgroup v1 (legacy or hybrid hosts).
-    #[serde(rename = "1")]
     V1,
     /// cgroup v2 (unified hosts).
-    #[serde(rename = "2")]
     V2,
+}
+
+impl Serialize for CgroupVersion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(self.number())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CgroupVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        let n = match Raw::deserialize(d)? {
+            Raw::Number(n) => n.to_string(),
+            Raw::Text(t) => t,
+        };
+        match n.as_str() {
+            "1" => Ok(CgroupVersion::V1),
+            "2" => Ok(CgroupVersion::V2),
+            other => Err(serde::de::Error::custom(format!(
+                "cgroup version {other:?} is neither 1 nor 2"
+            ))),
+        }
+    }
 }
 
 impl CgroupVersion {
@@ -592,5 +621,17 @@ mod tests {
         assert_eq!(m["cpuacct"], "/a/b");
         assert_eq!(m[""], "/c:d");
         assert_eq!(m["name=systemd"], "/");
+    }
+
+    #[test]
+    fn cgroup_version_is_a_number_in_json_and_old_strings_still_read() {
+        assert_eq!(serde_json::to_string(&CgroupVersion::V1).unwrap(), "1");
+        assert_eq!(serde_json::to_string(&CgroupVersion::V2).unwrap(), "2");
+        for (text, want) in [("1", CgroupVersion::V1), ("\"2\"", CgroupVersion::V2)] {
+            let v: CgroupVersion = serde_json::from_str(text).unwrap();
+            assert_eq!(v, want);
+        }
+        assert!(serde_json::from_str::<CgroupVersion>("3").is_err());
+        assert!(serde_json::from_str::<CgroupVersion>("\"v1\"").is_err());
     }
 }
