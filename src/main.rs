@@ -17,7 +17,20 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // A malformed command line (exit 2): under --json, the error object on
+            // stdout too; --help and --version are not errors.
+            if e.use_stderr() && std::env::args_os().skip(1).any(|a| a == "--json") {
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or_default();
+                let msg = first.strip_prefix("error: ").unwrap_or(first);
+                cli::print_error_object("bad-input", e.exit_code(), msg);
+            }
+            e.exit()
+        }
+    };
     let format = cli.log_format;
     cli::set_log_format(format);
     let filter = match std::env::var(LOG_ENV) {

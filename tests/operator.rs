@@ -1167,6 +1167,22 @@ fn every_json_output_has_the_documented_fields() {
     assert!(v["error"]["message"].as_str().unwrap().contains("a/b"));
     assert!(text(&out.stderr).contains("a/b"));
 
+    // A malformed command line under --json: the same error object.
+    let out = hc(&["run", "--json", "--backend", "quantum"]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("error object");
+    check("error", &v);
+    assert_eq!(v["error"]["kind"], "bad-input");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("quantum"),
+        "{v}"
+    );
+    assert!(text(&out.stderr).contains("quantum"));
+    // --help is not an error: no object.
+    let out = hc(&["run", "--json", "--help"]);
+    assert!(out.status.success());
+    assert!(serde_json::from_slice::<Value>(&out.stdout).is_err());
+
     let out_dir = fx.state.join("bench");
     let v = json(&hc(&[
         "bench",

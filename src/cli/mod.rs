@@ -81,17 +81,22 @@ pub fn report_error(e: &CliError, json: bool) {
         }
     }
     if json && !matches!(e, CliError::Reported(_)) {
-        let v = serde_json::json!({
-            "version": VERSION,
-            "error": {
-                "kind": e.kind(),
-                "exit_code": e.exit_code(),
-                "message": e.to_string(),
-            }
-        });
-        if let Ok(s) = serde_json::to_string_pretty(&v) {
-            println!("{s}");
+        print_error_object(e.kind(), e.exit_code(), &e.to_string());
+    }
+}
+
+/// Prints the `--json` error object on stdout: `{"version", "error": {"kind", "exit_code", "message"}}`.
+pub fn print_error_object(kind: &str, exit_code: i32, message: &str) {
+    let v = serde_json::json!({
+        "version": VERSION,
+        "error": {
+            "kind": kind,
+            "exit_code": exit_code,
+            "message": message,
         }
+    });
+    if let Ok(s) = serde_json::to_string_pretty(&v) {
+        println!("{s}");
     }
 }
 
