@@ -1199,3 +1199,39 @@ fn every_json_output_has_the_documented_fields() {
         "documented outputs this test did not check"
     );
 }
+
+#[test]
+fn a_closed_stderr_does_not_leave_a_sandbox_behind() {
+    let fx = Fx::new("epipe");
+    let path = format!("{}/sb", fx.prefix);
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--duration",
+            "3",
+            "--cgroups-path",
+            &path,
+            "--sandbox-id",
+            "sb1",
+            "--state-dir",
+            fx.state_dir(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read up to the running line, then close the pipe (`2>&1 | head -1` does this):
+    // the per-vCPU lines that follow meet a closed pipe.
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("running") {
+        line.clear();
+        let n = err.read_line(&mut line).unwrap();
+        assert!(n > 0, "run ended before its running line");
+    }
+    drop(err);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(fx.walk().is_empty(), "left: {:?}", fx.walk());
+    assert!(!fx.state_file("sb1").exists());
+}

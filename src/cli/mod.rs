@@ -3,6 +3,7 @@
 
 use std::ffi::OsString;
 use std::fmt;
+use std::io::Write as _;
 use std::path::PathBuf;
 
 mod check;
@@ -55,17 +56,23 @@ fn log_format() -> LogFormat {
 }
 
 /// A status line on stderr: `host-cgroups: MSG`, or a JSON log object with `--log-format json`.
+/// A write error (a closed stderr) is ignored: a status line is not worth dying for.
 pub fn status(msg: impl fmt::Display) {
     match log_format() {
-        LogFormat::Text => eprintln!("host-cgroups: {msg}"),
+        LogFormat::Text => {
+            let _ = writeln!(std::io::stderr(), "host-cgroups: {msg}");
+        }
         LogFormat::Json => tracing::info!(target: STATUS_TARGET, "{msg}"),
     }
 }
 
-/// A progress line on stderr as it is, or a JSON log object with `--log-format json`.
+/// A progress line on stderr as it is, or a JSON log object with `--log-format json`;
+/// write errors are ignored as for [`status`].
 pub fn progress(line: impl fmt::Display) {
     match log_format() {
-        LogFormat::Text => eprintln!("{line}"),
+        LogFormat::Text => {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        }
         LogFormat::Json => tracing::info!(target: STATUS_TARGET, "{line}"),
     }
 }
@@ -75,7 +82,9 @@ pub fn progress(line: impl fmt::Display) {
 /// printed its own result, as an error object on stdout (schema in docs/cli.md).
 pub fn report_error(e: &CliError, json: bool) {
     match log_format() {
-        LogFormat::Text => eprintln!("host-cgroups: error: {e}"),
+        LogFormat::Text => {
+            let _ = writeln!(std::io::stderr(), "host-cgroups: error: {e}");
+        }
         LogFormat::Json => {
             tracing::error!(target: STATUS_TARGET, exit_code = e.exit_code(), "{e}")
         }

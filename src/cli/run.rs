@@ -81,6 +81,13 @@ impl From<Backend> for BackendChoice {
     }
 }
 
+fn set_sigpipe(disposition: libc::sighandler_t) {
+    // SAFETY: changing a signal disposition to SIG_IGN or SIG_DFL has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, disposition);
+    }
+}
+
 /// Set by SIGINT/SIGTERM: end the run early and clean up.
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -224,6 +231,10 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let mut notes = plan.notes.clone();
 
     install_stop_handlers();
+    // While the sandbox exists, a closed stderr or stdout (`2>&1 | head`) must not kill
+    // this process half-way and leave its cgroups: SIGPIPE is ignored (the status
+    // writes ignore EPIPE) until the teardown is done.
+    set_sigpipe(libc::SIG_IGN);
     let opts = SandboxOptions::default()
         .state_dir(args.state_dir.clone())
         .placement_timeout(Duration::from_secs_f64(args.placement_timeout))
@@ -384,6 +395,8 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         notes,
         errors,
     };
+    // Torn down (or kept, with its state): a closed stdout may end us quietly again.
+    set_sigpipe(libc::SIG_DFL);
     if args.json {
         print_json(&report)?;
     } else {
