@@ -1235,3 +1235,66 @@ fn a_closed_stderr_does_not_leave_a_sandbox_behind() {
     assert!(fx.walk().is_empty(), "left: {:?}", fx.walk());
     assert!(!fx.state_file("sb1").exists());
 }
+
+#[test]
+fn run_reports_every_cgroup_its_teardown_removed() {
+    let fx = Fx::new("runrm");
+    let path = format!("{}/a/b", fx.prefix);
+    // A sibling the run did not make keeps `<prefix>/a` (and the prefix) in one hierarchy.
+    let m = mounts(&layout())[0].clone();
+    let sibling = format!("{}/a/other", fx.prefix);
+    std::fs::create_dir_all(m.join(&sibling)).unwrap();
+    let before = fx.walk();
+    let v = json(&hc(&[
+        "run",
+        "--json",
+        "--duration",
+        "0",
+        "--cgroups-path",
+        &path,
+        "--sandbox-id",
+        "sb1",
+        "--state-dir",
+        fx.state_dir(),
+    ]));
+    let after = fx.walk();
+    assert_eq!(after, before, "the run did not put back what was there");
+    // Only the leaf was new and is gone everywhere; the parents still stand in one
+    // hierarchy: removed there and elsewhere, but not gone, so kept.
+    assert_eq!(
+        strings(&v["cleanup"]["removed"]),
+        BTreeSet::from([path.clone()]),
+        "{v}"
+    );
+    assert_eq!(
+        kept_names(&v["cleanup"]["kept"]),
+        BTreeSet::from([fx.prefix.clone(), format!("{}/a", fx.prefix)]),
+        "{v}"
+    );
+    // What the test made by hand goes: the sibling and, in that hierarchy, its parents.
+    std::fs::remove_dir(m.join(&sibling)).unwrap();
+    std::fs::remove_dir(m.join(format!("{}/a", fx.prefix))).unwrap();
+    std::fs::remove_dir(m.join(&fx.prefix)).unwrap();
+    assert!(fx.walk().is_empty());
+
+    // Without a sibling every created directory goes, and each is listed.
+    let v = json(&hc(&[
+        "run",
+        "--json",
+        "--duration",
+        "0",
+        "--cgroups-path",
+        &path,
+        "--sandbox-id",
+        "sb1",
+        "--state-dir",
+        fx.state_dir(),
+    ]));
+    assert_eq!(
+        strings(&v["cleanup"]["removed"]),
+        BTreeSet::from([fx.prefix.clone(), format!("{}/a", fx.prefix), path.clone()]),
+        "{v}"
+    );
+    assert!(strings(&v["cleanup"]["kept"]).is_empty(), "{v}");
+    assert!(fx.walk().is_empty());
+}

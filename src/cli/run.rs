@@ -158,24 +158,101 @@ struct CleanupOut {
 }
 
 impl CleanupOut {
-    fn from_teardown(r: TeardownReport, plan: &SandboxPlan, state_dir: &std::path::Path) -> Self {
-        let kept = if r.kept {
-            vec![format!(
-                "{}: --keep; remove with `host-cgroups cleanup --sandbox-id {} --state-dir {}`",
-                plan.sandbox.path,
-                plan.sandbox_id,
-                state_dir.display()
-            )]
-        } else {
-            Vec::new()
+    /// The run's teardown in `cleanup`'s terms. With the cgroupfs driver, `watched` (every
+    /// directory of the sandbox that existed before the teardown, created parents
+    /// included) is looked at again: a cgroup gone from every hierarchy is `removed`, one
+    /// still there is `kept` with the reason. Otherwise the driver's own list is used.
+    fn from_teardown(
+        r: TeardownReport,
+        plan: &SandboxPlan,
+        state_dir: &std::path::Path,
+        watched: &[PathBuf],
+    ) -> Self {
+        if r.kept {
+            return CleanupOut {
+                removed: Vec::new(),
+                absent: Vec::new(),
+                kept: vec![format!(
+                    "{}: --keep; remove with `host-cgroups cleanup --sandbox-id {} --state-dir {}`",
+                    plan.sandbox.path,
+                    plan.sandbox_id,
+                    state_dir.display()
+                )],
+                errors: r.errors,
+            };
+        }
+        if watched.is_empty() || plan.driver != host_cgroups::path::Driver::Cgroupfs {
+            return CleanupOut {
+                removed: r.removed,
+                absent: Vec::new(),
+                kept: Vec::new(),
+                errors: r.errors,
+            };
+        }
+        let mounts = plan.layout.mount_points();
+        let rel = |d: &PathBuf| -> String {
+            mounts
+                .iter()
+                .filter_map(|m| d.strip_prefix(m).ok())
+                .map(|r| r.display().to_string())
+                .min_by_key(|r| r.len())
+                .unwrap_or_else(|| d.display().to_string())
         };
+        // Gone means gone from every hierarchy the sandbox spans, including one the run
+        // did not create that cgroup in.
+        let hiers: Vec<&PathBuf> = mounts
+            .iter()
+            .filter(|m| watched.iter().any(|d| d.starts_with(m)))
+            .collect();
+        let mut gone: Vec<String> = Vec::new();
+        let mut stay: Vec<String> = Vec::new();
+        for d in watched {
+            let r = rel(d);
+            let there = hiers.iter().any(|m| m.join(&r).is_dir());
+            let list = if there { &mut stay } else { &mut gone };
+            if !list.contains(&r) {
+                list.push(r);
+            }
+        }
+        gone.sort_by_key(|r| std::cmp::Reverse(r.matches('/').count()));
         CleanupOut {
-            removed: r.removed,
+            removed: gone,
             absent: Vec::new(),
-            kept,
+            kept: stay
+                .into_iter()
+                .map(|r| format!("{r}: still holds other cgroups or tasks"))
+                .collect(),
             errors: r.errors,
         }
     }
+}
+
+/// Every directory of the sandbox (and overhead) cgroup that exists now, with the
+/// parents the run created, from its state file; empty when there is none (inactive).
+fn sandbox_dirs(
+    state_dir: &std::path::Path,
+    plan: &SandboxPlan,
+    real: &BTreeMap<String, PathBuf>,
+) -> Vec<PathBuf> {
+    let Ok(state) = host_cgroups::state::SandboxState::load(
+        state_dir,
+        &plan.sandbox_id,
+        &plan.layout.mount_points(),
+    ) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = state.sandbox.created.clone();
+    if let Some(o) = &state.overhead {
+        dirs.extend(o.created.iter().cloned());
+    }
+    dirs.extend(real.values().cloned());
+    if let Some(o) = &plan.overhead {
+        dirs.extend(o.paths.values().cloned());
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs.retain(|d| d.is_dir());
+    dirs
 }
 
 /// Runs the sandbox.
@@ -334,6 +411,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let real_paths = sandbox.paths();
     let stats = sandbox.stats().transpose();
     let wall = start.elapsed().as_secs_f64();
+    let watched = sandbox_dirs(&args.state_dir, &plan, &real_paths);
     // The sandbox owns the order: the VMM stops (VM fd closed) before the cgroups go,
     // and SIGTERM from a stopping systemd scope cannot end the teardown.
     let Teardown {
@@ -391,7 +469,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         vcpus: vcpus_out,
         threads: snapshot,
         usage,
-        cleanup: CleanupOut::from_teardown(cleanup, &plan, &args.state_dir),
+        cleanup: CleanupOut::from_teardown(cleanup, &plan, &args.state_dir, &watched),
         notes,
         errors,
     };
@@ -400,7 +478,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     if args.json {
         print_json(&report)?;
     } else {
-        print_table(&report);
+        print_table(&report, args.keep);
     }
     if report.errors.is_empty() {
         return Ok(());
@@ -447,7 +525,7 @@ fn vmm_vcpu_rows(snapshot: &[ThreadInfo], records: &[VcpuRecord]) -> Vec<VcpuOut
     out
 }
 
-fn print_table(r: &RunReport) {
+fn print_table(r: &RunReport, keep: bool) {
     println!(
         "sandbox {}  driver {}  cgroup v{}  placement {}  vCPU backend {}  pid {}",
         r.sandbox_id, r.driver, r.cgroup_version, r.placement, r.vcpu_backend, r.vmm_pid
@@ -478,14 +556,17 @@ fn print_table(r: &RunReport) {
             u.throttled_ns as f64 / 1e9
         );
     }
-    if !r.cleanup.kept.is_empty() {
+    if keep {
         println!(
             "cleanup: kept (--keep); remove with `host-cgroups cleanup --sandbox-id {} --state-dir {}`",
             r.sandbox_id,
             r.state_dir.display()
         );
     } else {
-        println!("cleanup: removed {:?}", r.cleanup.removed);
+        println!("cleanup: removed {}", r.cleanup.removed.join(", "));
+        for k in &r.cleanup.kept {
+            println!("cleanup: kept {k}");
+        }
     }
     for e in &r.cleanup.errors {
         println!("cleanup error: {e}");

@@ -693,20 +693,22 @@ fn destroy_all(
         let before: Vec<PathBuf> = dirs.into_iter().filter(|d| d.is_dir()).collect();
         let existed = m.exists();
         let result = m.destroy();
+        // A cgroup counts as removed when none of the sandbox's hierarchies holds it
+        // any more (one the run did not create it in included).
+        let hiers: Vec<&PathBuf> = mounts
+            .iter()
+            .filter(|m| before.iter().any(|d| d.starts_with(m)))
+            .collect();
         let mut gone: Vec<String> = Vec::new();
         let mut stay: Vec<String> = Vec::new();
         for d in &before {
             let r = rel(d);
-            if d.is_dir() {
-                if !stay.contains(&r) {
-                    stay.push(r);
-                }
-            } else if !gone.contains(&r) {
-                gone.push(r);
+            let there = hiers.iter().any(|m| m.join(&r).is_dir());
+            let list = if there { &mut stay } else { &mut gone };
+            if !list.contains(&r) {
+                list.push(r);
             }
         }
-        // A cgroup counts as removed when no hierarchy holds it any more.
-        gone.retain(|r| !stay.contains(r));
         gone.sort_by_key(|r| std::cmp::Reverse(r.matches('/').count()));
         match result {
             Ok(()) if existed || !gone.is_empty() => report.removed.extend(gone),
