@@ -763,6 +763,26 @@ fn log_format_json_gives_one_object_per_line() {
             .any(|v| v["fields"]["message"].as_str().unwrap().contains("vcpu0:")),
         "{lines:?}"
     );
+    // A malformed command line and a malformed filter: still one JSON object a line.
+    for (env, args) in [
+        (
+            None,
+            vec!["--log-format", "json", "run", "--backend", "quantum"],
+        ),
+        (Some("=["), vec!["--log-format", "json", "check"]),
+    ] {
+        let mut c = Command::new(BIN);
+        c.args(&args).env_remove("HOST_CGROUPS_LOG");
+        if let Some(f) = env {
+            c.env("HOST_CGROUPS_LOG", f);
+        }
+        let out = c.output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let lines = assert_json_lines(&text(&out.stderr));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["level"], "ERROR");
+        assert_eq!(lines[0]["fields"]["exit_code"], 2);
+    }
     // Not a terminal: no colour in either format.
     assert!(!text(&out.stderr).contains('\u{1b}'));
     let out = run_with(
