@@ -354,7 +354,7 @@ fn quota_holds_two_spinning_vcpus_to_half_a_cpu() {
     let prefix = unique("quota");
     let guard = CgroupGuard::new(&prefix);
     let v = usage_run(&prefix, Some(r#"{"cpu":{"quota":50000,"period":100000}}"#));
-    let cpu = v["usage"]["cpu_seconds"].as_f64().unwrap();
+    let cpu = v["usage"]["cpu_ns"].as_u64().unwrap() as f64 / 1e9;
     let wall = v["wall_seconds"].as_f64().unwrap();
     let throttled = v["usage"]["throttled_periods"].as_u64().unwrap();
     eprintln!("with quota: {cpu:.3} CPU-s in {wall:.2} s, throttled {throttled} periods");
@@ -366,7 +366,7 @@ fn quota_holds_two_spinning_vcpus_to_half_a_cpu() {
     assert!(throttled > 0 || cpu < 0.45 * wall, "{v}");
 
     let v = usage_run(&prefix, None);
-    let cpu2 = v["usage"]["cpu_seconds"].as_f64().unwrap();
+    let cpu2 = v["usage"]["cpu_ns"].as_u64().unwrap() as f64 / 1e9;
     let wall2 = v["wall_seconds"].as_f64().unwrap();
     eprintln!("without quota: {cpu2:.3} CPU-s in {wall2:.2} s (well above 1 CPU-s/s on an idle 2-core host)");
     assert_eq!(v["usage"]["throttled_periods"].as_u64(), Some(0), "{v}");

@@ -476,7 +476,7 @@ fn run_survives_stopping_its_own_scope() {
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["driver"], "systemd");
     assert_eq!(report["cleanup"]["errors"], serde_json::json!([]));
-    assert_eq!(report["sandbox_path"], rel);
+    assert_eq!(report["sandbox"]["path"], rel);
     // Every thread, vCPUs included, sat in the unit while it ran.
     let want = format!("/{rel}");
     let threads = report["threads"].as_array().expect("threads");

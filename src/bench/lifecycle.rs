@@ -278,7 +278,9 @@ pub fn run(args: &LifecycleArgs) -> Result<(), BenchError> {
     }
     result?;
     let timed_s = t0.elapsed().as_secs_f64();
-    eprintln!("lifecycle: {n} timed iterations each in {timed_s:.1} s");
+    crate::cli::progress(format!(
+        "lifecycle: {n} timed iterations each in {timed_s:.1} s"
+    ));
 
     let mut syscalls: BTreeMap<&'static str, BTreeMap<String, f64>> = BTreeMap::new();
     let mut strace_note = String::new();

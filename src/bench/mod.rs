@@ -76,14 +76,18 @@ impl From<BenchError> for CliError {
     }
 }
 
+/// Where bench results go by default: an absolute directory, the same whatever the
+/// current directory (persistent across reboots, unlike /tmp).
+pub const DEFAULT_OUT: &str = "/var/tmp/host-cgroups-bench";
+
 /// Options every bench takes.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
     /// Print one JSON object on stdout instead of the Markdown table.
     #[arg(long)]
     pub json: bool,
-    /// Directory for the JSON, Markdown and SVG files.
-    #[arg(long, value_name = "DIR", default_value = "target/bench")]
+    /// Directory for the JSON, Markdown and SVG files (created; the path written is printed).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_OUT)]
     pub out: PathBuf,
 }
 
@@ -110,6 +114,25 @@ pub enum Which {
     Hooks(hooks::HooksArgs),
     /// N sandbox lifecycles in a row: cgroups, units, fds, threads and memory left behind.
     Soak(soak::SoakArgs),
+}
+
+impl BenchArgs {
+    /// The options every bench takes.
+    pub fn common(&self) -> &Common {
+        match &self.which {
+            Which::Placement(a) => &a.common,
+            Which::Lifecycle(a) => &a.common,
+            Which::Systemd(a) => &a.common,
+            Which::Scale(a) => &a.common,
+            Which::Hooks(a) => &a.common,
+            Which::Soak(a) => &a.common,
+        }
+    }
+
+    /// Whether `--json` was given.
+    pub fn json(&self) -> bool {
+        self.common().json
+    }
 }
 
 /// Runs the chosen benchmark.

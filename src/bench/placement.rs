@@ -716,7 +716,9 @@ pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
             row["speedup"] = json!(round3(ratio(cs.p50, ss.p50)));
             row["speedup_p99"] = json!(round3(ratio(cs.p99, ss.p99)));
         }
-        eprintln!("placement: {n} vCPUs, {runs} runs of each approach done");
+        crate::cli::progress(format!(
+            "placement: {n} vCPUs, {runs} runs of each approach done"
+        ));
         results.push(row);
     }
     let (idle_tid, idle_zero) = if args.idle_samples > 0 {

@@ -107,6 +107,42 @@ const COLORS: &[&str] = &[
     "#17becf", "#bcbd22",
 ];
 
+/// The colour of series `i`: the palette first, then hues spaced by the golden angle
+/// (137.5°), so that no two series of one plot share a colour.
+pub fn series_color(i: usize) -> String {
+    if let Some(c) = COLORS.get(i) {
+        return (*c).to_string();
+    }
+    let k = i - COLORS.len();
+    let hue = (15.0 + k as f64 * 137.508) % 360.0;
+    // Alternate lightness so that neighbouring hues differ in brightness too.
+    let light = [0.38, 0.52, 0.30][k % 3];
+    let (r, g, b) = hsl_to_rgb(hue, 0.70, light);
+    format!("#{r:02x}{g:02x}{b:02x}")
+}
+
+fn hsl_to_rgb(h: f64, s: f64, l: f64) -> (u8, u8, u8) {
+    let c = (1.0 - (2.0 * l - 1.0).abs()) * s;
+    let hp = h / 60.0;
+    let x = c * (1.0 - (hp % 2.0 - 1.0).abs());
+    let (r, g, b) = match hp as u32 {
+        0 => (c, x, 0.0),
+        1 => (x, c, 0.0),
+        2 => (0.0, c, x),
+        3 => (0.0, x, c),
+        4 => (x, 0.0, c),
+        _ => (c, 0.0, x),
+    };
+    let m = l - c / 2.0;
+    let to = |v: f64| ((v + m) * 255.0).round().clamp(0.0, 255.0) as u8;
+    (to(r), to(g), to(b))
+}
+
+/// Width in pixels a 12 px sans-serif label needs, overestimated (7.5 px a character).
+const LEGEND_CHAR_PX: f64 = 7.5;
+/// Vertical distance between legend entries.
+const LEGEND_ROW_PX: f64 = 20.0;
+
 fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -116,10 +152,25 @@ fn xml_escape(s: &str) -> String {
 
 /// Empirical CDFs of `series` on a log10 x axis, as a standalone SVG document.
 pub fn cdf_svg(title: &str, x_label: &str, series: &[Series]) -> String {
-    let (w, h) = (900.0_f64, 480.0_f64);
-    let (left, right, top, bottom) = (70.0, 260.0, 40.0, 60.0);
-    let pw = w - left - right;
-    let ph = h - top - bottom;
+    // The plot area is fixed; the canvas grows so that the legend (right of the plot,
+    // one row per series) fits inside it, whatever the labels' length and number.
+    let (pw, ph) = (570.0_f64, 380.0_f64);
+    let (left, top, bottom) = (70.0, 40.0, 60.0);
+    let labels: Vec<String> = series
+        .iter()
+        .map(|se| {
+            format!(
+                "{} (n={})",
+                se.label,
+                se.values.iter().filter(|v| v.is_finite()).count()
+            )
+        })
+        .collect();
+    let longest = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0) as f64;
+    let right = 15.0 + 32.0 + longest * LEGEND_CHAR_PX + 15.0;
+    let w = (left + pw + right).ceil();
+    let legend_bottom = top + 10.0 + series.len() as f64 * LEGEND_ROW_PX;
+    let h = (top + ph + bottom).max(legend_bottom + 10.0).ceil();
     let positive = series
         .iter()
         .flat_map(|s| s.values.iter().copied())
@@ -193,7 +244,7 @@ pub fn cdf_svg(title: &str, x_label: &str, series: &[Series]) -> String {
         top + ph / 2.0
     );
     for (i, se) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
+        let color = series_color(i);
         let mut v: Vec<f64> = se
             .values
             .iter()
@@ -220,15 +271,15 @@ pub fn cdf_svg(title: &str, x_label: &str, series: &[Series]) -> String {
                 r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{pts}"/>"#
             );
         }
-        let ly = top + 10.0 + i as f64 * 20.0;
+        let ly = top + 10.0 + i as f64 * LEGEND_ROW_PX;
         let lx = left + pw + 15.0;
         let _ = writeln!(
             s,
-            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{} (n={n})</text>"#,
+            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#,
             lx + 25.0,
             lx + 32.0,
             ly + 4.0,
-            xml_escape(&se.label)
+            xml_escape(&labels[i])
         );
     }
     s.push_str("</svg>\n");
@@ -265,14 +316,30 @@ fn write(path: &Path, text: &str) -> Result<(), BenchError> {
 }
 
 /// Writes `<out>/<name>.{json,md,svg}` and prints the JSON or the Markdown.
-pub fn emit(common: &Common, out: Output) -> Result<(), BenchError> {
-    std::fs::create_dir_all(&common.out).map_err(|source| BenchError::Output {
-        path: common.out.clone(),
+///
+/// The directory is made absolute (against the current directory when given relative)
+/// so that the line saying where the files went names them unambiguously.
+pub fn emit(common: &Common, mut out: Output) -> Result<(), BenchError> {
+    let dir = if common.out.is_absolute() {
+        common.out.clone()
+    } else {
+        std::env::current_dir()
+            .map_err(|source| BenchError::Output {
+                path: common.out.clone(),
+                source,
+            })?
+            .join(&common.out)
+    };
+    std::fs::create_dir_all(&dir).map_err(|source| BenchError::Output {
+        path: dir.clone(),
         source,
     })?;
+    if let Some(o) = out.json.as_object_mut() {
+        o.insert("version".into(), json!(crate::cli::VERSION));
+    }
     let json_text = serde_json::to_string_pretty(&out.json)
         .map_err(|e| BenchError::step("serialising the results", e))?;
-    let base = common.out.join(out.name);
+    let base = dir.join(out.name);
     write(&base.with_extension("json"), &format!("{json_text}\n"))?;
     write(&base.with_extension("md"), &out.markdown)?;
     let mut files = vec![base.with_extension("json"), base.with_extension("md")];
@@ -286,7 +353,7 @@ pub fn emit(common: &Common, out: Output) -> Result<(), BenchError> {
         print!("{}", out.markdown);
     }
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-    eprintln!("host-cgroups bench: wrote {}", names.join(", "));
+    crate::cli::status(format!("bench: wrote {}", names.join(", ")));
     Ok(())
 }
 
@@ -322,6 +389,62 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.trim_end().ends_with("</svg>"));
         assert_eq!(num(1234.4), "1234");
+    }
+
+    /// (width, height) of an SVG document from its root element.
+    fn svg_size(svg: &str) -> (f64, f64) {
+        let attr = |name: &str| -> f64 {
+            let i = svg.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+            svg[i..].split('"').next().unwrap().parse().unwrap()
+        };
+        (attr("width"), attr("height"))
+    }
+
+    #[test]
+    fn every_series_has_its_own_colour_and_the_legend_fits() {
+        let series: Vec<Series> = (0..30)
+            .map(|i| Series {
+                label: format!("self-place prototype with a long label, {i} vCPUs"),
+                values: vec![1.0 + i as f64, 100.0],
+            })
+            .collect();
+        let svg = cdf_svg("many", "µs", &series);
+        let colours: Vec<&str> = svg
+            .lines()
+            .filter(|l| l.starts_with("<polyline"))
+            .map(|l| {
+                l.split("stroke=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(colours.len(), 30);
+        let distinct: std::collections::BTreeSet<&&str> = colours.iter().collect();
+        assert_eq!(distinct.len(), 30, "{colours:?}");
+        let (w, h) = svg_size(&svg);
+        for l in svg
+            .lines()
+            .filter(|l| l.starts_with("<line x1=") && l.contains("<text"))
+        {
+            let t = &l[l.find("<text").unwrap()..];
+            let num_attr = |name: &str| -> f64 {
+                let i = t.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+                t[i..].split('"').next().unwrap().parse().unwrap()
+            };
+            let label = t.split('>').nth(1).unwrap().split('<').next().unwrap();
+            let right = num_attr("x") + label.chars().count() as f64 * LEGEND_CHAR_PX;
+            assert!(
+                right <= w,
+                "legend entry {label:?} ends at {right} > width {w}"
+            );
+            assert!(
+                num_attr("y") <= h,
+                "legend entry {label:?} below the canvas"
+            );
+        }
         assert_eq!(num(12.34), "12.3");
         assert_eq!(num(1.234), "1.23");
     }

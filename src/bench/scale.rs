@@ -281,10 +281,10 @@ pub fn run(args: &ScaleArgs) -> Result<(), BenchError> {
         ])?;
         let v: Value = serde_json::from_str(out.trim())
             .map_err(|e| BenchError::step(format!("scale {n}: parse child output"), e))?;
-        eprintln!(
+        crate::cli::progress(format!(
             "scale: {n} sandboxes: create {} ms, destroy {} ms, {} KiB/sandbox",
             v["create_total_ms"], v["destroy_total_ms"], v["rss_per_sandbox_kib"]
-        );
+        ));
         results.push(v);
     }
     let elapsed = t0.elapsed().as_secs_f64();

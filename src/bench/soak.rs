@@ -13,7 +13,7 @@
 //! names, systemd units left, this process's open fds, threads and RSS, and the cycle
 //! times of the window. Zero growth is the target; `tests/soak.rs` runs a short form.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -193,7 +193,7 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
     // refused). A runtime on such a host uses the systemd driver; so does the soak there.
     let systemd_only = systemd && layout.version() == host_cgroups::host::CgroupVersion::V1;
     if systemd_only {
-        eprintln!(
+        crate::cli::progress(
             "soak: cgroup v1 with systemd: systemd cycles only (cgroupfs sandboxes of this process would be undone by systemd's re-realization)"
         );
     }
@@ -241,10 +241,10 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
                 fs_cycle_ms: Summary::of(&fs_ms),
                 systemd_cycle_ms: Summary::of(&sd_ms),
             };
-            eprintln!(
+            crate::cli::progress(format!(
                 "soak: {i} cycles: {} dirs left, {} fds, {} threads, {} KiB RSS",
                 w.dirs_left, w.fds, w.threads, w.rss_kib
-            );
+            ));
             windows.push(w);
             fs_ms.clear();
             sd_ms.clear();
@@ -333,7 +333,15 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
         report::load_note(load_start, load_end),
         t.markdown()
     );
-    write_outputs(&args.common, &v, &md)
+    report::emit(
+        &args.common,
+        report::Output {
+            name: "soak",
+            json: v,
+            markdown: md,
+            svg: None,
+        },
+    )
 }
 
 fn p50_max(s: &Summary) -> String {
@@ -342,28 +350,4 @@ fn p50_max(s: &Summary) -> String {
     } else {
         format!("{} / {}", num(s.p50), num(s.max))
     }
-}
-
-fn write_outputs(common: &Common, v: &Value, md: &str) -> Result<(), BenchError> {
-    let out: &PathBuf = &common.out;
-    std::fs::create_dir_all(out).map_err(|source| BenchError::Output {
-        path: out.clone(),
-        source,
-    })?;
-    for (name, body) in [
-        (
-            "soak.json",
-            serde_json::to_string_pretty(v).unwrap_or_default(),
-        ),
-        ("soak.md", md.to_string()),
-    ] {
-        let p = out.join(name);
-        std::fs::write(&p, body).map_err(|source| BenchError::Output { path: p, source })?;
-    }
-    if common.json {
-        println!("{v}");
-    } else {
-        println!("{md}");
-    }
-    Ok(())
 }

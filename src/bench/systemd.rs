@@ -231,7 +231,9 @@ pub fn run(args: &SystemdArgs) -> Result<(), BenchError> {
         } else {
             "systemd is not PID 1 here"
         };
-        eprintln!("host-cgroups bench systemd: systemd not reachable ({reason}); nothing measured");
+        crate::cli::status(format!(
+            "bench systemd: systemd not reachable ({reason}); nothing measured"
+        ));
         let markdown = format!(
             "## systemd round trips\n\nsystemd not reachable ({reason}): nothing measured. \
              Run inside the systemd test hosts, e.g. \

@@ -46,7 +46,10 @@ pub fn cleanup(args: &CleanupArgs) -> Result<(), CliError> {
         None => Sandbox::cleanup(&args.state_dir, &args.sandbox_id).map_err(classify)?,
     };
     if args.json {
-        print_json(&report)?;
+        print_json(&super::Versioned {
+            version: super::VERSION,
+            inner: &report,
+        })?;
     } else {
         println!("cleanup of {} (from {})", report.sandbox_id, report.source);
         for r in &report.removed {
@@ -65,10 +68,12 @@ pub fn cleanup(args: &CleanupArgs) -> Result<(), CliError> {
     if report.errors.is_empty() {
         Ok(())
     } else {
-        Err(runtime(format!(
+        let e = runtime(format!(
             "cleanup of {}: {}",
             args.sandbox_id,
             report.errors.join("; ")
-        )))
+        ));
+        // With --json the report (its `errors`) is the result on stdout.
+        Err(if args.json { e.reported() } else { e })
     }
 }

@@ -3,9 +3,12 @@
 
 use std::ffi::OsString;
 use std::fmt;
+use std::io::Write as _;
 use std::path::PathBuf;
 
+mod check;
 mod cleanup;
+mod inspect;
 mod run;
 
 use clap::{Args, Parser, Subcommand};
@@ -13,9 +16,98 @@ use oci_spec::runtime::LinuxResources;
 use serde::Serialize;
 
 use host_cgroups::config::{load_bundle, RuntimeConfig};
-use host_cgroups::host::{CgroupLayout, CgroupVersion, KvmInfo, SystemdInfo};
+use host_cgroups::host::{CgroupLayout, CgroupVersion};
 use host_cgroups::plan::{nominal_layout, SandboxPlan};
 use host_cgroups::resources;
+
+/// The version of this program, in every `--json` object's `version` field.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// `--version`: the package version and the git commit it was built from (build.rs).
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("HOST_CGROUPS_GIT_COMMIT"),
+    ")"
+);
+
+/// The tracing target of the program's own status lines and final error, always shown.
+pub const STATUS_TARGET: &str = "host_cgroups::cli";
+
+/// How log lines (and the program's status lines) are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; colour only on a terminal without NO_COLOR.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, fields.message, target).
+    Json,
+}
+
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Records the log format for [`status`], [`progress`] and [`report_error`].
+pub fn set_log_format(f: LogFormat) {
+    let _ = LOG_FORMAT.set(f);
+}
+
+fn log_format() -> LogFormat {
+    LOG_FORMAT.get().copied().unwrap_or_default()
+}
+
+/// A status line on stderr: `host-cgroups: MSG`, or a JSON log object with `--log-format json`.
+/// A write error (a closed stderr) is ignored: a status line is not worth dying for.
+pub fn status(msg: impl fmt::Display) {
+    match log_format() {
+        LogFormat::Text => {
+            let _ = writeln!(std::io::stderr(), "host-cgroups: {msg}");
+        }
+        LogFormat::Json => tracing::info!(target: STATUS_TARGET, "{msg}"),
+    }
+}
+
+/// A progress line on stderr as it is, or a JSON log object with `--log-format json`;
+/// write errors are ignored as for [`status`].
+pub fn progress(line: impl fmt::Display) {
+    match log_format() {
+        LogFormat::Text => {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        }
+        LogFormat::Json => tracing::info!(target: STATUS_TARGET, "{line}"),
+    }
+}
+
+/// Reports the error that ends the program, once: on stderr (text, or a JSON log object
+/// with `--log-format json`), and, when the command was given `--json` and has not
+/// printed its own result, as an error object on stdout (schema in docs/cli.md).
+pub fn report_error(e: &CliError, json: bool) {
+    match log_format() {
+        LogFormat::Text => {
+            let _ = writeln!(std::io::stderr(), "host-cgroups: error: {e}");
+        }
+        LogFormat::Json => {
+            tracing::error!(target: STATUS_TARGET, exit_code = e.exit_code(), "{e}")
+        }
+    }
+    if json && !matches!(e, CliError::Reported(_)) {
+        print_error_object(e.kind(), e.exit_code(), &e.to_string());
+    }
+}
+
+/// Prints the `--json` error object on stdout: `{"version", "error": {"kind", "exit_code", "message"}}`.
+pub fn print_error_object(kind: &str, exit_code: i32, message: &str) {
+    let v = serde_json::json!({
+        "version": VERSION,
+        "error": {
+            "kind": kind,
+            "exit_code": exit_code,
+            "message": message,
+        }
+    });
+    if let Ok(s) = serde_json::to_string_pretty(&v) {
+        println!("{s}");
+    }
+}
 
 /// An error the CLI reports, with the exit code it maps to.
 #[derive(Debug)]
@@ -24,6 +116,9 @@ pub enum CliError {
     BadInput(String),
     /// The host refused or failed: exit code 1.
     Runtime(String),
+    /// The command already printed its `--json` result, which shows the failure; the
+    /// error goes to stderr only.
+    Reported(Box<CliError>),
 }
 
 impl CliError {
@@ -32,6 +127,24 @@ impl CliError {
         match self {
             CliError::BadInput(_) => 2,
             CliError::Runtime(_) => 1,
+            CliError::Reported(e) => e.exit_code(),
+        }
+    }
+
+    /// `bad-input` or `runtime`, as in the JSON error object.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CliError::BadInput(_) => "bad-input",
+            CliError::Runtime(_) => "runtime",
+            CliError::Reported(e) => e.kind(),
+        }
+    }
+
+    /// Marks the error as shown in the command's own JSON result.
+    pub fn reported(self) -> CliError {
+        match self {
+            CliError::Reported(_) => self,
+            e => CliError::Reported(Box::new(e)),
         }
     }
 }
@@ -40,6 +153,7 @@ impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CliError::BadInput(m) | CliError::Runtime(m) => f.write_str(m),
+            CliError::Reported(e) => e.fmt(f),
         }
     }
 }
@@ -54,52 +168,46 @@ fn runtime(e: impl fmt::Display) -> CliError {
 
 /// Host cgroup placement for in-process VMM sandboxes.
 #[derive(Debug, Parser)]
-#[command(name = "host-cgroups", version, about)]
+#[command(name = "host-cgroups", version = LONG_VERSION, about)]
 pub struct Cli {
+    /// Log lines on stderr: text, or one JSON object per line (levels: HOST_CGROUPS_LOG).
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+impl Cli {
+    /// Whether the command was asked for `--json` (its errors then also go to stdout as JSON).
+    pub fn json_output(&self) -> bool {
+        match &self.command {
+            Command::Check(a) => a.json,
+            Command::Resolve(a) => a.json,
+            Command::Run(a) => a.json,
+            Command::Inspect(a) => a.json,
+            Command::Cleanup(a) => a.json,
+            Command::Bench(a) => a.json(),
+        }
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Detect the host: cgroup hierarchy, controllers, mounts, systemd and KVM.
-    Check(CheckArgs),
+    /// Can this host run sandboxes? Root, cgroup hierarchy and access, controllers, systemd, KVM;
+    /// exits 1 when an item fails.
+    Check(check::CheckArgs),
     /// Show the driver, cgroups and placement a sandbox would get (no side effects).
     Resolve(ResolveArgs),
     /// Boot a sandbox with the in-process VMM, place its threads, report, clean up.
     Run(run::RunArgs),
-    /// List every thread of a process with its cgroups.
-    Inspect(InspectArgs),
+    /// Where a process's threads sit (--pid), or what a sandbox has on the host (--sandbox-id).
+    Inspect(inspect::InspectArgs),
     /// Remove what a crashed run left: its cgroups and state.
     Cleanup(cleanup::CleanupArgs),
     /// Benchmarks: placement, lifecycle, systemd, scale, hooks.
     Bench(crate::bench::BenchArgs),
-}
-
-/// Arguments of `inspect`.
-#[derive(Debug, Args)]
-pub struct InspectArgs {
-    /// The process.
-    #[arg(long, value_name = "PID")]
-    pub pid: i32,
-    /// Print one JSON object.
-    #[arg(long)]
-    pub json: bool,
-}
-
-fn inspect(args: &InspectArgs) -> Result<(), CliError> {
-    if args.pid <= 0 {
-        return Err(bad(format!("--pid {} is not a process id", args.pid)));
-    }
-    let threads = host_cgroups::host::threads(args.pid)
-        .map_err(|e| bad(format!("process {}: {e}", args.pid)))?;
-    if args.json {
-        return print_json(&serde_json::json!({ "pid": args.pid, "threads": threads }));
-    }
-    print_threads(&threads);
-    Ok(())
 }
 
 /// Prints a thread table: tid, name, role, and the cgroup per controller.
@@ -125,14 +233,6 @@ pub fn print_threads(threads: &[host_cgroups::host::ThreadInfo]) {
             cg.join(" ")
         );
     }
-}
-
-/// Arguments of `check`.
-#[derive(Debug, Args)]
-pub struct CheckArgs {
-    /// Print one JSON object.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Arguments naming a sandbox and its configuration, shared by several subcommands.
@@ -183,16 +283,29 @@ pub fn load_resources(
     Ok((Some(parsed.resources), parsed.warnings))
 }
 
-/// The cgroups path as UTF-8, refusing other bytes with the value shown.
+/// The cgroups path as UTF-8, refusing other bytes with the value shown, and refusing
+/// a value that begins with `--`: that is an option taken as the path
+/// (`--cgroups-path --json`), which would otherwise become a `--json` cgroup at every
+/// hierarchy root. A single leading `-` stays allowed for systemd's root slice form
+/// (`-.slice:prefix:name`), which the path parser checks by its own rule.
 pub fn cgroups_path_str(p: Option<&OsString>) -> Result<String, CliError> {
     match p {
         None => Ok(String::new()),
-        Some(os) => os.to_str().map(str::to_string).ok_or_else(|| {
-            bad(format!(
-                "cgroups path {:?} is not valid UTF-8",
-                os.to_string_lossy()
-            ))
-        }),
+        Some(os) => {
+            let s = os.to_str().map(str::to_string).ok_or_else(|| {
+                bad(format!(
+                    "cgroups path {:?} is not valid UTF-8",
+                    os.to_string_lossy()
+                ))
+            })?;
+            if s.starts_with("--") {
+                return Err(bad(format!(
+                    "cgroups path {s:?} begins with \"--\": that is an option, not a path \
+                     (did --cgroups-path lose its value?)"
+                )));
+            }
+            Ok(s)
+        }
     }
 }
 
@@ -221,72 +334,14 @@ pub fn layout_for(version: Option<u8>) -> Result<CgroupLayout, CliError> {
     }
 }
 
+/// A `--json` result with the `version` field first, then the object's own fields.
 #[derive(Serialize)]
-struct CheckReport {
-    hierarchy: host_cgroups::host::Hierarchy,
-    cgroup_version: u8,
-    controllers: Vec<String>,
-    mounts: std::collections::BTreeMap<String, PathBuf>,
-    unified: Option<PathBuf>,
-    own_cgroups: std::collections::BTreeMap<String, String>,
-    systemd: SystemdInfo,
-    kvm: KvmInfo,
-    vcpu_backend: &'static str,
-}
-
-fn check(args: &CheckArgs) -> Result<(), CliError> {
-    let layout = CgroupLayout::detect().map_err(runtime)?;
-    let kvm = KvmInfo::detect();
-    let report = CheckReport {
-        hierarchy: layout.hierarchy,
-        cgroup_version: layout.version().number(),
-        controllers: layout.controllers(),
-        mounts: layout.mounts.clone(),
-        unified: layout.unified.clone(),
-        own_cgroups: layout.own.clone(),
-        systemd: host_cgroups::manager::systemd_info(),
-        vcpu_backend: if kvm.available { "kvm" } else { "thread" },
-        kvm,
-    };
-    if args.json {
-        print_json(&report)?;
-        return Ok(());
-    }
-    println!(
-        "cgroup hierarchy: {} (drivers act on cgroup v{})",
-        serde_json::to_value(report.hierarchy)
-            .map_err(runtime)?
-            .as_str()
-            .unwrap_or("?"),
-        report.cgroup_version
-    );
-    println!("controllers:      {}", report.controllers.join(" "));
-    for (c, m) in &report.mounts {
-        println!("  {c:<14} {}", m.display());
-    }
-    if let Some(u) = &report.unified {
-        println!("  {:<14} {}", "(cgroup2)", u.display());
-    }
-    println!(
-        "systemd:          {}",
-        if report.systemd.reachable {
-            "PID 1, reachable over D-Bus"
-        } else if report.systemd.pid1 {
-            "PID 1, but the system bus does not answer"
-        } else {
-            "not PID 1 (the systemd driver is unavailable)"
-        }
-    );
-    match (&report.kvm.api_version, &report.kvm.reason) {
-        (Some(v), _) => {
-            println!("kvm:              available (API version {v}); vCPU backend: kvm")
-        }
-        (None, r) => println!(
-            "kvm:              unavailable ({}); vCPU backend: thread",
-            r.as_deref().unwrap_or("unknown")
-        ),
-    }
-    Ok(())
+pub struct Versioned<'a, T: Serialize> {
+    /// [`VERSION`].
+    pub version: &'static str,
+    /// The object.
+    #[serde(flatten)]
+    pub inner: &'a T,
 }
 
 /// Prints a value as pretty JSON on stdout.
@@ -309,7 +364,10 @@ fn resolve(args: &ResolveArgs) -> Result<(), CliError> {
     let mut plan = SandboxPlan::new(&config, &path, &id, &layout, res.as_ref()).map_err(bad)?;
     plan.notes.extend(warnings);
     if args.json {
-        return print_json(&plan);
+        return print_json(&Versioned {
+            version: VERSION,
+            inner: &plan,
+        });
     }
     println!("driver:        {}", plan.driver);
     println!("cgroup:        v{}", plan.cgroup_version);
@@ -349,10 +407,10 @@ fn resolve(args: &ResolveArgs) -> Result<(), CliError> {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Check(a) => check(&a),
+        Command::Check(a) => check::check(&a),
         Command::Resolve(a) => resolve(&a),
         Command::Run(a) => run::run(&a),
-        Command::Inspect(a) => inspect(&a),
+        Command::Inspect(a) => inspect::inspect(&a),
         Command::Cleanup(a) => cleanup::cleanup(&a),
         Command::Bench(a) => crate::bench::run(&a).map_err(CliError::from),
     }

@@ -17,7 +17,7 @@ use super::{
 use demo_vmm::{BackendChoice, Vmm, VmmConfig};
 use host_cgroups::controller::{TeardownReport, VcpuRecord};
 use host_cgroups::host::{task_cpu_ns, threads, ThreadInfo};
-use host_cgroups::plan::SandboxPlan;
+use host_cgroups::plan::{CgroupPlan, SandboxPlan};
 use host_cgroups::sandbox::{Activation, Sandbox, SandboxOptions, Teardown};
 use host_cgroups::state::DEFAULT_STATE_DIR;
 
@@ -33,10 +33,11 @@ pub struct RunArgs {
     /// vCPUs at boot (default: the configuration's default_vcpus).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=240))]
     pub vcpus: Option<u32>,
-    /// Grow to M vCPUs one second after start.
+    /// Grow to M vCPUs one second after start (at least --vcpus, at most default_maxvcpus,
+    /// which 0 makes the host's CPU count).
     #[arg(long, value_name = "M", value_parser = clap::value_parser!(u32).range(1..=240))]
     pub hotplug: Option<u32>,
-    /// Remove vCPUs down to K, two seconds after start.
+    /// Remove vCPUs down to K, two seconds after start (at most the boot or --hotplug count).
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=240))]
     pub unplug_to: Option<u32>,
     /// How long the sandbox runs, in seconds.
@@ -51,12 +52,40 @@ pub struct RunArgs {
     /// Keep the cgroups and state after the run.
     #[arg(long)]
     pub keep: bool,
-    /// vCPU backend: auto (KVM when /dev/kvm works), kvm, or thread.
-    #[arg(long, value_name = "auto|kvm|thread", default_value = "auto")]
-    pub backend: String,
+    /// vCPU backend.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
     /// Print one JSON object at the end.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The vCPU backends of the demo VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// KVM when /dev/kvm works, else threads.
+    Auto,
+    /// KVM, or fail.
+    Kvm,
+    /// Plain threads that stand in for vCPUs (testing; hosts without KVM).
+    Thread,
+}
+
+impl From<Backend> for BackendChoice {
+    fn from(b: Backend) -> Self {
+        match b {
+            Backend::Auto => BackendChoice::Auto,
+            Backend::Kvm => BackendChoice::Kvm,
+            Backend::Thread => BackendChoice::Thread,
+        }
+    }
+}
+
+fn set_sigpipe(disposition: libc::sighandler_t) {
+    // SAFETY: changing a signal disposition to SIG_IGN or SIG_DFL has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, disposition);
+    }
 }
 
 /// Set by SIGINT/SIGTERM: end the run early and clean up.
@@ -90,19 +119,20 @@ struct VcpuOut {
     pinned_cpu: Option<u32>,
     /// µs from the vCPU's hook until it had its single-CPU affinity.
     pinned_after_us: Option<u64>,
-    cpu_seconds: f64,
+    cpu_ns: u64,
 }
 
 #[derive(Serialize)]
 struct Usage {
-    cpu_seconds: f64,
+    cpu_ns: u64,
     nr_periods: u64,
     throttled_periods: u64,
-    throttled_seconds: f64,
+    throttled_ns: u64,
 }
 
 #[derive(Serialize)]
 struct RunReport {
+    version: &'static str,
     sandbox_id: String,
     driver: String,
     cgroup_version: u8,
@@ -110,17 +140,125 @@ struct RunReport {
     controller_active: bool,
     vcpu_backend: String,
     vmm_pid: i32,
-    sandbox: BTreeMap<String, PathBuf>,
-    sandbox_path: String,
-    overhead: Option<BTreeMap<String, PathBuf>>,
+    sandbox: CgroupPlan,
+    overhead: Option<CgroupPlan>,
     sandbox_cgroup_only: bool,
     state_dir: PathBuf,
     wall_seconds: f64,
     vcpus: Vec<VcpuOut>,
     threads: Vec<ThreadInfo>,
     usage: Option<Usage>,
-    cleanup: TeardownReport,
+    cleanup: CleanupOut,
     notes: Vec<String>,
+    errors: Vec<String>,
+}
+
+/// What the run's own teardown did, in the shape of `cleanup`'s report: cgroups
+/// removed, absent, kept (with the reason), errors.
+#[derive(Serialize)]
+struct CleanupOut {
+    removed: Vec<String>,
+    absent: Vec<String>,
+    kept: Vec<String>,
+    errors: Vec<String>,
+}
+
+impl CleanupOut {
+    /// The run's teardown in `cleanup`'s terms. With the cgroupfs driver, `watched` (every
+    /// directory of the sandbox that existed before the teardown, created parents
+    /// included) is looked at again: a cgroup gone from every hierarchy is `removed`, one
+    /// still there is `kept` with the reason. Otherwise the driver's own list is used.
+    fn from_teardown(
+        r: TeardownReport,
+        plan: &SandboxPlan,
+        state_dir: &std::path::Path,
+        watched: &[PathBuf],
+    ) -> Self {
+        if r.kept {
+            return CleanupOut {
+                removed: Vec::new(),
+                absent: Vec::new(),
+                kept: vec![format!(
+                    "{}: --keep; remove with `host-cgroups cleanup --sandbox-id {} --state-dir {}`",
+                    plan.sandbox.path,
+                    plan.sandbox_id,
+                    state_dir.display()
+                )],
+                errors: r.errors,
+            };
+        }
+        if watched.is_empty() || plan.driver != host_cgroups::path::Driver::Cgroupfs {
+            return CleanupOut {
+                removed: r.removed,
+                absent: Vec::new(),
+                kept: Vec::new(),
+                errors: r.errors,
+            };
+        }
+        let mounts = plan.layout.mount_points();
+        let rel = |d: &PathBuf| -> String {
+            mounts
+                .iter()
+                .filter_map(|m| d.strip_prefix(m).ok())
+                .map(|r| r.display().to_string())
+                .min_by_key(|r| r.len())
+                .unwrap_or_else(|| d.display().to_string())
+        };
+        // Gone means gone from every hierarchy the sandbox spans, including one the run
+        // did not create that cgroup in.
+        let hiers: Vec<&PathBuf> = mounts
+            .iter()
+            .filter(|m| watched.iter().any(|d| d.starts_with(m)))
+            .collect();
+        let mut gone: Vec<String> = Vec::new();
+        let mut stay: Vec<String> = Vec::new();
+        for d in watched {
+            let r = rel(d);
+            let there = hiers.iter().any(|m| m.join(&r).is_dir());
+            let list = if there { &mut stay } else { &mut gone };
+            if !list.contains(&r) {
+                list.push(r);
+            }
+        }
+        gone.sort_by_key(|r| std::cmp::Reverse(r.matches('/').count()));
+        CleanupOut {
+            removed: gone,
+            absent: Vec::new(),
+            kept: stay
+                .into_iter()
+                .map(|r| format!("{r}: still holds other cgroups or tasks"))
+                .collect(),
+            errors: r.errors,
+        }
+    }
+}
+
+/// Every directory of the sandbox (and overhead) cgroup that exists now, with the
+/// parents the run created, from its state file; empty when there is none (inactive).
+fn sandbox_dirs(
+    state_dir: &std::path::Path,
+    plan: &SandboxPlan,
+    real: &BTreeMap<String, PathBuf>,
+) -> Vec<PathBuf> {
+    let Ok(state) = host_cgroups::state::SandboxState::load(
+        state_dir,
+        &plan.sandbox_id,
+        &plan.layout.mount_points(),
+    ) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = state.sandbox.created.clone();
+    if let Some(o) = &state.overhead {
+        dirs.extend(o.created.iter().cloned());
+    }
+    dirs.extend(real.values().cloned());
+    if let Some(o) = &plan.overhead {
+        dirs.extend(o.paths.values().cloned());
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs.retain(|d| d.is_dir());
+    dirs
 }
 
 /// Runs the sandbox.
@@ -144,7 +282,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         .sandbox_id
         .clone()
         .unwrap_or_else(|| format!("hcg{:016x}", random_u64()));
-    let backend: BackendChoice = args.backend.parse().map_err(bad)?;
+    let backend = BackendChoice::from(args.backend);
     if !(args.duration.is_finite() && args.duration >= 0.0) {
         return Err(bad(format!(
             "--duration {} must be 0 or more seconds",
@@ -172,6 +310,14 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             )));
         }
     }
+    if let Some(k) = args.unplug_to {
+        let top = args.hotplug.unwrap_or(vcpus).max(vcpus);
+        if k > top {
+            return Err(bad(format!(
+                "--unplug-to {k} is above the vCPUs the sandbox will have ({top}); it can only remove vCPUs"
+            )));
+        }
+    }
     max_vcpus = max_vcpus.max(vcpus);
     let layout = layout_for(None)?;
     let plan =
@@ -180,6 +326,10 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     notes.extend(warnings);
 
     install_stop_handlers();
+    // While the sandbox exists, a closed stderr or stdout (`2>&1 | head`) must not kill
+    // this process half-way and leave its cgroups: SIGPIPE is ignored (the status
+    // writes ignore EPIPE) until the teardown is done.
+    set_sigpipe(libc::SIG_IGN);
     let opts = SandboxOptions::default()
         .state_dir(args.state_dir.clone())
         .placement_timeout(Duration::from_secs_f64(args.placement_timeout))
@@ -214,17 +364,16 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         }
     };
     if let Err(e) = host_cgroups::failpoint::hit("vmm-started") {
-        eprintln!("host-cgroups: {e}");
         let _ = sandbox.teardown(|| vmm.stop());
-        return Err(runtime("VMM start: injected failure"));
+        return Err(runtime(format!("VMM start: {e}")));
     }
     let backend_name = vmm.backend().to_string();
     let me = std::process::id() as i32;
     // Tests and users wait for this line: every boot vCPU is placed and running.
-    eprintln!(
-        "host-cgroups: sandbox {sandbox_id} running: {} vCPUs placed, pid {me}",
+    super::status(format!(
+        "sandbox {sandbox_id} running: {} vCPUs placed, pid {me}",
         vmm.vcpus().len()
-    );
+    ));
     let start = Instant::now();
     let total = Duration::from_secs_f64(args.duration);
     let live = !args.json || std::io::stderr().is_terminal();
@@ -244,7 +393,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
                     failure = Some(format!("hotplug to {want} vCPUs failed: {e}"));
                     break;
                 }
-                eprintln!("host-cgroups: hotplugged to {want} vCPUs");
+                super::status(format!("hotplugged to {want} vCPUs"));
             }
         }
         if !unplugged && start.elapsed() >= Duration::from_secs(2) {
@@ -256,7 +405,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
                     failure = Some(format!("unplug to {want} vCPUs failed: {e}"));
                     break;
                 }
-                eprintln!("host-cgroups: unplugged to {want} vCPUs");
+                super::status(format!("unplugged to {want} vCPUs"));
             }
         }
         if live && last_at.elapsed() >= Duration::from_secs(1) {
@@ -269,7 +418,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
                 let pct = (now - prev.min(now)) as f64 / 1e9 / dt * 100.0;
                 line.push_str(&format!(" vcpu{}:{pct:4.0}%", v.index));
             }
-            eprintln!("{line}");
+            super::progress(line);
         }
     }
     if STOP.load(Ordering::SeqCst) {
@@ -278,8 +427,11 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     // Snapshot where every thread sits while the sandbox still runs.
     let snapshot = threads(me).map_err(runtime)?;
     let records: Vec<VcpuRecord> = sandbox.vcpus();
+    // The directories the driver really uses (the plan's when the sandbox is inactive).
+    let real_paths = sandbox.paths();
     let stats = sandbox.stats().transpose();
     let wall = start.elapsed().as_secs_f64();
+    let watched = sandbox_dirs(&args.state_dir, &plan, &real_paths);
     // The sandbox owns the order: the VMM stops (VM fd closed) before the cgroups go,
     // and SIGTERM from a stopping systemd scope cannot end the teardown.
     let Teardown {
@@ -294,10 +446,10 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let vcpus_out: Vec<VcpuOut> = vmm_vcpu_rows(&snapshot, &records);
     let usage = match stats {
         Some(Ok(s)) => Some(Usage {
-            cpu_seconds: s.cpu_usage_ns as f64 / 1e9,
+            cpu_ns: s.cpu_usage_ns,
             nr_periods: s.nr_periods,
             throttled_periods: s.nr_throttled,
-            throttled_seconds: s.throttled_ns as f64 / 1e9,
+            throttled_ns: s.throttled_ns,
         }),
         Some(Err(e)) => {
             notes.push(format!("usage not available: {e}"));
@@ -305,7 +457,16 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         }
         None => None,
     };
+    let mut errors = Vec::new();
+    if let Err(e) = &stopped {
+        errors.push(format!("VMM stop failed: {e}"));
+    }
+    errors.extend(failure);
+    if !cleanup.errors.is_empty() {
+        errors.push(format!("cleanup failed: {}", cleanup.errors.join("; ")));
+    }
     let report = RunReport {
+        version: super::VERSION,
         sandbox_id: plan.sandbox_id.clone(),
         driver: plan.driver.to_string(),
         cgroup_version: plan.cgroup_version,
@@ -313,36 +474,38 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         controller_active: config.vmm_in_process(),
         vcpu_backend: backend_name,
         vmm_pid: me,
-        sandbox: plan.sandbox.paths.clone(),
-        sandbox_path: plan.sandbox.path.clone(),
-        overhead: plan.overhead.as_ref().map(|o| o.paths.clone()),
+        sandbox: CgroupPlan {
+            paths: if real_paths.is_empty() {
+                plan.sandbox.paths.clone()
+            } else {
+                real_paths
+            },
+            ..plan.sandbox.clone()
+        },
+        overhead: plan.overhead.clone(),
         sandbox_cgroup_only: plan.sandbox_cgroup_only,
         state_dir: args.state_dir.clone(),
         wall_seconds: wall,
         vcpus: vcpus_out,
         threads: snapshot,
         usage,
-        cleanup,
+        cleanup: CleanupOut::from_teardown(cleanup, &plan, &args.state_dir, &watched),
         notes,
+        errors,
     };
+    // Torn down (or kept, with its state): a closed stdout may end us quietly again.
+    set_sigpipe(libc::SIG_DFL);
     if args.json {
         print_json(&report)?;
     } else {
-        print_table(&report);
+        print_table(&report, args.keep);
     }
-    if let Err(e) = stopped {
-        return Err(runtime(format!("VMM stop failed: {e}")));
+    if report.errors.is_empty() {
+        return Ok(());
     }
-    if let Some(f) = failure {
-        return Err(runtime(f));
-    }
-    if !report.cleanup.errors.is_empty() {
-        return Err(runtime(format!(
-            "cleanup failed: {}",
-            report.cleanup.errors.join("; ")
-        )));
-    }
-    Ok(())
+    let e = runtime(report.errors.join("; "));
+    // With --json the report (its `errors`) is the result on stdout.
+    Err(if args.json { e.reported() } else { e })
 }
 
 fn vmm_vcpu_rows(snapshot: &[ThreadInfo], records: &[VcpuRecord]) -> Vec<VcpuOut> {
@@ -361,7 +524,7 @@ fn vmm_vcpu_rows(snapshot: &[ThreadInfo], records: &[VcpuRecord]) -> Vec<VcpuOut
                 exited_before_placement: r.exited_before_placement,
                 pinned_cpu: r.pinned_cpu,
                 pinned_after_us: r.pinned_after_us,
-                cpu_seconds: t.map(|t| t.cpu_ns as f64 / 1e9).unwrap_or(0.0),
+                cpu_ns: t.map(|t| t.cpu_ns).unwrap_or(0),
             }
         })
         .collect();
@@ -381,19 +544,19 @@ fn vmm_vcpu_rows(snapshot: &[ThreadInfo], records: &[VcpuRecord]) -> Vec<VcpuOut
                 exited_before_placement: false,
                 pinned_cpu: None,
                 pinned_after_us: None,
-                cpu_seconds: t.cpu_ns as f64 / 1e9,
+                cpu_ns: t.cpu_ns,
             })
             .collect();
     }
     out
 }
 
-fn print_table(r: &RunReport) {
+fn print_table(r: &RunReport, keep: bool) {
     println!(
         "sandbox {}  driver {}  cgroup v{}  placement {}  vCPU backend {}  pid {}",
         r.sandbox_id, r.driver, r.cgroup_version, r.placement, r.vcpu_backend, r.vmm_pid
     );
-    println!("sandbox cgroup: {}", r.sandbox_path);
+    println!("sandbox cgroup: {}", r.sandbox.path);
     super::print_threads(&r.threads);
     for v in &r.vcpus {
         println!(
@@ -412,17 +575,24 @@ fn print_table(r: &RunReport) {
     if let Some(u) = &r.usage {
         println!(
             "usage: {:.3} CPU-s in {:.1} s; throttled {} of {} periods ({:.3} s)",
-            u.cpu_seconds, r.wall_seconds, u.throttled_periods, u.nr_periods, u.throttled_seconds
+            u.cpu_ns as f64 / 1e9,
+            r.wall_seconds,
+            u.throttled_periods,
+            u.nr_periods,
+            u.throttled_ns as f64 / 1e9
         );
     }
-    if r.cleanup.kept {
+    if keep {
         println!(
             "cleanup: kept (--keep); remove with `host-cgroups cleanup --sandbox-id {} --state-dir {}`",
             r.sandbox_id,
             r.state_dir.display()
         );
     } else {
-        println!("cleanup: removed {:?}", r.cleanup.removed);
+        println!("cleanup: removed {}", r.cleanup.removed.join(", "));
+        for k in &r.cleanup.kept {
+            println!("cleanup: kept {k}");
+        }
     }
     for e in &r.cleanup.errors {
         println!("cleanup error: {e}");

@@ -7,14 +7,43 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// Which cgroup version the drivers act on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// In JSON (state files, every command's `--json`) it is the number `1` or `2`; the
+/// strings `"1"` and `"2"` of older state files are read as well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CgroupVersion {
     /// cgroup v1 (legacy or hybrid hosts).
-    #[serde(rename = "1")]
     V1,
     /// cgroup v2 (unified hosts).
-    #[serde(rename = "2")]
     V2,
+}
+
+impl Serialize for CgroupVersion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(self.number())
+    }
+}
+
+impl<'de> Deserialize<'de> for CgroupVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        let n = match Raw::deserialize(d)? {
+            Raw::Number(n) => n.to_string(),
+            Raw::Text(t) => t,
+        };
+        match n.as_str() {
+            "1" => Ok(CgroupVersion::V1),
+            "2" => Ok(CgroupVersion::V2),
+            other => Err(serde::de::Error::custom(format!(
+                "cgroup version {other:?} is neither 1 nor 2"
+            ))),
+        }
+    }
 }
 
 impl CgroupVersion {

@@ -294,7 +294,9 @@ impl CgroupController {
         opts: ControllerOptions,
     ) -> ControllerError {
         {
-            warn!(error = %e, "sandbox setup failed; rolling back");
+            // The error is returned (and reported by the caller): logging it here too
+            // would show it twice.
+            debug!(error = %e, "sandbox setup failed; rolling back");
             let mut w = Worker::new(plan.placement, sandbox, overhead, state, opts.state_dir);
             let report = w.teardown(true);
             for err in report.errors {

@@ -571,4 +571,16 @@ mod tests {
         assert_eq!(m[""], "/c:d");
         assert_eq!(m["name=systemd"], "/");
     }
+
+    #[test]
+    fn cgroup_version_is_a_number_in_json_and_old_strings_still_read() {
+        assert_eq!(serde_json::to_string(&CgroupVersion::V1).unwrap(), "1");
+        assert_eq!(serde_json::to_string(&CgroupVersion::V2).unwrap(), "2");
+        for (text, want) in [("1", CgroupVersion::V1), ("\"2\"", CgroupVersion::V2)] {
+            let v: CgroupVersion = serde_json::from_str(text).unwrap();
+            assert_eq!(v, want);
+        }
+        assert!(serde_json::from_str::<CgroupVersion>("3").is_err());
+        assert!(serde_json::from_str::<CgroupVersion>("\"v1\"").is_err());
+    }
 }

@@ -612,11 +612,16 @@ impl Sandbox {
             targets.push((p, Vec::new()));
         }
         destroy_all(&layout, targets, &mut report);
-        let parent = parsed.relative();
-        if let Some((up, _)) = parent.rsplit_once('/') {
-            report.kept.push(format!(
-                "{up}: parents are kept when no state file says this run created them"
-            ));
+        // Parents that exist stay: without a state file nothing says this run made them.
+        let mut up = parsed.relative();
+        while let Some((parent, _)) = up.rsplit_once('/') {
+            up = parent.to_string();
+            let exists = layout.mount_points().iter().any(|m| m.join(&up).is_dir());
+            if exists {
+                report.kept.push(format!(
+                    "{up}: parents are kept when no state file says this run created them"
+                ));
+            }
         }
         Ok(report)
     }
@@ -665,14 +670,29 @@ fn refuse_running(state: &SandboxState) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// Destroys each target, sorting it into removed / absent / errors.
+/// Destroys each target, sorting it into removed / absent / kept / errors.
+///
+/// Every directory the target names (its own, in each hierarchy, and the parents the
+/// run created) is looked at before and after: `removed` lists the cgroups (relative
+/// to the hierarchy roots) that existed and are gone, `absent` a target none of whose
+/// directories existed, `kept` a created parent that is still there.
 fn destroy_all(
     layout: &CgroupLayout,
     targets: Vec<(CgroupsPath, Vec<PathBuf>)>,
     report: &mut CleanupReport,
 ) {
+    let mounts = layout.mount_points();
+    let rel = |d: &Path| -> String {
+        mounts
+            .iter()
+            .filter_map(|m| d.strip_prefix(m).ok())
+            .min_by_key(|r| r.components().count())
+            .map(|r| r.display().to_string())
+            .unwrap_or_else(|| d.display().to_string())
+    };
     for (path, created) in targets {
         let name = path.relative();
+        let mut dirs: Vec<PathBuf> = created.clone();
         let mut m = match manager::build(&path, layout, created) {
             Ok(m) => m,
             Err(e) => {
@@ -680,11 +700,44 @@ fn destroy_all(
                 continue;
             }
         };
+        dirs.extend(m.paths().into_values());
+        dirs.sort();
+        dirs.dedup();
+        let before: Vec<PathBuf> = dirs.into_iter().filter(|d| d.is_dir()).collect();
         let existed = m.exists();
-        match m.destroy() {
-            Ok(()) if existed => report.removed.push(name),
+        let result = m.destroy();
+        // A cgroup counts as removed when none of the sandbox's hierarchies holds it
+        // any more (one the run did not create it in included).
+        let hiers: Vec<&PathBuf> = mounts
+            .iter()
+            .filter(|m| before.iter().any(|d| d.starts_with(m)))
+            .collect();
+        let mut gone: Vec<String> = Vec::new();
+        let mut stay: Vec<String> = Vec::new();
+        for d in &before {
+            let r = rel(d);
+            let there = hiers.iter().any(|m| m.join(&r).is_dir());
+            let list = if there { &mut stay } else { &mut gone };
+            if !list.contains(&r) {
+                list.push(r);
+            }
+        }
+        gone.sort_by_key(|r| std::cmp::Reverse(r.matches('/').count()));
+        match result {
+            Ok(()) if existed || !gone.is_empty() => report.removed.extend(gone),
             Ok(()) => report.absent.push(name),
-            Err(e) => report.errors.push(format!("{name}: {e}")),
+            Err(e) => {
+                report.removed.extend(gone);
+                report.errors.push(format!("{name}: {e}"));
+                continue;
+            }
+        }
+        for r in stay {
+            if !report.kept.iter().any(|k| k.starts_with(&format!("{r}:"))) {
+                report
+                    .kept
+                    .push(format!("{r}: still holds other cgroups or tasks"));
+            }
         }
     }
     crate::metrics::METRICS
