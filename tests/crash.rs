@@ -208,19 +208,21 @@ fn state_write_failure_rolls_the_cgroups_back() {
     let cfg = tmp.join("c.toml");
     std::fs::create_dir_all(&tmp).unwrap();
     std::fs::write(&cfg, "[hypervisor.dragonball]\n").unwrap();
+    // Unique: the overhead cgroup is named after the sandbox id.
+    let id = format!("{prefix}-sb");
     // The second save (after the cgroups exist) fails as a full disk would.
     let out = run_with(
         "state-save:2=error",
         &prefix,
-        "stfail",
+        &id,
         &cfg.to_string_lossy(),
         &state,
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("stfail.json"), "{err}");
+    assert!(err.contains(&format!("{id}.json")), "{err}");
     assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
-    assert!(!tmp.join("state/stfail.json").exists());
+    assert!(!tmp.join(format!("state/{id}.json")).exists());
     // A state directory that cannot be created: a clear error, nothing made.
     let out = Command::new(BIN)
         .args([

@@ -258,6 +258,12 @@ pub struct ResolveArgs {
     /// The sandbox.
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    /// OCI bundle whose config.json gives linux.cgroupsPath and linux.resources.
+    #[arg(long, value_name = "DIR", conflicts_with = "cgroups_path")]
+    pub bundle: Option<PathBuf>,
+    /// Where `run` would keep the state (an id whose state file exists there is refused).
+    #[arg(long, value_name = "DIR", default_value = host_cgroups::state::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
     /// Plan for a host of this cgroup version instead of this host.
     #[arg(long, value_name = "1|2", value_parser = clap::value_parser!(u8).range(1..=2))]
     pub cgroup_version: Option<u8>,
@@ -351,22 +357,76 @@ pub fn print_json(v: &impl Serialize) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The inputs `run` and `resolve` share: the cgroups path (from `--cgroups-path` or a
+/// bundle), the resources (`--resources` over the bundle's) and their warnings.
+pub fn sandbox_inputs(
+    sandbox: &SandboxArgs,
+    bundle: Option<&std::path::Path>,
+) -> Result<(String, Option<LinuxResources>, Vec<String>), CliError> {
+    let (path, bundle_res, mut warnings) = match bundle {
+        Some(b) => bundle_inputs(b)?,
+        None => (
+            cgroups_path_str(sandbox.cgroups_path.as_ref())?,
+            None,
+            Vec::new(),
+        ),
+    };
+    let (cli_res, cli_warnings) = load_resources(sandbox.resources.as_deref())?;
+    if cli_res.is_some() {
+        warnings = cli_warnings;
+    }
+    Ok((path, cli_res.or(bundle_res), warnings))
+}
+
+/// `resolve --json`: the plan, and for this host what `run` would find.
+#[derive(Serialize)]
+struct ResolveOut<'a> {
+    #[serde(flatten)]
+    plan: &'a SandboxPlan,
+    /// `null` when planning for the other cgroup version (`--cgroup-version`).
+    host: Option<host_cgroups::sandbox::Preflight>,
+}
+
 fn resolve(args: &ResolveArgs) -> Result<(), CliError> {
     let config = load_config(args.sandbox.config.as_ref())?;
-    let path = cgroups_path_str(args.sandbox.cgroups_path.as_ref())?;
+    let (path, res, warnings) = sandbox_inputs(&args.sandbox, args.bundle.as_deref())?;
     let id = args
         .sandbox
         .sandbox_id
         .clone()
         .ok_or_else(|| bad("--sandbox-id is required"))?;
-    let (res, warnings) = load_resources(args.sandbox.resources.as_deref())?;
     let layout = layout_for(args.cgroup_version)?;
     let mut plan = SandboxPlan::new(&config, &path, &id, &layout, res.as_ref()).map_err(bad)?;
     plan.notes.extend(warnings);
+    // For this host, `resolve` is the dry run of `run`: the same checks, no change.
+    let host = match args.cgroup_version {
+        Some(_) => None,
+        None if !config.vmm_in_process() => None,
+        None => {
+            let opts = host_cgroups::sandbox::SandboxOptions::default()
+                .state_dir(&args.state_dir)
+                .sandbox_resources(res.clone());
+            let p = host_cgroups::sandbox::Sandbox::preflight(&plan, &opts).map_err(|e| {
+                if e.is_bad_input() {
+                    bad(e)
+                } else {
+                    runtime(e)
+                }
+            })?;
+            plan.notes.extend(p.notes.iter().cloned());
+            // The directories the driver will really use (the v1 systemd driver keeps
+            // no devices directory, for one), as `run` reports them.
+            plan.sandbox.paths = p.paths.clone();
+            if let (Some(o), Some(op)) = (plan.overhead.as_mut(), &p.overhead_paths) {
+                o.paths = op.clone();
+            }
+            Some(p)
+        }
+    };
     if args.json {
         return print_json(&Versioned {
             version: VERSION,
-            inner: &plan,
+            inner: &ResolveOut { plan: &plan, host },
         });
     }
     println!("driver:        {}", plan.driver);
@@ -392,6 +452,14 @@ fn resolve(args: &ResolveArgs) -> Result<(), CliError> {
         "vcpus:         boot {} (default_vcpus {} configured {}), max {} (default_maxvcpus configured {}), host CPUs {}",
         v.boot, v.default_vcpus, v.configured_default_vcpus, v.max, v.configured_default_maxvcpus, v.host_cpus
     );
+    if let Some(h) = &host {
+        for d in &h.existing {
+            println!("exists:        {}", d.display());
+        }
+        for d in &h.would_create {
+            println!("would create:  {}", d.display());
+        }
+    }
     for w in &plan.writes {
         println!("write:         {} = {}", w.file, w.value);
     }

@@ -10,10 +10,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 
-use super::{
-    bad, bundle_inputs, cgroups_path_str, layout_for, load_config, load_resources, print_json,
-    runtime, CliError, SandboxArgs,
-};
+use super::{bad, layout_for, load_config, print_json, runtime, CliError, SandboxArgs};
 use demo_vmm::{BackendChoice, Vmm, VmmConfig};
 use host_cgroups::controller::{TeardownReport, VcpuRecord};
 use host_cgroups::host::{task_cpu_ns, threads, ThreadInfo};
@@ -264,19 +261,7 @@ fn sandbox_dirs(
 /// Runs the sandbox.
 pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let config = load_config(args.sandbox.config.as_ref())?;
-    let (path, bundle_res, mut warnings) = match &args.bundle {
-        Some(b) => bundle_inputs(b)?,
-        None => (
-            cgroups_path_str(args.sandbox.cgroups_path.as_ref())?,
-            None,
-            Vec::new(),
-        ),
-    };
-    let (cli_res, cli_warnings) = load_resources(args.sandbox.resources.as_deref())?;
-    if cli_res.is_some() {
-        warnings = cli_warnings;
-    }
-    let resources = cli_res.or(bundle_res);
+    let (path, resources, warnings) = super::sandbox_inputs(&args.sandbox, args.bundle.as_deref())?;
     let sandbox_id = args
         .sandbox
         .sandbox_id

@@ -55,6 +55,13 @@ pub enum ControllerError {
     /// The controller thread is gone.
     #[error("the cgroup controller thread is not running")]
     Stopped,
+    /// The controller thread could not be created (EAGAIN: a thread or pids limit);
+    /// what was set up has been rolled back.
+    #[error("cannot start the cgroup controller thread: {source}")]
+    Thread {
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// Pinning a vCPU failed.
     #[error("pinning vCPU {index} (tid {tid}) to CPU {cpu}: {source}")]
     Pin {
@@ -282,7 +289,7 @@ impl CgroupController {
                 "sandbox_cgroup_only = false has no effect here: the whole VMM process is in the sandbox cgroup"
             );
         }
-        Ok(Self::spawn(plan, opts, sandbox, overhead, state, target))
+        Self::spawn(plan, opts, sandbox, overhead, state, target)
     }
 
     fn roll_back(
@@ -325,7 +332,7 @@ impl CgroupController {
             ..opts
         };
         let target = prepare_target(&state, sandbox.as_ref(), layout)?;
-        Ok(Self::spawn(plan, opts, sandbox, overhead, state, target))
+        Self::spawn(plan, opts, sandbox, overhead, state, target)
     }
 
     fn spawn(
@@ -335,7 +342,7 @@ impl CgroupController {
         overhead: Option<Box<dyn Manager>>,
         state: SandboxState,
         target: Target,
-    ) -> Self {
+    ) -> Result<Self, ControllerError> {
         let paths = sandbox.paths();
         let overhead_paths = overhead.as_ref().map(|o| o.paths());
         let (cmd, inputs) = unbounded();
@@ -366,11 +373,31 @@ impl CgroupController {
             }),
             opts.placement_timeout,
         );
-        let thread = std::thread::Builder::new()
+        // The worker goes to the thread only once the thread exists: when it cannot be
+        // created (a pids limit the process has already reached, for one) the worker is
+        // still ours, and what was set up is rolled back instead of left behind.
+        let (handoff, worker_rx) = bounded::<Worker>(1);
+        let thread = match std::thread::Builder::new()
             .name("hcg-controller".into())
-            .spawn(move || worker.run(inputs))
-            .ok();
-        CgroupController {
+            .spawn(move || {
+                if let Ok(w) = worker_rx.recv() {
+                    w.run(inputs)
+                }
+            }) {
+            Ok(t) => t,
+            Err(source) => {
+                let report = worker.teardown(true);
+                for err in report.errors {
+                    warn!(error = %err, "rollback");
+                }
+                return Err(ControllerError::Thread { source });
+            }
+        };
+        if handoff.send(worker).is_err() {
+            return Err(ControllerError::Stopped);
+        }
+        let thread = Some(thread);
+        Ok(CgroupController {
             hooks,
             channel_hooks,
             pin,
@@ -379,7 +406,7 @@ impl CgroupController {
             plan,
             paths,
             overhead_paths,
-        }
+        })
     }
 
     /// The sandbox's plan.

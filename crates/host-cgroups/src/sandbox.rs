@@ -193,6 +193,24 @@ pub struct Teardown<R> {
     pub report: TeardownReport,
 }
 
+/// What `run` would find and do on this host for a plan, learnt without changing
+/// anything ([`Sandbox::preflight`]).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Preflight {
+    /// The sandbox cgroup's directories as its driver will use them, controller →
+    /// absolute path (the v1 systemd driver, for one, keeps no `devices` directory).
+    pub paths: BTreeMap<String, PathBuf>,
+    /// The overhead cgroup's directories, when the plan has one.
+    pub overhead_paths: Option<BTreeMap<String, PathBuf>>,
+    /// Directories of those cgroups (and their parents) that exist now.
+    pub existing: Vec<PathBuf>,
+    /// Directories that `run` would create (parents first), or systemd would for a unit.
+    pub would_create: Vec<PathBuf>,
+    /// What `run` would meet here that is not a refusal (systemd unreachable, ...).
+    pub notes: Vec<String>,
+}
+
 /// What `cleanup` found and did, item by item.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 #[non_exhaustive]
@@ -337,6 +355,64 @@ impl Sandbox {
             controller: Some(controller),
             state_dir: opts.state_dir,
         })
+    }
+
+    /// Runs, without changing the host, every check [`Sandbox::start`] runs before it
+    /// creates anything for `plan` (the driver's resource checks: CPUs and memory nodes
+    /// against the host and the nearest existing parent cgroup, values the host's files
+    /// refuse), and lists the directories the drivers will use, which exist and which
+    /// would be made. `host-cgroups resolve` shows it, so that `resolve` is the dry run
+    /// of `run`.
+    ///
+    /// # Errors
+    /// What `start` would refuse as bad input, and state that exists for the id.
+    pub fn preflight(plan: &SandboxPlan, opts: &SandboxOptions) -> Result<Preflight, SandboxError> {
+        let file = SandboxState::file(&opts.state_dir, &plan.sandbox_id);
+        if file.exists() {
+            return Err(SandboxError::AlreadyExists {
+                sandbox_id: plan.sandbox_id.clone(),
+                state_file: file,
+                state_dir: opts.state_dir.clone(),
+            });
+        }
+        let sandbox = manager::build(&plan.sandbox.parsed, &plan.layout, Vec::new())?;
+        if let Some(r) = &opts.sandbox_resources {
+            crate::resources::validate(r).map_err(CgroupError::from)?;
+            sandbox.check(r)?;
+        }
+        let overhead = match &plan.overhead {
+            Some(o) => Some(manager::build(&o.parsed, &plan.layout, Vec::new())?),
+            None => None,
+        };
+        let mut out = Preflight {
+            paths: sandbox.paths(),
+            overhead_paths: overhead.as_ref().map(|o| o.paths()),
+            ..Default::default()
+        };
+        for m in std::iter::once(&sandbox).chain(overhead.as_ref()) {
+            let mut dirs: Vec<PathBuf> = m.paths().into_values().collect();
+            dirs.extend(m.missing());
+            dirs.sort();
+            dirs.dedup();
+            for d in dirs {
+                if d.is_dir() {
+                    out.existing.push(d);
+                } else {
+                    out.would_create.push(d);
+                }
+            }
+        }
+        if plan.driver == crate::cgroup::Driver::Systemd {
+            let sd = crate::host::SystemdInfo::detect();
+            if !sd.reachable {
+                out.notes.push(format!(
+                    "systemd is not reachable here (PID 1 systemd: {}, system bus: {}): run would fail",
+                    sd.pid1,
+                    std::path::Path::new(crate::host::SYSTEM_BUS_SOCKET).exists()
+                ));
+            }
+        }
+        Ok(out)
     }
 
     /// Takes over a sandbox from its state file after this process restarted: the
