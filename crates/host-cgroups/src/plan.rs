@@ -15,7 +15,7 @@ use crate::host::{
     CgroupLayout, CgroupVersion, Hierarchy, CGROUP_ROOT, V1_CONTROLLERS, V2_CONTROLLERS,
 };
 use crate::path::{CgroupsPath, Driver, PathError};
-use crate::placement::Placement;
+use crate::placement::{Placement, VcpuLayout};
 use crate::resources::systemd as sd_props;
 pub use crate::resources::systemd::Property;
 use crate::resources::{self, ResourceError, Write};
@@ -30,6 +30,30 @@ pub enum PlanError {
     /// Bad resources.
     #[error(transparent)]
     Resource(#[from] ResourceError),
+    /// A vCPU split this host kind cannot do.
+    #[error(transparent)]
+    Layout(#[from] crate::placement::LayoutError),
+}
+
+/// The nested layout's vCPU child cgroup, `<sandbox>/vcpus`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChildPlan {
+    /// Relative to each hierarchy's root.
+    pub path: String,
+    /// Controller → absolute directory (v1: the cpu, cpuacct and cpuset hierarchies;
+    /// v2: `unified`).
+    pub paths: BTreeMap<String, PathBuf>,
+    /// v2: `threaded`, written to the child's `cgroup.type`; v1: `None`.
+    pub cgroup_type: Option<String>,
+    /// v2: threaded controllers enabled in the sandbox's `cgroup.subtree_control`
+    /// (`cpu` required; `cpuset`, `pids` when available); v1: the hierarchies.
+    pub controllers: Vec<String>,
+    /// Which file each per-container CPU field lands in.
+    pub routing: Vec<String>,
+    /// The child's cgroupfs writes for the given resources taken as one container's
+    /// (`resolve --resources`): the CPU part only, combined as
+    /// [`resources::vcpu_child_resources`] does.
+    pub writes: Vec<Write>,
 }
 
 /// One cgroup of the plan (sandbox or overhead).
@@ -65,8 +89,15 @@ pub struct SandboxPlan {
     pub configured_sandbox_cgroup_only: bool,
     /// `sandbox_cgroup_only` in effect (true whenever the whole process is placed).
     pub sandbox_cgroup_only: bool,
-    /// vcpu-threads or vmm-process.
+    /// vcpu-threads or vmm-process: what the controller moves into the sandbox cgroup
+    /// (or, for the nested layout, the process; vCPUs then move into the child).
     pub placement: Placement,
+    /// sandbox-only, sibling or nested.
+    pub vcpu_layout: VcpuLayout,
+    /// Why that layout (settings and host kind).
+    pub vcpu_layout_reason: String,
+    /// The nested layout's vCPU child.
+    pub vcpus_child: Option<ChildPlan>,
     /// cgroupfs writes for the given resources.
     pub writes: Vec<Write>,
     /// systemd unit properties for the given resources (systemd driver).
@@ -146,20 +177,20 @@ impl SandboxPlan {
         let parsed = CgroupsPath::parse(cgroups_path, sandbox_id)?;
         let driver = parsed.driver();
         let version = layout.version();
-        let placement = Placement::for_host(driver, version);
-        let mut notes = Vec::new();
-        let overhead = if placement.uses_overhead(config.sandbox_cgroup_only) {
+        let (vcpu_layout, vcpu_layout_reason, mut notes) = VcpuLayout::choose(
+            driver,
+            version,
+            config.sandbox_cgroup_only,
+            config.vcpu_cgroup_layout,
+        )?;
+        let placement = match vcpu_layout {
+            // The whole process goes into the sandbox cgroup; vCPUs then move to the child.
+            VcpuLayout::Nested => Placement::VmmProcess,
+            _ => Placement::for_host(driver, version),
+        };
+        let overhead = if vcpu_layout == VcpuLayout::Sibling {
             Some(cgroup_plan(parsed.overhead(sandbox_id)?, layout))
         } else {
-            if !config.sandbox_cgroup_only {
-                notes.push(format!(
-                    "sandbox_cgroup_only = false has no effect with {driver} on cgroup v{version}: the whole VMM process is placed in the sandbox cgroup, since {}",
-                    match driver {
-                        Driver::Systemd => "systemd places processes, not threads",
-                        Driver::Cgroupfs => "cgroup v2 thread placement needs threaded mode up to the root",
-                    }
-                ));
-            }
             None
         };
         if !config.vmm_in_process() {
@@ -229,15 +260,63 @@ impl SandboxPlan {
                 ));
             }
         }
+        let sandbox = cgroup_plan(parsed, layout);
+        let vcpus_child = if vcpu_layout == VcpuLayout::Nested {
+            let child = crate::placement::VCPU_CHILD;
+            let path = format!("{}/{child}", sandbox.path);
+            let paths: BTreeMap<String, PathBuf> = match version {
+                CgroupVersion::V1 => sandbox
+                    .paths
+                    .iter()
+                    .filter(|(c, _)| ["cpu", "cpuacct", "cpuset"].contains(&c.as_str()))
+                    .map(|(c, d)| (c.clone(), d.join(child)))
+                    .collect(),
+                CgroupVersion::V2 => sandbox
+                    .paths
+                    .iter()
+                    .map(|(c, d)| (c.clone(), d.join(child)))
+                    .collect(),
+            };
+            let child_writes = match resources {
+                Some(r) => {
+                    resources::plan_for(&resources::vcpu_child_resources([r])?, version, &support)?
+                }
+                None => Vec::new(),
+            };
+            Some(ChildPlan {
+                controllers: match version {
+                    CgroupVersion::V1 => paths.keys().cloned().collect(),
+                    CgroupVersion::V2 => ["cpu", "cpuset", "pids"]
+                        .iter()
+                        .filter(|c| {
+                            !support.probed
+                                || support.v2_controllers.is_empty()
+                                || support.v2_controllers.iter().any(|x| x == *c)
+                        })
+                        .map(|c| c.to_string())
+                        .collect(),
+                },
+                cgroup_type: (version == CgroupVersion::V2).then(|| "threaded".to_string()),
+                routing: resources::vcpu_child_routing(version, &path),
+                writes: child_writes,
+                paths,
+                path,
+            })
+        } else {
+            None
+        };
         Ok(SandboxPlan {
             sandbox_id: sandbox_id.to_string(),
             driver,
             cgroup_version: version.number(),
-            sandbox: cgroup_plan(parsed, layout),
+            sandbox,
             overhead,
             configured_sandbox_cgroup_only: config.sandbox_cgroup_only,
-            sandbox_cgroup_only: config.sandbox_cgroup_only || placement == Placement::VmmProcess,
+            sandbox_cgroup_only: vcpu_layout == VcpuLayout::SandboxOnly,
             placement,
+            vcpu_layout,
+            vcpu_layout_reason,
+            vcpus_child,
             writes,
             properties,
             vcpus,
