@@ -124,7 +124,12 @@ fn thread_cpu_ns(tid: i32) -> u64 {
 /// CPU time used by the cgroup at `paths` (the vCPU child), in seconds.
 fn cgroup_cpu_s(layout: &CgroupLayout, paths: &BTreeMap<String, PathBuf>) -> f64 {
     match layout.version() {
-        CgroupVersion::V1 => read(paths["cpuacct"].join("cpuacct.usage")).parse::<f64>().unwrap() / 1e9,
+        CgroupVersion::V1 => {
+            read(paths["cpuacct"].join("cpuacct.usage"))
+                .parse::<f64>()
+                .unwrap()
+                / 1e9
+        }
         CgroupVersion::V2 => {
             let st = read(paths["unified"].join("cpu.stat"));
             let us: f64 = st
@@ -210,7 +215,11 @@ fn nested_layout_threads_ancestors_and_memory() {
             assert_eq!(b.1, w.1, "{}", b.0.display());
         }
     }
-    let before = if v2 { ancestors(&layout, &prefix) } else { Vec::new() };
+    let before = if v2 {
+        ancestors(&layout, &prefix)
+    } else {
+        Vec::new()
+    };
 
     let plan = SandboxPlan::new(&nested_config(), &sandbox, "nest1", &layout, None).unwrap();
     assert_eq!(plan.vcpu_layout, VcpuLayout::Nested);
@@ -232,14 +241,16 @@ fn nested_layout_threads_ancestors_and_memory() {
         let sc = read(sb_dir.join("cgroup.subtree_control"));
         assert!(sc.split_whitespace().any(|c| c == "cpu"), "{sc}");
         assert!(
-            sc.split_whitespace().all(|c| ["cpu", "cpuset", "pids"].contains(&c)),
+            sc.split_whitespace()
+                .all(|c| ["cpu", "cpuset", "pids"].contains(&c)),
             "only threaded controllers: {sc}"
         );
         let with = ancestors(&layout, &prefix);
         for ((b, w), n) in before.iter().zip(&with).zip(&without) {
             assert_eq!(b.1, w.1, "cgroup.type of {} changed", b.0.display());
             assert_eq!(
-                w.2, n.2,
+                w.2,
+                n.2,
                 "subtree_control of {} differs from the run without the split",
                 w.0.display()
             );
@@ -350,7 +361,11 @@ fn half_cpu_quota_on_the_child_holds_vcpus_not_vmm_threads() {
     let tids: Vec<i32> = vm.vcpus().iter().map(|v| v.tid).collect();
     assert_layout(&layout, &sandbox, &tids);
     std::thread::sleep(Duration::from_millis(300));
-    let (c0, b0, t0) = (cgroup_cpu_s(&layout, &child), thread_cpu_ns(busy_tid), Instant::now());
+    let (c0, b0, t0) = (
+        cgroup_cpu_s(&layout, &child),
+        thread_cpu_ns(busy_tid),
+        Instant::now(),
+    );
     std::thread::sleep(Duration::from_secs(3));
     let (c1, b1, wall) = (
         cgroup_cpu_s(&layout, &child),
@@ -362,7 +377,9 @@ fn half_cpu_quota_on_the_child_holds_vcpus_not_vmm_threads() {
     vm.stop().unwrap();
     let vcpu_rate = (c1 - c0) / wall;
     let busy_rate = (b1 - b0) as f64 / 1e9 / wall;
-    eprintln!("vCPUs {vcpu_rate:.3} CPU-s/s, busy VMM thread {busy_rate:.3} CPU-s/s over {wall:.2} s");
+    eprintln!(
+        "vCPUs {vcpu_rate:.3} CPU-s/s, busy VMM thread {busy_rate:.3} CPU-s/s over {wall:.2} s"
+    );
     assert!(
         vcpu_rate <= 0.5 * 1.3 + 0.05,
         "two spinning vCPUs used {vcpu_rate:.3} CPU-s/s under a 0.5 CPU quota"
@@ -405,7 +422,9 @@ fn hotplug_unplug_and_restore_keep_vcpus_in_the_child() {
     assert_layout(&layout, &sandbox, &tids);
     let recs = ctl.vcpus();
     assert_eq!(recs.len(), 3);
-    assert!(recs.iter().all(|r| r.placed_by == PlacedBy::SelfMove && r.error.is_none()));
+    assert!(recs
+        .iter()
+        .all(|r| r.placed_by == PlacedBy::SelfMove && r.error.is_none()));
     let st = SandboxState::load(&dir, "nhot", &layout.mount_points()).unwrap();
     assert_eq!(st.vcpu_layout, Some(VcpuLayout::Nested));
     let recorded = st.vcpus.clone().expect("the child in the state");
@@ -448,7 +467,11 @@ fn sigkill_at_every_nested_step_then_cleanup_leaves_nothing() {
     let cfg = tmp.join("c.toml");
     std::fs::write(&cfg, NESTED_TOML).unwrap();
     let state = tmp.join("state");
-    let dirs = if layout.version() == CgroupVersion::V1 { 3 } else { 1 };
+    let dirs = if layout.version() == CgroupVersion::V1 {
+        3
+    } else {
+        1
+    };
     let mut points: Vec<String> = [
         "state-save:1",
         "create-sandbox",
@@ -481,11 +504,19 @@ fn sigkill_at_every_nested_step_then_cleanup_leaves_nothing() {
         let out = Command::new(BIN)
             .args(["run", "--config"])
             .arg(&cfg)
-            .args(["--cgroups-path", &format!("{prefix}/sb"), "--sandbox-id", &id])
+            .args([
+                "--cgroups-path",
+                &format!("{prefix}/sb"),
+                "--sandbox-id",
+                &id,
+            ])
             .args(["--vcpus", "2", "--duration", "0.2", "--backend", "thread"])
             .arg("--state-dir")
             .arg(&state)
-            .args(["--container-resources", r#"{"cpu":{"quota":50000,"period":100000}}"#])
+            .args([
+                "--container-resources",
+                r#"{"cpu":{"quota":50000,"period":100000}}"#,
+            ])
             .env("HOST_CGROUPS_FAILPOINT", format!("{point}=kill"))
             .output()
             .unwrap();
@@ -495,7 +526,11 @@ fn sigkill_at_every_nested_step_then_cleanup_leaves_nothing() {
                 "{point}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            assert!(guard.leftovers().is_empty(), "{point}: {:?}", guard.leftovers());
+            assert!(
+                guard.leftovers().is_empty(),
+                "{point}: {:?}",
+                guard.leftovers()
+            );
             continue;
         }
         killed += 1;
@@ -509,10 +544,21 @@ fn sigkill_at_every_nested_step_then_cleanup_leaves_nothing() {
             c.status.success() || err.contains("no state") || err.contains("No such file"),
             "{point}: cleanup failed: {err}"
         );
-        assert!(guard.leftovers().is_empty(), "{point}: left {:?}", guard.leftovers());
-        assert!(!state.join(format!("{id}.json")).exists(), "{point}: state left");
+        assert!(
+            guard.leftovers().is_empty(),
+            "{point}: left {:?}",
+            guard.leftovers()
+        );
+        assert!(
+            !state.join(format!("{id}.json")).exists(),
+            "{point}: state left"
+        );
     }
-    assert!(killed >= 12, "only {killed} of {} points were reached", points.len());
+    assert!(
+        killed >= 12,
+        "only {killed} of {} points were reached",
+        points.len()
+    );
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 
@@ -536,7 +582,10 @@ fn bad_layout_values_and_refused_hosts_exit_2() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("\"nestd\"") && err.contains("vcpu_cgroup_layout"), "{err}");
+    assert!(
+        err.contains("\"nestd\"") && err.contains("vcpu_cgroup_layout"),
+        "{err}"
+    );
     let sib = tmp.join("sib.toml");
     std::fs::write(
         &sib,
@@ -544,7 +593,14 @@ fn bad_layout_values_and_refused_hosts_exit_2() {
     )
     .unwrap();
     let out = Command::new(BIN)
-        .args(["resolve", "--sandbox-id", "x", "--cgroup-version", "2", "--config"])
+        .args([
+            "resolve",
+            "--sandbox-id",
+            "x",
+            "--cgroup-version",
+            "2",
+            "--config",
+        ])
         .arg(&sib)
         .output()
         .unwrap();
@@ -555,15 +611,33 @@ fn bad_layout_values_and_refused_hosts_exit_2() {
     let cfg = tmp.join("c.toml");
     std::fs::write(&cfg, NESTED_TOML).unwrap();
     let out = Command::new(BIN)
-        .args(["resolve", "--sandbox-id", "x", "--cgroups-path", "p/sb", "--json", "--config"])
+        .args([
+            "resolve",
+            "--sandbox-id",
+            "x",
+            "--cgroups-path",
+            "p/sb",
+            "--json",
+            "--config",
+        ])
         .arg(&cfg)
-        .args(["--resources", r#"{"cpu":{"quota":50000,"period":100000,"shares":512}}"#])
+        .args([
+            "--resources",
+            r#"{"cpu":{"quota":50000,"period":100000,"shares":512}}"#,
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["vcpu_layout"], "nested");
-    assert!(plan["vcpu_layout_reason"].as_str().unwrap().contains("vcpus"));
+    assert!(plan["vcpu_layout_reason"]
+        .as_str()
+        .unwrap()
+        .contains("vcpus"));
     assert_eq!(plan["vcpus_child"]["path"], "p/sb/vcpus");
     let files: Vec<&str> = plan["vcpus_child"]["writes"]
         .as_array()
@@ -572,7 +646,10 @@ fn bad_layout_values_and_refused_hosts_exit_2() {
         .map(|w| w["file"].as_str().unwrap())
         .collect();
     if layout().version() == CgroupVersion::V1 {
-        assert_eq!(files, ["cpu.shares", "cpu.cfs_period_us", "cpu.cfs_quota_us"]);
+        assert_eq!(
+            files,
+            ["cpu.shares", "cpu.cfs_period_us", "cpu.cfs_quota_us"]
+        );
     } else {
         assert_eq!(files, ["cpu.weight", "cpu.max"]);
     }
@@ -587,7 +664,13 @@ fn bad_layout_values_and_refused_hosts_exit_2() {
         std::fs::create_dir_all(&other).unwrap();
         let state = tmp.join("state");
         let out = Command::new(BIN)
-            .args(["run", "--cgroups-path", &format!("{prefix}/sb"), "--sandbox-id", "ndom"])
+            .args([
+                "run",
+                "--cgroups-path",
+                &format!("{prefix}/sb"),
+                "--sandbox-id",
+                "ndom",
+            ])
             .args(["--duration", "0", "--backend", "thread", "--config"])
             .arg(&cfg)
             .arg("--state-dir")
@@ -621,19 +704,41 @@ fn run_json_has_the_layout_and_the_child_per_thread() {
     let prefix = unique("njson");
     let guard = CgroupGuard::new(&prefix);
     let out = Command::new(BIN)
-        .args(["run", "--cgroups-path", &format!("{prefix}/sb"), "--sandbox-id", &prefix])
-        .args(["--vcpus", "2", "--duration", "0.3", "--backend", "thread", "--json"])
+        .args([
+            "run",
+            "--cgroups-path",
+            &format!("{prefix}/sb"),
+            "--sandbox-id",
+            &prefix,
+        ])
+        .args([
+            "--vcpus",
+            "2",
+            "--duration",
+            "0.3",
+            "--backend",
+            "thread",
+            "--json",
+        ])
         .arg("--config")
         .arg(&cfg)
         .arg("--state-dir")
         .arg(tmp.join("state"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["vcpu_layout"], "nested");
     assert_eq!(r["vcpus_path"], format!("{prefix}/sb/vcpus"));
-    let key = if layout().version() == CgroupVersion::V1 { "cpu" } else { "unified" };
+    let key = if layout().version() == CgroupVersion::V1 {
+        "cpu"
+    } else {
+        "unified"
+    };
     for v in r["vcpus"].as_array().unwrap() {
         assert_eq!(v["cgroups"][key], format!("/{prefix}/sb/vcpus"), "{v}");
     }
@@ -662,7 +767,10 @@ fn listed(unit: &str) -> bool {
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting until {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting until {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -696,8 +804,20 @@ fn systemd_scope_with_child_runs_and_stops_leaving_nothing() {
     let state = tmp.join("state");
     let mut child = Command::new(BIN)
         .args(["run", "--cgroups-path", &path, "--sandbox-id", &id])
-        .args(["--vcpus", "2", "--duration", "1", "--backend", "thread", "--json", "--keep"])
-        .args(["--container-resources", r#"{"cpu":{"quota":50000,"period":100000}}"#])
+        .args([
+            "--vcpus",
+            "2",
+            "--duration",
+            "1",
+            "--backend",
+            "thread",
+            "--json",
+            "--keep",
+        ])
+        .args([
+            "--container-resources",
+            r#"{"cpu":{"quota":50000,"period":100000}}"#,
+        ])
         .arg("--config")
         .arg(&cfg)
         .arg("--state-dir")
@@ -735,7 +855,11 @@ fn systemd_scope_with_child_runs_and_stops_leaving_nothing() {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["driver"], "systemd");
     assert_eq!(r["vcpu_layout"], "nested");
-    let key = if layout.version() == CgroupVersion::V1 { "cpu" } else { "unified" };
+    let key = if layout.version() == CgroupVersion::V1 {
+        "cpu"
+    } else {
+        "unified"
+    };
     for v in r["vcpus"].as_array().unwrap() {
         assert_eq!(v["cgroups"][key], format!("/{rel}/vcpus"), "{v}");
     }

@@ -376,14 +376,80 @@ mod tests {
             None,
         )
         .unwrap();
+        // v2 + cgroupfs with sandbox_cgroup_only = false: the nested split, the only one there.
         assert_eq!(p.placement, Placement::VmmProcess);
+        assert_eq!(p.vcpu_layout, VcpuLayout::Nested);
         assert!(p.overhead.is_none());
-        assert!(p.sandbox_cgroup_only);
-        assert!(!p.notes.is_empty());
+        assert!(!p.sandbox_cgroup_only);
+        let child = p.vcpus_child.as_ref().unwrap();
+        assert_eq!(child.path, "a/b/vcpus");
+        assert_eq!(child.cgroup_type.as_deref(), Some("threaded"));
+        assert_eq!(
+            child.paths["unified"],
+            PathBuf::from("/sys/fs/cgroup/a/b/vcpus")
+        );
         assert_eq!(
             p.sandbox.paths["unified"],
             PathBuf::from("/sys/fs/cgroup/a/b")
         );
+    }
+
+    #[test]
+    fn nested_child_writes_and_refused_sibling() {
+        let mut c = cfg(false);
+        c.vcpu_cgroup_layout = Some(crate::placement::SplitChoice::Nested);
+        let r =
+            resources::from_json(r#"{"cpu":{"quota":50000,"period":100000,"cpus":"0"}}"#).unwrap();
+        let p =
+            SandboxPlan::new(&c, "x", "sb1", &nominal_layout(CgroupVersion::V1), Some(&r)).unwrap();
+        assert_eq!(p.vcpu_layout, VcpuLayout::Nested);
+        assert!(p.overhead.is_none());
+        let ch = p.vcpus_child.unwrap();
+        assert_eq!(
+            ch.paths.keys().collect::<Vec<_>>(),
+            ["cpu", "cpuacct", "cpuset"]
+        );
+        let w: Vec<(&str, &str)> = ch
+            .writes
+            .iter()
+            .map(|w| (w.file.as_str(), w.value.as_str()))
+            .collect();
+        assert_eq!(
+            w,
+            [
+                ("cpu.shares", "1024"),
+                ("cpu.cfs_period_us", "100000"),
+                ("cpu.cfs_quota_us", "50000"),
+                ("cpuset.cpus", "0")
+            ]
+        );
+        c.vcpu_cgroup_layout = Some(crate::placement::SplitChoice::Sibling);
+        let e =
+            SandboxPlan::new(&c, "x", "sb1", &nominal_layout(CgroupVersion::V2), None).unwrap_err();
+        assert!(e.to_string().contains("\"sibling\""), "{e}");
+    }
+
+    #[test]
+    fn vcpu_child_resources_sum_quotas_and_shares() {
+        let r = |j: &str| resources::from_json(j).unwrap();
+        let a = r(r#"{"cpu":{"quota":25000,"period":100000,"shares":512,"cpus":"0"}}"#);
+        let b = r(r#"{"cpu":{"quota":25000,"period":100000,"shares":256,"cpus":"1"}}"#);
+        let c = resources::vcpu_child_resources([&a, &b]).unwrap();
+        let cpu = c.cpu().as_ref().unwrap();
+        assert_eq!(cpu.quota(), Some(50000));
+        assert_eq!(cpu.period(), Some(100000));
+        assert_eq!(cpu.shares(), Some(768));
+        assert_eq!(cpu.cpus().as_deref(), Some("0-1"));
+        // Different periods: CPU-s/s summed over a 100 ms period (0.5 + 0.25).
+        let d = r(r#"{"cpu":{"quota":5000,"period":10000}}"#);
+        let e = r(r#"{"cpu":{"quota":50000,"period":200000}}"#);
+        let c = resources::vcpu_child_resources([&d, &e]).unwrap();
+        let cpu = c.cpu().as_ref().unwrap();
+        assert_eq!((cpu.quota(), cpu.period()), (Some(75000), Some(100000)));
+        // None with a quota: no limit (lifts an earlier one); no shares: the default.
+        let c = resources::vcpu_child_resources([&r(r#"{"cpu":{"cpus":"0"}}"#)]).unwrap();
+        let cpu = c.cpu().as_ref().unwrap();
+        assert_eq!((cpu.quota(), cpu.shares()), (Some(-1), Some(1024)));
     }
 
     #[test]
