@@ -162,10 +162,9 @@ impl VcpuChild {
     ///
     /// # Errors
     /// v1: no `cpu` hierarchy mounted ([`CgroupError::NoController`]). v2: the `cpu`
-    /// controller is not in `cgroup.controllers` of the sandbox cgroup's nearest
-    /// existing ancestor (or of the sandbox itself when it exists), so it cannot be
-    /// enabled for the sandbox without changing cgroups above it
-    /// ([`CgroupError::NoController`] naming that cgroup); an existing sandbox cgroup
+    /// controller is not in the hierarchy root's `cgroup.controllers`, so creating the
+    /// sandbox cannot make it available to it ([`CgroupError::NestedRefused`] naming
+    /// the file); an existing sandbox cgroup
     /// with domain children, or with domain controllers in its `subtree_control`
     /// ([`CgroupError::NestedRefused`] naming the cgroup and what is in the way).
     pub fn preflight(&self) -> Result<(), CgroupError> {
@@ -185,19 +184,28 @@ impl VcpuChild {
             return Ok(());
         }
         let sandbox = Self::sandbox_dir(first);
-        // The nearest existing cgroup at or above the sandbox says what it can get.
-        let mut probe = sandbox.clone();
-        while !probe.join("cgroup.controllers").exists() {
-            match probe.parent() {
-                Some(p) => probe = p.to_path_buf(),
-                None => break,
-            }
-        }
-        let available = read_file(&probe.join("cgroup.controllers"))?;
+        // Creating the sandbox enables controllers level by level from the hierarchy's
+        // root (cgroupfs), or systemd does for a `Delegate=yes` scope: `cpu` reaches the
+        // sandbox exactly when the root offers it.
+        let root = self
+            .fs
+            .paths()
+            .get("unified")
+            .map(|d| {
+                let mut r = d.clone();
+                for _ in Path::new(&self.relative).components() {
+                    r.pop();
+                }
+                r
+            })
+            .unwrap_or_default();
+        let available = read_file(&root.join("cgroup.controllers"))?;
         if !available.split_whitespace().any(|c| c == "cpu") {
-            return Err(CgroupError::NoController {
-                controller: "cpu".into(),
-                path: probe,
+            return Err(CgroupError::NestedRefused {
+                path: root.join("cgroup.controllers"),
+                why: format!(
+                    "the cpu controller is not offered there ({available:?}), so it cannot be enabled for a vCPU child"
+                ),
             });
         }
         if sandbox.is_dir() {
