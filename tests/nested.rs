@@ -896,3 +896,82 @@ fn systemd_scope_with_child_runs_and_stops_leaving_nothing() {
     let _ = Command::new("systemctl").args(["stop", &top]).status();
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+/// systemd: SIGKILL at the nested steps with the systemd driver, then `cleanup`:
+/// no unit and no directory is left (systemd removes the scope with the child;
+/// `cleanup` removes the driver's own v1 directories, child first).
+#[test]
+fn systemd_sigkill_at_nested_steps_then_cleanup_leaves_nothing() {
+    let _g = serial();
+    if !systemd_host() {
+        return skip(
+            "systemd_sigkill_at_nested_steps_then_cleanup_leaves_nothing",
+            "systemd is not PID 1 on this host",
+        );
+    }
+    let layout = layout();
+    let tag = format!("hcg{:08x}", rand::random::<u32>());
+    let top = format!("{tag}.slice");
+    let _cg = CgroupGuard::new(&top);
+    let slice = format!("{tag}-pods.slice");
+    let tmp = std::env::temp_dir().join(unique("nsdkill"));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let cfg = tmp.join("c.toml");
+    std::fs::write(&cfg, NESTED_TOML).unwrap();
+    let state = tmp.join("state");
+    let mut killed = 0;
+    for point in [
+        "vcpus-mkdir:1",
+        "vcpus-threaded",
+        "create-vcpus",
+        "vcpu-self-move:1",
+        "vcpus-removed",
+    ] {
+        let id = unique("nsdk");
+        let path = format!("{slice}:kata:{id}");
+        let rel = host_cgroups::path::CgroupsPath::parse(&path, &id)
+            .unwrap()
+            .relative();
+        let unit = format!("kata-{id}.scope");
+        let out = Command::new(BIN)
+            .args(["run", "--cgroups-path", &path, "--sandbox-id", &id])
+            .args(["--vcpus", "2", "--duration", "0.2", "--backend", "thread"])
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--state-dir")
+            .arg(&state)
+            .env("HOST_CGROUPS_FAILPOINT", format!("{point}=kill"))
+            .output()
+            .unwrap();
+        if out.status.signal() == Some(libc::SIGKILL) {
+            killed += 1;
+            let c = Command::new(BIN)
+                .args(["cleanup", "--sandbox-id", &id, "--state-dir"])
+                .arg(&state)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&c.stderr);
+            assert!(
+                c.status.success() || err.contains("no state"),
+                "{point}: cleanup failed: {err}"
+            );
+        } else {
+            assert!(
+                out.status.success(),
+                "{point}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        wait_until(&format!("{point}: {unit} is gone"), || !listed(&unit));
+        wait_until(&format!("{point}: the directories are gone"), || {
+            mounts(&layout).iter().all(|m| !m.join(&rel).exists())
+        });
+        assert!(
+            !state.join(format!("{id}.json")).exists(),
+            "{point}: state left"
+        );
+    }
+    assert!(killed >= 4, "only {killed} points were reached");
+    let _ = Command::new("systemctl").args(["stop", &top]).status();
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
