@@ -175,8 +175,11 @@ fn overhead_follows_sandbox_cgroup_only() {
         "2",
         "--json",
     ]));
+    // cgroup v2: no sibling is possible; the nested split (issue 12) instead.
     assert!(v["overhead"].is_null());
-    assert_eq!(v["sandbox_cgroup_only"], true);
+    assert_eq!(v["sandbox_cgroup_only"], false);
+    assert_eq!(v["vcpu_layout"], "nested");
+    assert_eq!(v["vcpus_child"]["path"], "kata_sandboxed_pod/sb1/vcpus");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -176,8 +176,9 @@ fn default_mode_confirms_born_vcpus_without_a_cgroup_write() {
 }
 
 /// Split mode: each vCPU is in its target before its hook returns, read on the
-/// vCPU thread right after the hook (where the host has a split; elsewhere the
-/// setting has no effect and the vCPU is born in the sandbox cgroup).
+/// vCPU thread right after the hook: the sandbox cgroup with the sibling split
+/// (v1 + cgroupfs), the sandbox's `vcpus` child with the nested split (the default
+/// on the other host kinds).
 #[test]
 fn split_mode_vcpus_are_in_their_target_when_the_hook_returns() {
     let _g = serial();
@@ -195,8 +196,14 @@ fn split_mode_vcpus_are_in_their_target_when_the_hook_returns() {
     )
     .unwrap();
     let moves = plan.placement == Placement::VcpuThreads;
+    let nested = plan.vcpu_layout == host_cgroups::placement::VcpuLayout::Nested;
     let ctl = CgroupController::start(plan, ControllerOptions::default()).unwrap();
-    let want = expected(&layout, ctl.paths());
+    let target = if nested {
+        ctl.vcpus_paths().unwrap().clone()
+    } else {
+        ctl.paths().clone()
+    };
+    let want = expected(&layout, &target);
     let caller = Arc::new(Caller {
         inner: ctl.hooks_for_boot(3),
         seen: Mutex::new(Vec::new()),
@@ -214,12 +221,28 @@ fn split_mode_vcpus_are_in_their_target_when_the_hook_returns() {
     }
     let recs = ctl.vcpus();
     let dirs = {
-        let mut d: Vec<_> = ctl.paths().values().cloned().collect();
+        let mut d: Vec<_> = target.values().cloned().collect();
         d.sort();
         d.dedup();
         d.len() as u64
     };
-    if moves {
+    if nested {
+        // The process stays in the sandbox cgroup; each vCPU wrote `0` once per child dir.
+        assert_eq!(writes, 4 * dirs);
+        assert!(
+            recs.iter().all(|r| r.placed_by == PlacedBy::SelfMove),
+            "{recs:?}"
+        );
+        let me = std::process::id() as i32;
+        let main = task_cgroups(me, me);
+        for (c, p) in &expected(&layout, ctl.paths()) {
+            assert_eq!(
+                main.get(c),
+                Some(p),
+                "the main thread stays in the sandbox cgroup"
+            );
+        }
+    } else if moves {
         // The process is elsewhere (overhead), the vCPUs moved themselves: one write per hierarchy.
         assert_eq!(writes, 4 * dirs);
         assert!(

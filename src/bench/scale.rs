@@ -61,6 +61,9 @@ fn plan(layout: &CgroupLayout, guard: &BenchCgroups, tag: &str) -> Result<Sandbo
     // Only the vCPU threads move: many sandboxes share this one process.
     p.overhead = None;
     p.sandbox_cgroup_only = false;
+    // No nested vCPU child (the default split on v2 and systemd hosts): it would move
+    // this whole process into each sandbox's threaded domain in turn.
+    p.vcpus_child = None;
     Ok(p)
 }
 

@@ -443,6 +443,35 @@ fn resolve(args: &ResolveArgs) -> Result<(), CliError> {
         Some(o) => println!("overhead:      {}", o.path),
         None => println!("overhead:      none"),
     }
+    println!("vcpu layout:   {}", plan.vcpu_layout);
+    println!("  why:         {}", plan.vcpu_layout_reason);
+    if let Some(c) = &plan.vcpus_child {
+        println!("vcpus child:   {}", c.path);
+        for (ctl, p) in &c.paths {
+            println!("  {ctl:<11}  {}", p.display());
+        }
+        if let Some(t) = &c.cgroup_type {
+            println!("  cgroup.type  {t}");
+        }
+        println!(
+            "  {:<11}  {}",
+            if plan.cgroup_version == 2 {
+                "controllers"
+            } else {
+                "hierarchies"
+            },
+            c.controllers.join(" ")
+        );
+        for r in &c.routing {
+            println!("  route:       {r}");
+        }
+        for w in &c.writes {
+            println!(
+                "  write:       {} = {} (as one container's resources)",
+                w.file, w.value
+            );
+        }
+    }
     println!(
         "sandbox_cgroup_only: {} (configured {})",
         plan.sandbox_cgroup_only, plan.configured_sandbox_cgroup_only

@@ -52,6 +52,11 @@ pub struct RunArgs {
     /// vCPU backend.
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
+    /// One container's OCI LinuxResources (JSON or @FILE), given to the sandbox as
+    /// container `c0` before the VMM starts: its CPU part goes to the vCPU child with
+    /// the nested layout, its cpuset to the sandbox cgroup otherwise.
+    #[arg(long, value_name = "JSON|@FILE")]
+    pub container_resources: Option<String>,
     /// Print one JSON object at the end.
     #[arg(long)]
     pub json: bool,
@@ -139,6 +144,14 @@ struct RunReport {
     vmm_pid: i32,
     sandbox: CgroupPlan,
     overhead: Option<CgroupPlan>,
+    /// sandbox-only, sibling or nested.
+    vcpu_layout: String,
+    /// Why that layout.
+    vcpu_layout_reason: String,
+    /// The nested layout's vCPU child: controller → directory.
+    vcpus_cgroup: Option<BTreeMap<String, PathBuf>>,
+    /// The nested layout's vCPU child, relative to the hierarchy roots.
+    vcpus_path: Option<String>,
     sandbox_cgroup_only: bool,
     state_dir: PathBuf,
     wall_seconds: f64,
@@ -261,7 +274,11 @@ fn sandbox_dirs(
 /// Runs the sandbox.
 pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let config = load_config(args.sandbox.config.as_ref())?;
-    let (path, resources, warnings) = super::sandbox_inputs(&args.sandbox, args.bundle.as_deref())?;
+    let (path, resources, mut warnings) =
+        super::sandbox_inputs(&args.sandbox, args.bundle.as_deref())?;
+    let (container_res, container_warnings) =
+        super::load_resources(args.container_resources.as_deref())?;
+    warnings.extend(container_warnings);
     let sandbox_id = args
         .sandbox
         .sandbox_id
@@ -328,6 +345,21 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     })?;
     if let Activation::Inactive { reason } = sandbox.activation() {
         notes.push(format!("host-cgroups inactive: {reason}"));
+    }
+    if let Some(r) = &container_res {
+        if let Err(e) = sandbox.update_container("c0", r) {
+            let bad_input = e.is_bad_input();
+            let r = sandbox.teardown(|| ()).report;
+            let msg = format!(
+                "--container-resources: {e}{}",
+                if r.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (cleanup: {})", r.errors.join("; "))
+                }
+            );
+            return Err(if bad_input { bad(msg) } else { runtime(msg) });
+        }
     }
     let vmm_cfg = VmmConfig {
         vcpus,
@@ -468,6 +500,10 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             ..plan.sandbox.clone()
         },
         overhead: plan.overhead.clone(),
+        vcpu_layout: plan.vcpu_layout.to_string(),
+        vcpu_layout_reason: plan.vcpu_layout_reason.clone(),
+        vcpus_cgroup: plan.vcpus_child.as_ref().map(|c| c.paths.clone()),
+        vcpus_path: plan.vcpus_child.as_ref().map(|c| c.path.clone()),
         sandbox_cgroup_only: plan.sandbox_cgroup_only,
         state_dir: args.state_dir.clone(),
         wall_seconds: wall,
@@ -542,6 +578,10 @@ fn print_table(r: &RunReport, keep: bool) {
         r.sandbox_id, r.driver, r.cgroup_version, r.placement, r.vcpu_backend, r.vmm_pid
     );
     println!("sandbox cgroup: {}", r.sandbox.path);
+    println!("vcpu layout: {} ({})", r.vcpu_layout, r.vcpu_layout_reason);
+    if let Some(p) = &r.vcpus_path {
+        println!("vcpus cgroup: {p}");
+    }
     super::print_threads(&r.threads);
     for v in &r.vcpus {
         println!(

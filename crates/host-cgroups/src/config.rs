@@ -102,6 +102,10 @@ pub struct RuntimeConfig {
     pub sandbox_cgroup_only: bool,
     /// `runtime.enable_vcpus_pinning`: pin vCPU i to the i-th CPU of the cpuset when sizes match.
     pub enable_vcpus_pinning: bool,
+    /// `runtime.vcpu_cgroup_layout` (this component's key, not Kata's): which split
+    /// `sandbox_cgroup_only = false` makes; `None` when unset (see
+    /// [`crate::placement::VcpuLayout::choose`]).
+    pub vcpu_cgroup_layout: Option<crate::placement::SplitChoice>,
     /// `runtime.static_sandbox_resource_mgmt`.
     pub static_sandbox_resource_mgmt: bool,
     /// `hypervisor.<name>.default_vcpus` as written (may be fractional; negative means
@@ -184,6 +188,8 @@ pub const RUNTIME_KEYS: &[&str] = &[
     "pod_resource_api_sock",
     "create_container_timeout",
     "shared_fs",
+    // This component's own key (not Kata's): the split `sandbox_cgroup_only = false` makes.
+    "vcpu_cgroup_layout",
 ];
 
 /// Keys Kata's runtime-rs knows in `[hypervisor.<name>]` (kata-types hypervisor
@@ -360,8 +366,20 @@ impl RuntimeConfig {
                 }
             }
         }
+        let layout_key = ["runtime", crate::placement::LAYOUT_KEY];
+        let vcpu_cgroup_layout = match keys.string(&layout_key)? {
+            None => None,
+            Some(v) => Some(crate::placement::SplitChoice::parse(&v).ok_or_else(|| {
+                keys.invalid(
+                    &layout_key,
+                    format!("{v:?}"),
+                    "must be \"nested\" (vCPU threads in a child of the sandbox cgroup) or \"sibling\" (upstream Kata's kata_overhead split, cgroup v1 + cgroupfs only)",
+                )
+            })?),
+        };
         Ok(RuntimeConfig {
             source: path.into(),
+            vcpu_cgroup_layout,
             sandbox_cgroup_only: keys
                 .boolean(&["runtime", "sandbox_cgroup_only"])?
                 .unwrap_or(false),

@@ -32,12 +32,12 @@ pub use crate::selfplace::{get_affinity, set_affinity};
 
 use crate::failpoint;
 use crate::host::CgroupLayout;
-use crate::manager::{self, CgroupError, Manager, Stats};
+use crate::manager::{self, CgroupError, Manager, Stats, VcpuChild};
 use crate::metrics::{IncMetric, METRICS};
 use crate::placement::Placement;
 use crate::plan::SandboxPlan;
 use crate::resources::{self, CpuList, ResourceError};
-use crate::state::{CgroupState, SandboxState, StateError};
+use crate::state::{CgroupState, ChildState, SandboxState, StateError};
 
 /// A controller operation that failed.
 #[derive(Debug, Error)]
@@ -81,7 +81,9 @@ impl ControllerError {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            ControllerError::Resource(_) | ControllerError::Cgroup(CgroupError::Resource(_))
+            ControllerError::Resource(_)
+                | ControllerError::Cgroup(CgroupError::Resource(_))
+                | ControllerError::Cgroup(CgroupError::NestedRefused { .. })
         )
     }
 }
@@ -182,12 +184,15 @@ pub struct CgroupController {
     plan: SandboxPlan,
     paths: BTreeMap<String, PathBuf>,
     overhead_paths: Option<BTreeMap<String, PathBuf>>,
+    child_paths: Option<BTreeMap<String, PathBuf>>,
 }
 
 struct Worker {
     placement: Placement,
     sandbox: Box<dyn Manager>,
     overhead: Option<Box<dyn Manager>>,
+    /// The nested layout's vCPU child.
+    child: Option<VcpuChild>,
     state: SandboxState,
     state_dir: Option<PathBuf>,
     records: Vec<VcpuRecord>,
@@ -213,6 +218,14 @@ impl CgroupController {
         if let Some(r) = &opts.sandbox_resources {
             sandbox.check(r)?;
         }
+        let mut child = plan
+            .vcpus_child
+            .as_ref()
+            .map(|_| VcpuChild::adopt(&layout, &plan.sandbox.path, Vec::new()));
+        // Before anything is created: a host that cannot hold the child fails here.
+        if let Some(c) = &child {
+            c.preflight()?;
+        }
         let me = std::process::id() as i32;
         let mut state = SandboxState {
             sandbox_id: plan.sandbox_id.clone(),
@@ -229,6 +242,11 @@ impl CgroupController {
             overhead: plan.overhead.as_ref().map(|o| CgroupState {
                 path: o.parsed.clone(),
                 created: overhead.as_ref().map(|m| m.missing()).unwrap_or_default(),
+            }),
+            vcpu_layout: Some(plan.vcpu_layout),
+            vcpus: child.as_ref().map(|c| ChildState {
+                dirs: c.dirs().to_vec(),
+                created: c.missing(),
             }),
             containers: BTreeMap::new(),
             sandbox_resources: opts.sandbox_resources.clone(),
@@ -258,28 +276,50 @@ impl CgroupController {
                 (None, Placement::VcpuThreads, false) => {}
             }
             failpoint_hit("add-proc")?;
-            METRICS
-                .cgroups_created
-                .add(sandbox.created().len() + overhead.as_ref().map_or(0, |o| o.created().len()));
+            // Nested: the child is made once the process is in the sandbox cgroup (with
+            // systemd the scope exists only from then on).
+            if let Some(c) = child.as_mut() {
+                c.create()?;
+                failpoint_hit("create-vcpus")?;
+            }
+            METRICS.cgroups_created.add(
+                sandbox.created().len()
+                    + overhead.as_ref().map_or(0, |o| o.created().len())
+                    + child.as_ref().map_or(0, |c| c.created().len()),
+            );
             state.sandbox.created = merge(&state.sandbox.created, &sandbox.created());
             if let (Some(os), Some(o)) = (state.overhead.as_mut(), overhead.as_ref()) {
                 os.created = merge(&os.created, &o.created());
             }
+            if let (Some(cs), Some(c)) = (state.vcpus.as_mut(), child.as_ref()) {
+                cs.created = merge(&cs.created, &c.created());
+            }
             if let Some(dir) = &opts.state_dir {
                 state.save(dir)?;
             }
-            target = Some(prepare_target(&state, sandbox.as_ref(), &layout)?);
+            target = Some(prepare_target(
+                &state,
+                sandbox.as_ref(),
+                child.as_ref(),
+                &layout,
+            )?);
             Ok(())
         })();
         let target = match (setup, target) {
             (Ok(()), Some(t)) => t,
-            (Err(e), _) => return Err(Self::roll_back(e, &plan, sandbox, overhead, state, opts)),
+            (Err(e), _) => {
+                return Err(Self::roll_back(
+                    e, &plan, sandbox, overhead, child, state, opts,
+                ))
+            }
             (Ok(()), None) => {
                 let e = ControllerError::Cgroup(CgroupError::NoController {
                     controller: "any".into(),
                     path: PathBuf::from(&plan.sandbox.path),
                 });
-                return Err(Self::roll_back(e, &plan, sandbox, overhead, state, opts));
+                return Err(Self::roll_back(
+                    e, &plan, sandbox, overhead, child, state, opts,
+                ));
             }
         };
         if !plan.configured_sandbox_cgroup_only && plan.placement == Placement::VmmProcess {
@@ -289,14 +329,16 @@ impl CgroupController {
                 "sandbox_cgroup_only = false has no effect here: the whole VMM process is in the sandbox cgroup"
             );
         }
-        Self::spawn(plan, opts, sandbox, overhead, state, target)
+        Self::spawn(plan, opts, sandbox, overhead, child, state, target)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn roll_back(
         e: ControllerError,
         plan: &SandboxPlan,
         sandbox: Box<dyn Manager>,
         overhead: Option<Box<dyn Manager>>,
+        child: Option<VcpuChild>,
         state: SandboxState,
         opts: ControllerOptions,
     ) -> ControllerError {
@@ -304,7 +346,14 @@ impl CgroupController {
             // The error is returned (and reported by the caller): logging it here too
             // would show it twice.
             debug!(error = %e, "sandbox setup failed; rolling back");
-            let mut w = Worker::new(plan.placement, sandbox, overhead, state, opts.state_dir);
+            let mut w = Worker::new(
+                plan.placement,
+                sandbox,
+                overhead,
+                child,
+                state,
+                opts.state_dir,
+            );
             let report = w.teardown(true);
             for err in report.errors {
                 warn!(error = %err, "rollback");
@@ -327,12 +376,16 @@ impl CgroupController {
             Some(o) => Some(manager::build(&o.path, layout, o.created.clone())?),
             None => None,
         };
+        let child = state
+            .vcpus
+            .as_ref()
+            .map(|c| VcpuChild::adopt(layout, &state.sandbox.path.relative(), c.created.clone()));
         let opts = ControllerOptions {
             state_dir: Some(state_dir),
             ..opts
         };
-        let target = prepare_target(&state, sandbox.as_ref(), layout)?;
-        Self::spawn(plan, opts, sandbox, overhead, state, target)
+        let target = prepare_target(&state, sandbox.as_ref(), child.as_ref(), layout)?;
+        Self::spawn(plan, opts, sandbox, overhead, child, state, target)
     }
 
     fn spawn(
@@ -340,16 +393,19 @@ impl CgroupController {
         opts: ControllerOptions,
         sandbox: Box<dyn Manager>,
         overhead: Option<Box<dyn Manager>>,
+        child: Option<VcpuChild>,
         state: SandboxState,
         target: Target,
     ) -> Result<Self, ControllerError> {
         let paths = sandbox.paths();
         let overhead_paths = overhead.as_ref().map(|o| o.paths());
+        let child_paths = child.as_ref().map(|c| c.paths());
         let (cmd, inputs) = unbounded();
         let mut worker = Worker::new(
             plan.placement,
             sandbox,
             overhead,
+            child,
             state,
             opts.state_dir.clone(),
         );
@@ -406,6 +462,7 @@ impl CgroupController {
             plan,
             paths,
             overhead_paths,
+            child_paths,
         })
     }
 
@@ -462,6 +519,11 @@ impl CgroupController {
         self.overhead_paths.as_ref()
     }
 
+    /// The nested layout's vCPU child directories, controller → path.
+    pub fn vcpus_paths(&self) -> Option<&BTreeMap<String, PathBuf>> {
+        self.child_paths.as_ref()
+    }
+
     fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Cmd) -> Result<T, ControllerError> {
         let (tx, rx) = bounded(1);
         self.cmd
@@ -507,12 +569,17 @@ impl CgroupController {
 }
 
 /// What a vCPU thread does in its hook: born placed (checked) wherever the whole
-/// process was moved into the sandbox cgroup; otherwise it moves itself there.
+/// process was moved into the sandbox cgroup; otherwise it moves itself there (the
+/// sibling layout) or into the vCPU child (the nested layout).
 fn prepare_target(
     state: &SandboxState,
     sandbox: &dyn Manager,
+    child: Option<&VcpuChild>,
     layout: &CgroupLayout,
 ) -> Result<Target, ControllerError> {
+    if let Some(c) = child {
+        return Ok(Target::open_move(c.dirs(), state.cgroup_version)?);
+    }
     let paths = sandbox.paths();
     let moves = state.placement == Placement::VcpuThreads && !state.sandbox_cgroup_only;
     Ok(if moves {
@@ -537,6 +604,7 @@ impl Worker {
         placement: Placement,
         sandbox: Box<dyn Manager>,
         overhead: Option<Box<dyn Manager>>,
+        child: Option<VcpuChild>,
         state: SandboxState,
         state_dir: Option<PathBuf>,
     ) -> Self {
@@ -545,6 +613,7 @@ impl Worker {
             placement,
             sandbox,
             overhead,
+            child,
             state,
             state_dir,
             records: Vec::new(),
@@ -636,9 +705,9 @@ impl Worker {
                     index,
                     tid,
                     placed_after_us: None,
-                    placed_by: match self.placement {
-                        Placement::VcpuThreads => PlacedBy::Controller,
-                        Placement::VmmProcess => PlacedBy::Born,
+                    placed_by: match (self.placement, self.child.is_some()) {
+                        (_, true) | (Placement::VcpuThreads, _) => PlacedBy::Controller,
+                        (Placement::VmmProcess, false) => PlacedBy::Born,
                     },
                     cgroup_writes: writes as u32,
                     pinned_after_us: None,
@@ -686,6 +755,9 @@ impl Worker {
                 path: PathBuf::from(self.sandbox.relative()),
                 source: e,
             });
+        }
+        if let Some(c) = self.child.as_mut() {
+            return c.add_thread(tid);
         }
         match self.placement {
             Placement::VcpuThreads => self.sandbox.add_thread(tid),
@@ -764,6 +836,13 @@ impl Worker {
             }
         }
         let apply = (|| -> Result<(), ControllerError> {
+            // Nested: the containers' CPU part goes to the vCPU child (see
+            // `resources::vcpu_child_resources`); the sandbox cgroup keeps its own limits.
+            if let Some(c) = self.child.as_mut() {
+                let r = resources::vcpu_child_resources(self.state.containers.values())?;
+                c.set(&r)?;
+                return Ok(());
+            }
             let (cpus, mems) = Self::cpuset_union(&self.state.containers)?;
             if cpus.is_empty() && mems.is_empty() {
                 return Ok(());
@@ -889,12 +968,35 @@ impl Worker {
             return report;
         }
         let started = Instant::now();
+        // The vCPU child first: its parent cannot go while it exists. A failure does not
+        // stop the sandbox's removal (with systemd, stopping the scope removes the
+        // delegated subtree, the child included); what is left is retried after it.
+        if let Some(c) = self.child.as_mut() {
+            match c.destroy() {
+                Ok(()) => {
+                    report.removed.push(c.relative().to_string());
+                    if let Err(e) = failpoint::hit("vcpus-removed") {
+                        report.errors.push(e.to_string());
+                        return report;
+                    }
+                }
+                Err(e) => warn!(error = %e, "vCPU child cgroup: retried after the sandbox cgroup"),
+            }
+        }
         for (name, m) in std::iter::once(("sandbox", &mut self.sandbox))
             .chain(self.overhead.as_mut().map(|o| ("overhead", o)))
         {
             match m.destroy() {
                 Ok(()) => report.removed.push(m.relative().to_string()),
                 Err(e) => report.errors.push(format!("{name} cgroup: {e}")),
+            }
+        }
+        if let Some(c) = self.child.as_mut() {
+            if c.exists() {
+                match c.destroy() {
+                    Ok(()) => report.removed.push(c.relative().to_string()),
+                    Err(e) => report.errors.push(format!("vCPU child cgroup: {e}")),
+                }
             }
         }
         if report.errors.is_empty() {
@@ -1013,6 +1115,8 @@ mod tests {
                 created: vec![],
             },
             overhead: None,
+            vcpu_layout: None,
+            vcpus: None,
             containers: BTreeMap::new(),
             sandbox_resources: None,
         };
@@ -1020,7 +1124,7 @@ mod tests {
             gone,
             placed: vec![],
         });
-        Worker::new(Placement::VcpuThreads, fake, None, state, None)
+        Worker::new(Placement::VcpuThreads, fake, None, None, state, None)
     }
 
     /// A Started event through the channel path, as a vCPU thread would send it.

@@ -15,7 +15,7 @@ use crate::host::{
     CgroupLayout, CgroupVersion, Hierarchy, CGROUP_ROOT, V1_CONTROLLERS, V2_CONTROLLERS,
 };
 use crate::path::{CgroupsPath, Driver, PathError};
-use crate::placement::Placement;
+use crate::placement::{Placement, VcpuLayout};
 use crate::resources::systemd as sd_props;
 pub use crate::resources::systemd::Property;
 use crate::resources::{self, ResourceError, Write};
@@ -30,6 +30,30 @@ pub enum PlanError {
     /// Bad resources.
     #[error(transparent)]
     Resource(#[from] ResourceError),
+    /// A vCPU split this host kind cannot do.
+    #[error(transparent)]
+    Layout(#[from] crate::placement::LayoutError),
+}
+
+/// The nested layout's vCPU child cgroup, `<sandbox>/vcpus`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChildPlan {
+    /// Relative to each hierarchy's root.
+    pub path: String,
+    /// Controller → absolute directory (v1: the cpu, cpuacct and cpuset hierarchies;
+    /// v2: `unified`).
+    pub paths: BTreeMap<String, PathBuf>,
+    /// v2: `threaded`, written to the child's `cgroup.type`; v1: `None`.
+    pub cgroup_type: Option<String>,
+    /// v2: threaded controllers enabled in the sandbox's `cgroup.subtree_control`
+    /// (`cpu` required; `cpuset`, `pids` when available); v1: the hierarchies.
+    pub controllers: Vec<String>,
+    /// Which file each per-container CPU field lands in.
+    pub routing: Vec<String>,
+    /// The child's cgroupfs writes for the given resources taken as one container's
+    /// (`resolve --resources`): the CPU part only, combined as
+    /// [`resources::vcpu_child_resources`] does.
+    pub writes: Vec<Write>,
 }
 
 /// One cgroup of the plan (sandbox or overhead).
@@ -65,8 +89,15 @@ pub struct SandboxPlan {
     pub configured_sandbox_cgroup_only: bool,
     /// `sandbox_cgroup_only` in effect (true whenever the whole process is placed).
     pub sandbox_cgroup_only: bool,
-    /// vcpu-threads or vmm-process.
+    /// vcpu-threads or vmm-process: what the controller moves into the sandbox cgroup
+    /// (or, for the nested layout, the process; vCPUs then move into the child).
     pub placement: Placement,
+    /// sandbox-only, sibling or nested.
+    pub vcpu_layout: VcpuLayout,
+    /// Why that layout (settings and host kind).
+    pub vcpu_layout_reason: String,
+    /// The nested layout's vCPU child.
+    pub vcpus_child: Option<ChildPlan>,
     /// cgroupfs writes for the given resources.
     pub writes: Vec<Write>,
     /// systemd unit properties for the given resources (systemd driver).
@@ -146,20 +177,20 @@ impl SandboxPlan {
         let parsed = CgroupsPath::parse(cgroups_path, sandbox_id)?;
         let driver = parsed.driver();
         let version = layout.version();
-        let placement = Placement::for_host(driver, version);
-        let mut notes = Vec::new();
-        let overhead = if placement.uses_overhead(config.sandbox_cgroup_only) {
+        let (vcpu_layout, vcpu_layout_reason, mut notes) = VcpuLayout::choose(
+            driver,
+            version,
+            config.sandbox_cgroup_only,
+            config.vcpu_cgroup_layout,
+        )?;
+        let placement = match vcpu_layout {
+            // The whole process goes into the sandbox cgroup; vCPUs then move to the child.
+            VcpuLayout::Nested => Placement::VmmProcess,
+            _ => Placement::for_host(driver, version),
+        };
+        let overhead = if vcpu_layout == VcpuLayout::Sibling {
             Some(cgroup_plan(parsed.overhead(sandbox_id)?, layout))
         } else {
-            if !config.sandbox_cgroup_only {
-                notes.push(format!(
-                    "sandbox_cgroup_only = false has no effect with {driver} on cgroup v{version}: the whole VMM process is placed in the sandbox cgroup, since {}",
-                    match driver {
-                        Driver::Systemd => "systemd places processes, not threads",
-                        Driver::Cgroupfs => "cgroup v2 thread placement needs threaded mode up to the root",
-                    }
-                ));
-            }
             None
         };
         if !config.vmm_in_process() {
@@ -229,15 +260,63 @@ impl SandboxPlan {
                 ));
             }
         }
+        let sandbox = cgroup_plan(parsed, layout);
+        let vcpus_child = if vcpu_layout == VcpuLayout::Nested {
+            let child = crate::placement::VCPU_CHILD;
+            let path = format!("{}/{child}", sandbox.path);
+            let paths: BTreeMap<String, PathBuf> = match version {
+                CgroupVersion::V1 => sandbox
+                    .paths
+                    .iter()
+                    .filter(|(c, _)| ["cpu", "cpuacct", "cpuset"].contains(&c.as_str()))
+                    .map(|(c, d)| (c.clone(), d.join(child)))
+                    .collect(),
+                CgroupVersion::V2 => sandbox
+                    .paths
+                    .iter()
+                    .map(|(c, d)| (c.clone(), d.join(child)))
+                    .collect(),
+            };
+            let child_writes = match resources {
+                Some(r) => {
+                    resources::plan_for(&resources::vcpu_child_resources([r])?, version, &support)?
+                }
+                None => Vec::new(),
+            };
+            Some(ChildPlan {
+                controllers: match version {
+                    CgroupVersion::V1 => paths.keys().cloned().collect(),
+                    CgroupVersion::V2 => ["cpu", "cpuset", "pids"]
+                        .iter()
+                        .filter(|c| {
+                            !support.probed
+                                || support.v2_controllers.is_empty()
+                                || support.v2_controllers.iter().any(|x| x == *c)
+                        })
+                        .map(|c| c.to_string())
+                        .collect(),
+                },
+                cgroup_type: (version == CgroupVersion::V2).then(|| "threaded".to_string()),
+                routing: resources::vcpu_child_routing(version, &path),
+                writes: child_writes,
+                paths,
+                path,
+            })
+        } else {
+            None
+        };
         Ok(SandboxPlan {
             sandbox_id: sandbox_id.to_string(),
             driver,
             cgroup_version: version.number(),
-            sandbox: cgroup_plan(parsed, layout),
+            sandbox,
             overhead,
             configured_sandbox_cgroup_only: config.sandbox_cgroup_only,
-            sandbox_cgroup_only: config.sandbox_cgroup_only || placement == Placement::VmmProcess,
+            sandbox_cgroup_only: vcpu_layout == VcpuLayout::SandboxOnly,
             placement,
+            vcpu_layout,
+            vcpu_layout_reason,
+            vcpus_child,
             writes,
             properties,
             vcpus,
@@ -297,14 +376,80 @@ mod tests {
             None,
         )
         .unwrap();
+        // v2 + cgroupfs with sandbox_cgroup_only = false: the nested split, the only one there.
         assert_eq!(p.placement, Placement::VmmProcess);
+        assert_eq!(p.vcpu_layout, VcpuLayout::Nested);
         assert!(p.overhead.is_none());
-        assert!(p.sandbox_cgroup_only);
-        assert!(!p.notes.is_empty());
+        assert!(!p.sandbox_cgroup_only);
+        let child = p.vcpus_child.as_ref().unwrap();
+        assert_eq!(child.path, "a/b/vcpus");
+        assert_eq!(child.cgroup_type.as_deref(), Some("threaded"));
+        assert_eq!(
+            child.paths["unified"],
+            PathBuf::from("/sys/fs/cgroup/a/b/vcpus")
+        );
         assert_eq!(
             p.sandbox.paths["unified"],
             PathBuf::from("/sys/fs/cgroup/a/b")
         );
+    }
+
+    #[test]
+    fn nested_child_writes_and_refused_sibling() {
+        let mut c = cfg(false);
+        c.vcpu_cgroup_layout = Some(crate::placement::SplitChoice::Nested);
+        let r =
+            resources::from_json(r#"{"cpu":{"quota":50000,"period":100000,"cpus":"0"}}"#).unwrap();
+        let p =
+            SandboxPlan::new(&c, "x", "sb1", &nominal_layout(CgroupVersion::V1), Some(&r)).unwrap();
+        assert_eq!(p.vcpu_layout, VcpuLayout::Nested);
+        assert!(p.overhead.is_none());
+        let ch = p.vcpus_child.unwrap();
+        assert_eq!(
+            ch.paths.keys().collect::<Vec<_>>(),
+            ["cpu", "cpuacct", "cpuset"]
+        );
+        let w: Vec<(&str, &str)> = ch
+            .writes
+            .iter()
+            .map(|w| (w.file.as_str(), w.value.as_str()))
+            .collect();
+        assert_eq!(
+            w,
+            [
+                ("cpu.shares", "1024"),
+                ("cpu.cfs_period_us", "100000"),
+                ("cpu.cfs_quota_us", "50000"),
+                ("cpuset.cpus", "0")
+            ]
+        );
+        c.vcpu_cgroup_layout = Some(crate::placement::SplitChoice::Sibling);
+        let e =
+            SandboxPlan::new(&c, "x", "sb1", &nominal_layout(CgroupVersion::V2), None).unwrap_err();
+        assert!(e.to_string().contains("\"sibling\""), "{e}");
+    }
+
+    #[test]
+    fn vcpu_child_resources_sum_quotas_and_shares() {
+        let r = |j: &str| resources::from_json(j).unwrap();
+        let a = r(r#"{"cpu":{"quota":25000,"period":100000,"shares":512,"cpus":"0"}}"#);
+        let b = r(r#"{"cpu":{"quota":25000,"period":100000,"shares":256,"cpus":"1"}}"#);
+        let c = resources::vcpu_child_resources([&a, &b]).unwrap();
+        let cpu = c.cpu().as_ref().unwrap();
+        assert_eq!(cpu.quota(), Some(50000));
+        assert_eq!(cpu.period(), Some(100000));
+        assert_eq!(cpu.shares(), Some(768));
+        assert_eq!(cpu.cpus().as_deref(), Some("0-1"));
+        // Different periods: CPU-s/s summed over a 100 ms period (0.5 + 0.25).
+        let d = r(r#"{"cpu":{"quota":5000,"period":10000}}"#);
+        let e = r(r#"{"cpu":{"quota":50000,"period":200000}}"#);
+        let c = resources::vcpu_child_resources([&d, &e]).unwrap();
+        let cpu = c.cpu().as_ref().unwrap();
+        assert_eq!((cpu.quota(), cpu.period()), (Some(75000), Some(100000)));
+        // None with a quota: no limit (lifts an earlier one); no shares: the default.
+        let c = resources::vcpu_child_resources([&r(r#"{"cpu":{"cpus":"0"}}"#)]).unwrap();
+        let cpu = c.cpu().as_ref().unwrap();
+        assert_eq!((cpu.quota(), cpu.shares()), (Some(-1), Some(1024)));
     }
 
     #[test]

@@ -516,6 +516,15 @@ impl Sandbox {
             .unwrap_or_default()
     }
 
+    /// The nested layout's vCPU child directories, controller → absolute path (empty
+    /// when inactive or without the nested layout).
+    pub fn vcpus_paths(&self) -> BTreeMap<String, PathBuf> {
+        self.controller
+            .as_ref()
+            .and_then(|c| c.vcpus_paths().cloned())
+            .unwrap_or_default()
+    }
+
     /// vCPU records so far: index, tid, placement latency, pinning.
     pub fn vcpus(&self) -> Vec<VcpuRecord> {
         self.controller
@@ -630,6 +639,10 @@ impl Sandbox {
             source: file.display().to_string(),
             ..Default::default()
         };
+        // The nested layout's vCPU child first: its parent cannot go while it exists.
+        if state.vcpus.is_some() {
+            destroy_child(&layout, &state.sandbox.path, &mut report);
+        }
         let mut targets = vec![(state.sandbox.path.clone(), state.sandbox.created.clone())];
         if let Some(o) = &state.overhead {
             targets.push((o.path.clone(), o.created.clone()));
@@ -683,6 +696,8 @@ impl Sandbox {
             source: format!("cgroups path {cgroups_path:?}"),
             ..Default::default()
         };
+        // A nested layout's vCPU child, if there is one (only an empty one is removed).
+        destroy_child(&layout, &parsed, &mut report);
         let mut targets = vec![(parsed.clone(), Vec::new())];
         for p in parsed.overhead_candidates(sandbox_id)? {
             targets.push((p, Vec::new()));
@@ -744,6 +759,19 @@ fn refuse_running(state: &SandboxState) -> Result<(), SandboxError> {
         });
     }
     Ok(())
+}
+
+/// Removes the nested layout's vCPU child of the sandbox at `path` when it exists.
+fn destroy_child(layout: &CgroupLayout, path: &CgroupsPath, report: &mut CleanupReport) {
+    let mut c = manager::VcpuChild::adopt(layout, &path.relative(), Vec::new());
+    if !c.exists() {
+        return;
+    }
+    let name = c.relative().to_string();
+    match c.destroy() {
+        Ok(()) => report.removed.push(name),
+        Err(e) => report.errors.push(format!("{name}: {e}")),
+    }
 }
 
 /// Destroys each target, sorting it into removed / absent / kept / errors.

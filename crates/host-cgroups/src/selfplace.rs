@@ -163,6 +163,11 @@ impl Target {
         match self {
             Target::Born(expect) => check_own_cgroups(expect),
             Target::Move(files) => {
+                failpoint::hit("vcpu-self-move").map_err(|e| PlacementError::Io {
+                    op: "failpoint before writing \"0\" to".into(),
+                    path: files.first().map(|(p, _)| p.clone()).unwrap_or_default(),
+                    errno: e.raw_os_error(),
+                })?;
                 for (path, f) in files {
                     count_migration_writes(1);
                     f.write_at(b"0", 0).map_err(|e| PlacementError::Io {

@@ -16,7 +16,7 @@ use thiserror::Error;
 
 use crate::cgroup::CgroupVersion;
 use crate::path::{CgroupsPath, Driver};
-use crate::placement::Placement;
+use crate::placement::{Placement, VcpuLayout, VCPU_CHILD};
 
 /// Where state files live by default.
 pub const DEFAULT_STATE_DIR: &str = "/run/host-cgroups/state";
@@ -68,6 +68,15 @@ pub struct CgroupState {
     pub created: Vec<PathBuf>,
 }
 
+/// The nested layout's vCPU child, as persisted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChildState {
+    /// Its directories, one per hierarchy (`<sandbox>/vcpus`).
+    pub dirs: Vec<PathBuf>,
+    /// Directories this sandbox created or was about to create.
+    pub created: Vec<PathBuf>,
+}
+
 /// The persisted sandbox.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SandboxState {
@@ -89,6 +98,13 @@ pub struct SandboxState {
     pub sandbox: CgroupState,
     /// The overhead cgroup, when used.
     pub overhead: Option<CgroupState>,
+    /// sandbox-only, sibling or nested (absent in state written before the nested
+    /// layout existed: derived from `placement` and `sandbox_cgroup_only`).
+    #[serde(default)]
+    pub vcpu_layout: Option<VcpuLayout>,
+    /// The nested layout's vCPU child; removed before the sandbox cgroup.
+    #[serde(default)]
+    pub vcpus: Option<ChildState>,
     /// Per-container resources; the sandbox cgroup's cpuset is their union.
     pub containers: BTreeMap<String, LinuxResources>,
     /// Resources applied to the sandbox cgroup as a whole (`run --resources`).
@@ -245,6 +261,24 @@ impl SandboxState {
                 }
             }
         }
+        if let Some(child) = &self.vcpus {
+            let rel = format!("{}/{VCPU_CHILD}", self.sandbox.path.relative());
+            for d in child.dirs.iter().chain(child.created.iter()) {
+                let ok = d.is_absolute()
+                    && !d
+                        .components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir))
+                    && mounts
+                        .iter()
+                        .any(|m| d.strip_prefix(m).is_ok_and(|t| t.to_string_lossy() == rel));
+                if !ok {
+                    return Err(untrusted(format!(
+                        "vCPU child directory {} is not {rel:?} below a cgroup mount",
+                        d.display()
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -309,6 +343,8 @@ mod tests {
                 created,
             },
             overhead: None,
+            vcpu_layout: None,
+            vcpus: None,
             containers: BTreeMap::new(),
             sandbox_resources: None,
         }

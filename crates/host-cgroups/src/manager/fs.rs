@@ -291,7 +291,7 @@ impl FsManager {
         Ok(())
     }
 
-    fn rmdir_retry(path: &Path) -> Result<bool, CgroupError> {
+    pub(crate) fn rmdir_retry(path: &Path) -> Result<bool, CgroupError> {
         let start = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {

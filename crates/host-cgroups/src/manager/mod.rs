@@ -3,6 +3,7 @@
 //! The controller and the CLI hold a `Box<dyn Manager>` and never ask which
 //! driver is behind it, except to decide placement (see [`crate::placement`]).
 
+pub mod child;
 pub mod fs;
 #[cfg(feature = "systemd")]
 pub mod systemd;
@@ -14,6 +15,7 @@ use oci_spec::runtime::LinuxResources;
 use serde::Serialize;
 use thiserror::Error;
 
+pub use child::VcpuChild;
 pub use fs::FsManager;
 #[cfg(feature = "systemd")]
 pub use systemd::SystemdManager;
@@ -62,6 +64,15 @@ pub enum CgroupError {
         path: PathBuf,
         /// How long removal was retried.
         waited_ms: u64,
+    },
+    /// The nested layout cannot be made here (kernel rules of cgroup v2 threaded mode);
+    /// found before anything was created.
+    #[error("the nested vCPU layout cannot be made at {path}: {why}")]
+    NestedRefused {
+        /// The cgroup or file in the way.
+        path: PathBuf,
+        /// What is in the way and why.
+        why: String,
     },
     /// The operation does not exist for this driver or cgroup version.
     #[error("{what} is not supported on {driver} with cgroup v{version}: {why}")]

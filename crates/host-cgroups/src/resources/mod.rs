@@ -1191,6 +1191,114 @@ pub fn from_json(text: &str) -> Result<LinuxResources, ResourceError> {
     parse_json(text).map(|p| p.resources)
 }
 
+/// Default CFS period, µs (the kernel's, and the period of a summed quota when the
+/// containers' periods differ).
+pub const DEFAULT_CFS_PERIOD_US: u64 = 100_000;
+
+/// The CPU resources of the nested layout's vCPU child, from the containers'
+/// resources (the guest runs exactly these containers):
+/// - `cpus`, `mems`: the union of the containers' lists (unset when none has one);
+/// - `quota`/`period`: the containers' limits summed as CPU-seconds per second over
+///   containers with a positive quota (period default 100000 µs); with one common
+///   period the quotas are added, otherwise `quota = ceil(Σ qᵢ·100000/pᵢ)` with
+///   period 100000; no container with a quota → `quota = -1` (no limit, lifting an
+///   earlier one);
+/// - `shares`: the sum of the containers' shares, at most 262144 (the kernel's
+///   maximum); none → 1024 (the kernel's default), lifting an earlier value.
+///
+/// # Errors
+/// A container's cpuset list does not parse.
+pub fn vcpu_child_resources<'a>(
+    containers: impl IntoIterator<Item = &'a LinuxResources>,
+) -> Result<LinuxResources, ResourceError> {
+    let (mut cpus, mut mems) = (CpuList::default(), CpuList::default());
+    let mut limits: Vec<(u64, u64)> = Vec::new();
+    let mut shares: Option<u64> = None;
+    for r in containers {
+        let (c, m) = cpuset_of(r)?;
+        if let Some(c) = c {
+            cpus = cpus.union(&c);
+        }
+        if let Some(m) = m {
+            mems = mems.union(&m);
+        }
+        if let Some(cpu) = r.cpu() {
+            if let Some(q) = cpu.quota().filter(|q| *q > 0) {
+                let p = cpu
+                    .period()
+                    .filter(|p| *p > 0)
+                    .unwrap_or(DEFAULT_CFS_PERIOD_US);
+                limits.push((q as u64, p));
+            }
+            if let Some(s) = cpu.shares().filter(|s| *s > 0) {
+                shares = Some(shares.unwrap_or(0).saturating_add(s).min(262_144));
+            }
+        }
+    }
+    let mut cpu = serde_json::Map::new();
+    if !cpus.is_empty() {
+        cpu.insert("cpus".into(), cpus.to_string().into());
+    }
+    if !mems.is_empty() {
+        cpu.insert("mems".into(), mems.to_string().into());
+    }
+    match limits.first() {
+        None => {
+            cpu.insert("quota".into(), (-1i64).into());
+        }
+        Some(&(_, p0)) if limits.iter().all(|&(_, p)| p == p0) => {
+            let q: u64 = limits.iter().map(|&(q, _)| q).fold(0, u64::saturating_add);
+            cpu.insert("quota".into(), q.min(i64::MAX as u64).into());
+            cpu.insert("period".into(), p0.into());
+        }
+        Some(_) => {
+            let num: u128 = limits
+                .iter()
+                .map(|&(q, p)| {
+                    u128::from(q) * u128::from(DEFAULT_CFS_PERIOD_US) * 1_000_000 / u128::from(p)
+                })
+                .sum();
+            let q = num.div_ceil(1_000_000).min(i64::MAX as u128) as u64;
+            cpu.insert("quota".into(), q.into());
+            cpu.insert("period".into(), DEFAULT_CFS_PERIOD_US.into());
+        }
+    }
+    cpu.insert("shares".into(), shares.unwrap_or(1024).into());
+    from_json(&serde_json::json!({ "cpu": cpu }).to_string())
+}
+
+/// Where each CPU field of the containers' resources lands in the nested layout's
+/// vCPU child on cgroup `version` (`child` is its path relative to the hierarchy
+/// roots), as `resolve` prints it.
+pub fn vcpu_child_routing(version: CgroupVersion, child: &str) -> Vec<String> {
+    let v1 = version == CgroupVersion::V1;
+    let f = |v1f: &str, v2f: &str| format!("{child}/{}", if v1 { v1f } else { v2f });
+    vec![
+        format!(
+            "containers' cpu.cpus (union) → {}",
+            f("cpuset.cpus (cpuset hierarchy)", "cpuset.cpus")
+        ),
+        format!(
+            "containers' cpu.mems (union) → {}",
+            f("cpuset.mems (cpuset hierarchy)", "cpuset.mems")
+        ),
+        format!(
+            "containers' cpu.quota/period (summed as CPU-s/s; one common period kept, else 100000 µs; none → no limit) → {}",
+            if v1 {
+                format!("{child}/cpu.cfs_period_us then {child}/cpu.cfs_quota_us (cpu hierarchy)")
+            } else {
+                format!("{child}/cpu.max")
+            }
+        ),
+        format!(
+            "containers' cpu.shares (summed, at most 262144; none → 1024) → {}",
+            f("cpu.shares (cpu hierarchy)", "cpu.weight (shares mapped as runc does)")
+        ),
+        "sandbox resources (run --resources, the bundle's linux.resources) → the sandbox cgroup itself, as without the split (they bound the VMM's own threads and the vCPUs together)".into(),
+        "enable_vcpus_pinning → each vCPU's affinity, within the child's cpuset (the containers' union)".into(),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
