@@ -255,6 +255,13 @@ impl Bus {
             Ok((stream, job))
         })?;
         debug!(unit, method, job = %job.as_str(), "waiting for job");
+        // The job is queued and its JobRemoved not yet awaited: a crash here is a
+        // process killed while it waits for systemd.
+        crate::failpoint::hit(match method {
+            "StopUnit" => "systemd-stop-job",
+            _ => "systemd-start-job",
+        })
+        .map_err(|e| BusError::other(e.to_string()))?;
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
