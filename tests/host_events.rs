@@ -160,7 +160,14 @@ fn entries(dir: &Path) -> Vec<String> {
 fn run_cmd(path: &str, id: &str, state: &Path, duration: &str) -> Command {
     let mut c = Command::new(BIN);
     c.args(["run", "--cgroups-path", path, "--sandbox-id", id])
-        .args(["--vcpus", "2", "--backend", "thread", "--duration", duration])
+        .args([
+            "--vcpus",
+            "2",
+            "--backend",
+            "thread",
+            "--duration",
+            duration,
+        ])
         .arg("--state-dir")
         .arg(state);
     c
@@ -429,7 +436,10 @@ fn state_directory_on_a_full_filesystem() {
     let st = SandboxState::load(&state, "fullb", &mounts(&layout)).expect("state loads");
     assert!(!st.sandbox.created.is_empty(), "{st:?}");
     let (status, err) = bg.signal_and_wait(libc::SIGTERM);
-    assert!(status.success(), "teardown on a full disk: {status:?}\n{err}");
+    assert!(
+        status.success(),
+        "teardown on a full disk: {status:?}\n{err}"
+    );
     assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
     assert!(entries(&state).is_empty(), "{:?}", entries(&state));
 
@@ -443,7 +453,10 @@ fn state_directory_on_a_full_filesystem() {
     let (status, _) = bg.signal_and_wait(libc::SIGKILL);
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     assert_eq!(std::fs::read(&file).unwrap(), before, "state changed");
-    assert!(!guard.leftovers().is_empty(), "the killed run left nothing?");
+    assert!(
+        !guard.leftovers().is_empty(),
+        "the killed run left nothing?"
+    );
     let out = cleanup("fullc", &state);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
@@ -528,9 +541,16 @@ fn daemon_reload_and_reexec_while_a_sandbox_runs() {
         wait_until("systemd answers on the bus", bus_answers);
         assert!(bg.alive(), "the sandbox died on {verb}");
         assert_eq!(show(&unit.unit, "ActiveState"), "active", "after {verb}");
-        assert_eq!(show(&unit.unit, "InvocationID"), inv, "unit recreated by {verb}");
+        assert_eq!(
+            show(&unit.unit, "InvocationID"),
+            inv,
+            "unit recreated by {verb}"
+        );
         // Every thread of the run, vCPUs included, is still in the unit.
-        for tid in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        for tid in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+        {
             let tid: i32 = tid.file_name().to_string_lossy().parse().unwrap();
             let cg = task_cgroups(pid, tid);
             let key = match layout.version() {
@@ -848,7 +868,10 @@ fn parent_removed_and_recreated_between_two_sandboxes() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     // The parent is not the sandbox's: it stays, empty.
     for r in driver_roots(&layout) {
-        assert!(r.join(&parent).is_dir(), "the run removed the manager's parent");
+        assert!(
+            r.join(&parent).is_dir(),
+            "the run removed the manager's parent"
+        );
         assert!(!r.join(&parent).join("a").exists());
     }
     // The manager cleans up and makes the parent again, then the next sandbox comes.
@@ -859,7 +882,10 @@ fn parent_removed_and_recreated_between_two_sandboxes() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     for r in driver_roots(&layout) {
-        assert!(r.join(&parent).is_dir(), "the run removed the manager's parent");
+        assert!(
+            r.join(&parent).is_dir(),
+            "the run removed the manager's parent"
+        );
     }
     // A sandbox's stale state (it was killed) whose parent the manager removed and made
     // again while another sandbox runs there: its cleanup leaves that sandbox alone.
@@ -880,7 +906,10 @@ fn parent_removed_and_recreated_between_two_sandboxes() {
     let mut d = Bg::spawn(run_cmd(&format!("{parent}/d"), "prd", &state, "600"));
     let out = cleanup("prc", &state);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(d.alive(), "cleanup of the stale sandbox hurt the running one");
+    assert!(
+        d.alive(),
+        "cleanup of the stale sandbox hurt the running one"
+    );
     for r in driver_roots(&layout) {
         assert!(
             r.join(&parent).join("d").is_dir(),
