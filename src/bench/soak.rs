@@ -68,7 +68,8 @@ fn count_dir(d: &str) -> usize {
     std::fs::read_dir(d).map(|r| r.count()).unwrap_or(0)
 }
 
-/// systemd units whose name starts with `prefix`, loaded in any state.
+/// systemd scopes whose name starts with `prefix`, loaded in any state (the soak's
+/// slice itself stays loaded while the soak runs and is not counted).
 fn units_left(prefix: &str) -> Option<usize> {
     let out = Command::new("systemctl")
         .args([
@@ -83,7 +84,11 @@ fn units_left(prefix: &str) -> Option<usize> {
     out.status.success().then(|| {
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter(|l| !l.trim().is_empty())
+            .filter(|l| {
+                l.split_whitespace()
+                    .next()
+                    .is_some_and(|u| u.ends_with(".scope"))
+            })
             .count()
     })
 }
@@ -95,7 +100,8 @@ fn dirs_left(layout: &CgroupLayout, guard: &BenchCgroups, slice_dir: Option<&str
         for m in util::mounts(layout) {
             let d = m.join(s);
             if d.is_dir() {
-                n += walk_count(&d);
+                // Below the slice: the slice's own directory stays while the soak runs.
+                n += walk_count(&d) - 1;
             }
         }
     }
@@ -186,9 +192,11 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
     let layout = CgroupLayout::detect().map_err(|e| BenchError::Unsupported(e.to_string()))?;
     let guard = BenchCgroups::new(&layout);
     let systemd = !args.cgroupfs_only && host_cgroups::host::SystemdInfo::detect().reachable;
-    // `hcgsoak-<random>.slice` holds the systemd sandboxes: slices are named by
-    // their path in systemd, so the slice's directory is its own name under the root.
-    let slice = format!("{}.slice", guard.name.replace("hcgbench", "hcgsoak"));
+    // `hcgsoak<random>.slice` holds the systemd sandboxes. No dash in the name: a dash
+    // nests a slice in systemd (`a-b.slice` lives in `a.slice`), and this one must be a
+    // top-level slice, so that its directory is its own name under the root and stopping
+    // it at the end leaves no parent slice loaded.
+    let slice = format!("{}.slice", guard.name.replace("hcgbench-", "hcgsoak"));
     let config = RuntimeConfig::embedded().map_err(|e| BenchError::step("config", e))?;
     let state_dir = std::env::temp_dir().join(format!("{}-state", guard.name));
     let load_start = report::loadavg();
