@@ -316,6 +316,28 @@ impl FsManager {
                     fill_cpuset(&parent, &dir)?;
                 }
             }
+            if self.version == CgroupVersion::V2 {
+                // On a systemd host systemd owns the root's subtree_control and drops the
+                // controllers none of its units needs (at daemon-reload, unit start and
+                // stop). Once every level below enables one the kernel keeps it (EBUSY),
+                // but if systemd dropped it between our writes a level lacks it: enable
+                // again from the top, and fail naming it if it never holds.
+                let has = read_file(&dir.join("cgroup.controllers"))?;
+                let missing = h.controllers.iter().find(|c| {
+                    V2_CONTROLLERS.contains(&c.as_str())
+                        && !has.split_whitespace().any(|x| x == c.as_str())
+                });
+                if let Some(c) = missing {
+                    if attempt + 1 < CREATE_ATTEMPTS {
+                        debug!(dir = %dir.display(), controller = %c, attempt, "controller dropped above us; enabling again");
+                        continue 'attempt;
+                    }
+                    return Err(CgroupError::NoController {
+                        controller: c.clone(),
+                        path: dir,
+                    });
+                }
+            }
             return Ok(());
         }
         Ok(())
