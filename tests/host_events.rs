@@ -577,6 +577,11 @@ struct Storm {
 
 impl Storm {
     fn start() -> Self {
+        Self::of(&["daemon-reload", "daemon-reexec"])
+    }
+
+    fn of(verbs: &[&'static str]) -> Self {
+        let verbs = verbs.to_vec();
         let stop = Arc::new(AtomicBool::new(false));
         let events = Arc::new(AtomicU32::new(0));
         let failed = Arc::new(AtomicU32::new(0));
@@ -584,10 +589,10 @@ impl Storm {
             let (stop, events, failed) = (stop.clone(), events.clone(), failed.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
-                    for verb in ["daemon-reload", "daemon-reexec"] {
+                    for verb in &verbs {
                         // systemctl itself may report the reexec as a dropped connection.
                         let ok = Command::new("systemctl")
-                            .arg(verb)
+                            .arg(*verb)
                             .stderr(Stdio::null())
                             .status()
                             .is_ok_and(|s| s.success());
@@ -1020,5 +1025,36 @@ fn two_sandboxes_created_at_once_under_one_fresh_parent() {
         );
         assert!(entries(&state).is_empty(), "{:?}", entries(&state));
     }
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// On a systemd host systemd owns the root cgroup's `subtree_control` and, at every
+/// daemon-reload, drops the controllers none of its units needs (cpuset, typically).
+/// cgroupfs sandboxes created at the same time must still get every controller
+/// (their cpuset is written), or fail naming the missing one.
+#[test]
+fn cgroupfs_sandboxes_created_while_systemd_reloads() {
+    if !needs_systemd("cgroupfs_sandboxes_created_while_systemd_reloads") {
+        return;
+    }
+    let prefix = unique("reloadfs");
+    let guard = CgroupGuard::new(&prefix);
+    let state = std::env::temp_dir().join(unique("state"));
+    let storm = Storm::of(&["daemon-reload"]);
+    for i in 0..6 {
+        let id = format!("rl{i}");
+        let out = run_cmd(&format!("{prefix}/{id}"), &id, &state, "0")
+            .args([
+                "--resources",
+                r#"{"cpu":{"cpus":"0","quota":50000,"period":100000}}"#,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "run {i}: {}", text(&out.stderr));
+        assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
+    }
+    let (events, _) = storm.stop();
+    assert!(events >= 1, "no reload overlapped the runs");
+    assert!(entries(&state).is_empty(), "{:?}", entries(&state));
     let _ = std::fs::remove_dir_all(&state);
 }

@@ -571,7 +571,17 @@ fn enable_subtree(dir: &Path, wanted: &[String]) -> Result<(), CgroupError> {
         }
         let has = |list: &str| list.split_whitespace().any(|x| x == *c);
         if has(&available) && !has(&enabled) {
-            write_file(&dir.join("cgroup.subtree_control"), &format!("+{c}"))?;
+            match write_file(&dir.join("cgroup.subtree_control"), &format!("+{c}")) {
+                // ENOENT: no longer available here, dropped above us since we read
+                // cgroup.controllers (systemd, at the root). Creation checks the leaf and
+                // enables again from the top.
+                Err(CgroupError::Io { source, .. })
+                    if source.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    debug!(dir = %dir.display(), controller = c, "controller dropped above us");
+                }
+                r => r?,
+            }
         }
     }
     Ok(())
