@@ -52,6 +52,10 @@ pub struct SoakArgs {
     pub cgroupfs_only: bool,
 }
 
+/// How long a window's measurement waits for systemd to finish removing the last
+/// systemd sandbox's scope (asynchronous after its run exits).
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One measurement after a window of cycles.
 struct Window {
     cycle: u32,
@@ -228,10 +232,23 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
         }
         if i % args.window == 0 || i == args.cycles {
             util::trim_heap();
+            let slice_dir = systemd.then_some(slice.as_str());
+            let mut dirs = dirs_left(&layout, &guard, slice_dir);
+            let mut units = systemd.then(|| units_left("hcgsoak")).flatten();
+            // A systemd sandbox's run exits once its stop is requested; systemd removes the
+            // scope (unit and directory) right after. Let that finish: what is still there
+            // after SETTLE is left behind.
+            let settle = Instant::now();
+            while systemd && (dirs > 0 || units.is_some_and(|u| u > 0)) && settle.elapsed() < SETTLE
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                dirs = dirs_left(&layout, &guard, slice_dir);
+                units = units_left("hcgsoak");
+            }
             let w = Window {
                 cycle: i,
-                dirs_left: dirs_left(&layout, &guard, systemd.then_some(slice.as_str())),
-                units_left: systemd.then(|| units_left("hcgsoak")).flatten(),
+                dirs_left: dirs,
+                units_left: units,
                 fds: count_dir("/proc/self/fd"),
                 threads: count_dir("/proc/self/task"),
                 rss_kib: util::rss_bytes() / 1024,
