@@ -98,6 +98,26 @@ fn is_closed(e: &zbus::Error) -> bool {
     ))
 }
 
+/// The bus daemon's answer when the recipient left the bus before replying.
+const NO_REPLY: &str = "org.freedesktop.DBus.Error.NoReply";
+
+/// systemd left the bus before answering the call ("Message recipient disconnected from
+/// message bus without replying"): it is re-executing (`systemctl daemon-reexec`, a package
+/// upgrade) and comes back on the bus by itself. The call is repeated within the timeout: a
+/// `StartTransientUnit` it had already carried out then answers `UnitExists`, which
+/// [`super::SystemdManager`] adopts, and a repeated `StopUnit` is harmless. The daemon's own
+/// reply timeout (also `NoReply`, another message) is not repeated.
+fn is_reexecuting(e: &zbus::Error) -> bool {
+    let gone = |m: &str| m.contains("disconnected");
+    match e {
+        zbus::Error::MethodError(name, msg, _) => {
+            name.as_str() == NO_REPLY && msg.as_deref().is_some_and(gone)
+        }
+        zbus::Error::FDO(f) => matches!(&**f, zbus::fdo::Error::NoReply(m) if gone(m)),
+        _ => false,
+    }
+}
+
 /// The bus is busy (EAGAIN, or the daemon's quota): back off and retry within the timeout.
 fn is_busy(e: &zbus::Error) -> bool {
     match e {
@@ -147,8 +167,30 @@ fn open(timeout: Duration) -> Result<Connection, zbus::Error> {
         .method_timeout(timeout)
         .build()?;
     // Without a subscription systemd may not emit JobRemoved to us.
-    conn.call_method(Some(DEST), PATH, Some(MANAGER), "Subscribe", &())?;
+    while_reexecuting(timeout, || {
+        conn.call_method(Some(DEST), PATH, Some(MANAGER), "Subscribe", &())
+    })?;
     Ok(conn)
+}
+
+/// Runs `op`, again while systemd answers that it left the bus (see [`is_reexecuting`]),
+/// with back-off, within `timeout`.
+fn while_reexecuting<T>(
+    timeout: Duration,
+    mut op: impl FnMut() -> Result<T, zbus::Error>,
+) -> Result<T, zbus::Error> {
+    let deadline = Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match op() {
+            Err(e) if is_reexecuting(&e) && Instant::now() + backoff < deadline => {
+                debug!(error = %e, ?backoff, "systemd left the bus (re-executing?); retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            r => return r,
+        }
+    }
 }
 
 fn get_property(
@@ -165,8 +207,9 @@ impl Bus {
     /// Connects to the system bus, subscribes to systemd's signals and reads its version.
     pub fn connect(timeout: Duration) -> Result<Self, BusError> {
         let conn = open(timeout)?;
-        let version_string: String = get_property(&conn, PATH, MANAGER, "Version")
-            .and_then(|v| String::try_from(v).map_err(zbus::Error::from))?;
+        let version_string: String =
+            while_reexecuting(timeout, || get_property(&conn, PATH, MANAGER, "Version"))
+                .and_then(|v| String::try_from(v).map_err(zbus::Error::from))?;
         let version = parse_version(&version_string);
         debug!(version = %version_string, "connected to systemd");
         Ok(Bus {
@@ -203,6 +246,11 @@ impl Bus {
                 Ok(v) => return Ok(v),
                 Err(e) if is_busy(&e) && Instant::now() + backoff < deadline => {
                     debug!(what, error = %e, ?backoff, "bus busy; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) if is_reexecuting(&e) && Instant::now() + backoff < deadline => {
+                    debug!(what, error = %e, ?backoff, "systemd left the bus (re-executing?); retrying");
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
@@ -358,6 +406,16 @@ mod tests {
         // A method timeout is neither: it is reported, not retried.
         let timed_out = io(ErrorKind::TimedOut.into());
         assert!(!is_busy(&timed_out) && !is_closed(&timed_out));
+    }
+
+    #[test]
+    fn reexec_is_told_from_a_reply_timeout() {
+        let fdo = |m: &str| zbus::Error::FDO(Box::new(zbus::fdo::Error::NoReply(m.into())));
+        assert!(is_reexecuting(&fdo(
+            "Message recipient disconnected from message bus without replying"
+        )));
+        assert!(!is_reexecuting(&fdo("Did not receive a reply.")));
+        assert!(!is_reexecuting(&io(ErrorKind::BrokenPipe.into())));
     }
 
     #[test]
