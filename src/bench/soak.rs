@@ -52,6 +52,10 @@ pub struct SoakArgs {
     pub cgroupfs_only: bool,
 }
 
+/// How long a window's measurement waits for systemd to finish removing the last
+/// systemd sandbox's scope (asynchronous after its run exits).
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One measurement after a window of cycles.
 struct Window {
     cycle: u32,
@@ -68,7 +72,8 @@ fn count_dir(d: &str) -> usize {
     std::fs::read_dir(d).map(|r| r.count()).unwrap_or(0)
 }
 
-/// systemd units whose name starts with `prefix`, loaded in any state.
+/// systemd scopes whose name starts with `prefix`, loaded in any state (the soak's
+/// slice itself stays loaded while the soak runs and is not counted).
 fn units_left(prefix: &str) -> Option<usize> {
     let out = Command::new("systemctl")
         .args([
@@ -83,7 +88,11 @@ fn units_left(prefix: &str) -> Option<usize> {
     out.status.success().then(|| {
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter(|l| !l.trim().is_empty())
+            .filter(|l| {
+                l.split_whitespace()
+                    .next()
+                    .is_some_and(|u| u.ends_with(".scope"))
+            })
             .count()
     })
 }
@@ -95,7 +104,8 @@ fn dirs_left(layout: &CgroupLayout, guard: &BenchCgroups, slice_dir: Option<&str
         for m in util::mounts(layout) {
             let d = m.join(s);
             if d.is_dir() {
-                n += walk_count(&d);
+                // Below the slice: the slice's own directory stays while the soak runs.
+                n += walk_count(&d) - 1;
             }
         }
     }
@@ -197,9 +207,11 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
             "soak: cgroup v1 with systemd: systemd cycles only (cgroupfs sandboxes of this process would be undone by systemd's re-realization)"
         );
     }
-    // `hcgsoak-<random>.slice` holds the systemd sandboxes: slices are named by
-    // their path in systemd, so the slice's directory is its own name under the root.
-    let slice = format!("{}.slice", guard.name.replace("hcgbench", "hcgsoak"));
+    // `hcgsoak<random>.slice` holds the systemd sandboxes. No dash in the name: a dash
+    // nests a slice in systemd (`a-b.slice` lives in `a.slice`), and this one must be a
+    // top-level slice, so that its directory is its own name under the root and stopping
+    // it at the end leaves no parent slice loaded.
+    let slice = format!("{}.slice", guard.name.replace("hcgbench-", "hcgsoak"));
     let config = RuntimeConfig::embedded().map_err(|e| BenchError::step("config", e))?;
     let state_dir = std::env::temp_dir().join(format!("{}-state", guard.name));
     let load_start = report::loadavg();
@@ -231,10 +243,23 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
         }
         if i % args.window == 0 || i == args.cycles {
             util::trim_heap();
+            let slice_dir = systemd.then_some(slice.as_str());
+            let mut dirs = dirs_left(&layout, &guard, slice_dir);
+            let mut units = systemd.then(|| units_left("hcgsoak")).flatten();
+            // A systemd sandbox's run exits once its stop is requested; systemd removes the
+            // scope (unit and directory) right after. Let that finish: what is still there
+            // after SETTLE is left behind.
+            let settle = Instant::now();
+            while systemd && (dirs > 0 || units.is_some_and(|u| u > 0)) && settle.elapsed() < SETTLE
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                dirs = dirs_left(&layout, &guard, slice_dir);
+                units = units_left("hcgsoak");
+            }
             let w = Window {
                 cycle: i,
-                dirs_left: dirs_left(&layout, &guard, systemd.then_some(slice.as_str())),
-                units_left: systemd.then(|| units_left("hcgsoak")).flatten(),
+                dirs_left: dirs,
+                units_left: units,
                 fds: count_dir("/proc/self/fd"),
                 threads: count_dir("/proc/self/task"),
                 rss_kib: util::rss_bytes() / 1024,

@@ -50,6 +50,69 @@ pub(crate) fn count_migration_writes(n: u64) {
     MIGRATION_WRITES.fetch_add(n, Ordering::Relaxed);
 }
 
+/// Where the parent cgroups a sandbox made are registered (one file per directory),
+/// so that the last sandbox to leave a shared parent removes it, not only its maker.
+pub const PARENT_MARKS: &str = "/run/host-cgroups/parents";
+
+/// The registry of parents made by sandboxes. Two sandboxes created at once under a
+/// fresh parent: one makes it, the other finds it (EEXIST); if the maker ends first its
+/// rmdir meets the sibling (EBUSY), and the sibling, which did not make it, would leave
+/// it behind. With a mark the last one out removes it. A mark holds the directory's
+/// inode number and path: a parent removed and made again by someone else (a container
+/// manager) has another inode, is not the sandboxes' and is never removed through a mark.
+/// Failing to write or remove a mark is logged (warn), never fatal: without it only the
+/// shared-parent case above leaves an empty parent, as before.
+mod marks {
+    use std::os::unix::fs::MetadataExt;
+    use std::path::{Path, PathBuf};
+
+    use tracing::warn;
+
+    use super::PARENT_MARKS;
+
+    /// The mark's file: FNV-1a of the path (stable across builds; the content is checked).
+    fn file(dir: &Path) -> PathBuf {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in dir.as_os_str().as_encoded_bytes() {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        Path::new(PARENT_MARKS).join(format!("{h:016x}"))
+    }
+
+    fn content(dir: &Path) -> Option<String> {
+        let ino = std::fs::metadata(dir).ok()?.ino();
+        Some(format!("{ino} {}\n", dir.display()))
+    }
+
+    /// Marks `dir`, just made by this process, as a sandbox-made parent.
+    pub(super) fn add(dir: &Path) {
+        let Some(c) = content(dir) else { return };
+        let f = file(dir);
+        let r = std::fs::create_dir_all(PARENT_MARKS).and_then(|()| std::fs::write(&f, c));
+        if let Err(e) = r {
+            warn!(dir = %dir.display(), mark = %f.display(), error = %e, "cannot mark a parent cgroup as sandbox-made");
+        }
+    }
+
+    /// Whether `dir` is the very directory a sandbox made and marked.
+    pub(super) fn matches(dir: &Path) -> bool {
+        match (std::fs::read_to_string(file(dir)), content(dir)) {
+            (Ok(m), Some(c)) => m == c,
+            _ => false,
+        }
+    }
+
+    /// Drops `dir`'s mark (the directory is gone).
+    pub(super) fn remove(dir: &Path) {
+        let f = file(dir);
+        match std::fs::remove_file(&f) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(mark = %f.display(), error = %e, "cannot remove a parent mark"),
+        }
+    }
+}
+
 /// One hierarchy the cgroup spans: its mount point and the controllers on it.
 #[derive(Debug)]
 struct Hier {
@@ -253,6 +316,9 @@ impl FsManager {
                     Ok(()) => {
                         debug!(dir = %dir.display(), "created cgroup");
                         made.push(dir.clone());
+                        if dir != h.dir(&self.relative) {
+                            marks::add(&dir);
+                        }
                         failpoint::hit("fs-mkdir").map_err(|e| injected(&dir, e))?;
                     }
                     Err(e) if e.kind() == ErrorKind::AlreadyExists => {
@@ -269,6 +335,28 @@ impl FsManager {
                 }
                 if is_cpuset {
                     fill_cpuset(&parent, &dir)?;
+                }
+            }
+            if self.version == CgroupVersion::V2 {
+                // On a systemd host systemd owns the root's subtree_control and drops the
+                // controllers none of its units needs (at daemon-reload, unit start and
+                // stop). Once every level below enables one the kernel keeps it (EBUSY),
+                // but if systemd dropped it between our writes a level lacks it: enable
+                // again from the top, and fail naming it if it never holds.
+                let has = read_file(&dir.join("cgroup.controllers"))?;
+                let missing = h.controllers.iter().find(|c| {
+                    V2_CONTROLLERS.contains(&c.as_str())
+                        && !has.split_whitespace().any(|x| x == c.as_str())
+                });
+                if let Some(c) = missing {
+                    if attempt + 1 < CREATE_ATTEMPTS {
+                        debug!(dir = %dir.display(), controller = %c, attempt, "controller dropped above us; enabling again");
+                        continue 'attempt;
+                    }
+                    return Err(CgroupError::NoController {
+                        controller: c.clone(),
+                        path: dir,
+                    });
                 }
             }
             return Ok(());
@@ -601,7 +689,17 @@ fn enable_subtree(dir: &Path, wanted: &[String]) -> Result<(), CgroupError> {
         }
         let has = |list: &str| list.split_whitespace().any(|x| x == *c);
         if has(&available) && !has(&enabled) {
-            write_file(&dir.join("cgroup.subtree_control"), &format!("+{c}"))?;
+            match write_file(&dir.join("cgroup.subtree_control"), &format!("+{c}")) {
+                // ENOENT: no longer available here, dropped above us since we read
+                // cgroup.controllers (systemd, at the root). Creation checks the leaf and
+                // enables again from the top.
+                Err(CgroupError::Io { source, .. })
+                    if source.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    debug!(dir = %dir.display(), controller = c, "controller dropped above us");
+                }
+                r => r?,
+            }
         }
     }
     Ok(())
@@ -659,8 +757,11 @@ impl Manager for FsManager {
         if let Err(e) = result {
             // Undo exactly what this call made, deepest first.
             for d in made.iter().rev() {
-                if let Err(re) = std::fs::remove_dir(d) {
-                    warn!(dir = %d.display(), error = %re, "rollback could not remove cgroup");
+                match std::fs::remove_dir(d) {
+                    Ok(()) => marks::remove(d),
+                    Err(re) => {
+                        warn!(dir = %d.display(), error = %re, "rollback could not remove cgroup")
+                    }
                 }
             }
             return Err(e);
@@ -808,16 +909,30 @@ impl Manager for FsManager {
             .filter(|d| !self.hiers.iter().any(|h| h.dir(&self.relative) == **d))
             .cloned()
             .collect();
+        // And the parents a sibling sandbox made and left to the last one out.
+        for h in &self.hiers {
+            let leaf = h.dir(&self.relative);
+            for a in leaf.ancestors().skip(1) {
+                if a == h.mount || !a.starts_with(&h.mount) {
+                    break;
+                }
+                if !parents.iter().any(|p| p == a) && marks::matches(a) {
+                    parents.push(a.to_path_buf());
+                }
+            }
+        }
         parents.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         for p in parents {
             match std::fs::remove_dir(&p) {
-                Ok(()) => debug!(dir = %p.display(), "removed parent cgroup"),
-                // In use by another sandbox, or already gone: not ours to force.
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EBUSY) | Some(libc::ENOTEMPTY) | Some(libc::ENOENT)
-                    ) => {}
+                Ok(()) => {
+                    debug!(dir = %p.display(), "removed parent cgroup");
+                    marks::remove(&p);
+                }
+                // In use by another sandbox: not ours to force; its mark stays for the last one out.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::ENOTEMPTY)) => {
+                }
+                // Already gone.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => marks::remove(&p),
                 Err(e) => return Err(io_err("rmdir", &p, e)),
             }
         }

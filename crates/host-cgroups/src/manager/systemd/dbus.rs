@@ -98,6 +98,26 @@ fn is_closed(e: &zbus::Error) -> bool {
     ))
 }
 
+/// The bus daemon's answer when the recipient left the bus before replying.
+const NO_REPLY: &str = "org.freedesktop.DBus.Error.NoReply";
+
+/// systemd left the bus before answering the call ("Message recipient disconnected from
+/// message bus without replying"): it is re-executing (`systemctl daemon-reexec`, a package
+/// upgrade) and comes back on the bus by itself. The call is repeated within the timeout: a
+/// `StartTransientUnit` it had already carried out then answers `UnitExists`, which
+/// [`super::SystemdManager`] adopts, and a repeated `StopUnit` is harmless. The daemon's own
+/// reply timeout (also `NoReply`, another message) is not repeated.
+fn is_reexecuting(e: &zbus::Error) -> bool {
+    let gone = |m: &str| m.contains("disconnected");
+    match e {
+        zbus::Error::MethodError(name, msg, _) => {
+            name.as_str() == NO_REPLY && msg.as_deref().is_some_and(gone)
+        }
+        zbus::Error::FDO(f) => matches!(&**f, zbus::fdo::Error::NoReply(m) if gone(m)),
+        _ => false,
+    }
+}
+
 /// The bus is busy (EAGAIN, or the daemon's quota): back off and retry within the timeout.
 fn is_busy(e: &zbus::Error) -> bool {
     match e {
@@ -206,39 +226,63 @@ fn open(
         .build()?;
     debug!(us = us(t0), "bus connection open");
     let c = conn.inner();
-    let subscribe = c.call_method(Some(DEST), PATH, Some(MANAGER), "Subscribe", &());
-    let version = async {
-        let reply = c
-            .call_method(
-                Some(DEST),
-                PATH,
-                Some(PROPERTIES),
-                "Get",
-                &(MANAGER, "Version"),
-            )
-            .await?;
-        let v: OwnedValue = reply.body().deserialize()?;
-        String::try_from(v).map_err(zbus::Error::from)
-    };
-    let watch = async {
-        let Some(unit) = unit else {
-            return Ok(None);
+    // systemd re-executing answers NoReply ("recipient disconnected"): the three go out
+    // again, with back-off, within the timeout.
+    let (version, watch) = while_reexecuting(timeout, || {
+        let subscribe = c.call_method(Some(DEST), PATH, Some(MANAGER), "Subscribe", &());
+        let version = async {
+            let reply = c
+                .call_method(
+                    Some(DEST),
+                    PATH,
+                    Some(PROPERTIES),
+                    "Get",
+                    &(MANAGER, "Version"),
+                )
+                .await?;
+            let v: OwnedValue = reply.body().deserialize()?;
+            String::try_from(v).map_err(zbus::Error::from)
         };
-        let jobs = MessageStream::for_match_rule(job_rule(unit)?, c, Some(JOB_QUEUE)).await?;
-        Ok::<_, zbus::Error>(Some(Watch {
-            unit: unit.to_string(),
-            jobs,
-            removed: None,
-        }))
-    };
-    let (sub, (version, watch)) = async_io::block_on(futures_lite::future::zip(
-        subscribe,
-        futures_lite::future::zip(version, watch),
-    ));
-    sub?;
-    let (version, watch) = (version?, watch?);
+        let watch = async {
+            let Some(unit) = unit else {
+                return Ok(None);
+            };
+            let jobs = MessageStream::for_match_rule(job_rule(unit)?, c, Some(JOB_QUEUE)).await?;
+            Ok::<_, zbus::Error>(Some(Watch {
+                unit: unit.to_string(),
+                jobs,
+                removed: None,
+            }))
+        };
+        let (sub, (version, watch)) = async_io::block_on(futures_lite::future::zip(
+            subscribe,
+            futures_lite::future::zip(version, watch),
+        ));
+        sub?;
+        Ok((version?, watch?))
+    })?;
     debug!(us = us(t0), "subscribed, version read, signals matched");
     Ok((conn, watch, version))
+}
+
+/// Runs `op`, again while systemd answers that it left the bus (see [`is_reexecuting`]),
+/// with back-off, within `timeout`.
+fn while_reexecuting<T>(
+    timeout: Duration,
+    mut op: impl FnMut() -> Result<T, zbus::Error>,
+) -> Result<T, zbus::Error> {
+    let deadline = Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match op() {
+            Err(e) if is_reexecuting(&e) && Instant::now() + backoff < deadline => {
+                debug!(error = %e, ?backoff, "systemd left the bus (re-executing?); retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            r => return r,
+        }
+    }
 }
 
 fn get_property(
@@ -337,6 +381,11 @@ impl Bus {
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
+                Err(e) if is_reexecuting(&e) && Instant::now() + backoff < deadline => {
+                    debug!(what, error = %e, ?backoff, "systemd left the bus (re-executing?); retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
                 Err(e) if is_closed(&e) && !reopened => {
                     reopened = true;
                     debug!(what, error = %e, "connection closed");
@@ -408,6 +457,13 @@ impl Bus {
         // A reopen inside `call` matched the unit's signals on the new connection before
         // the call was sent again there.
         let job: OwnedObjectPath = reply.body().deserialize().map_err(BusError::from)?;
+        // The job is queued and its JobRemoved not yet awaited: a crash here is a
+        // process killed while it waits for systemd.
+        crate::failpoint::hit(match method {
+            "StopUnit" => "systemd-stop-job",
+            _ => "systemd-start-job",
+        })
+        .map_err(|e| BusError::other(e.to_string()))?;
         Ok((job, reply.recv_position()))
     }
 
@@ -677,6 +733,16 @@ mod tests {
         // A method timeout is neither: it is reported, not retried.
         let timed_out = io(ErrorKind::TimedOut.into());
         assert!(!is_busy(&timed_out) && !is_closed(&timed_out));
+    }
+
+    #[test]
+    fn reexec_is_told_from_a_reply_timeout() {
+        let fdo = |m: &str| zbus::Error::FDO(Box::new(zbus::fdo::Error::NoReply(m.into())));
+        assert!(is_reexecuting(&fdo(
+            "Message recipient disconnected from message bus without replying"
+        )));
+        assert!(!is_reexecuting(&fdo("Did not receive a reply.")));
+        assert!(!is_reexecuting(&io(ErrorKind::BrokenPipe.into())));
     }
 
     #[test]
