@@ -266,7 +266,7 @@ fn cleanup_keeps_a_parent_that_holds_another_cgroup() {
     let after = fx.walk();
     let gone: BTreeSet<String> = before.difference(&after).cloned().collect();
     assert_eq!(strings(&v["removed"]), gone, "{v}");
-    assert_eq!(gone, BTreeSet::from([path.clone()]));
+    assert!(gone.contains(&path), "{gone:?}");
     assert_eq!(
         after,
         BTreeSet::from([fx.prefix.clone(), format!("{}/a", fx.prefix), sibling])
@@ -336,8 +336,9 @@ fn cleanup_by_path_without_state_reports_absent_and_kept_truthfully() {
         ]),
         "{v}"
     );
-    // A kept run whose state file is lost: the leaf goes, its parents stay (no state
-    // says whose they are).
+    // A kept run whose state file is lost: the leaf goes, and so do the parents the run
+    // made (the driver marks the parents it makes, with their inode, so the last sandbox
+    // out removes them); the report lists every cgroup that is gone.
     ok(&fx.run_keep("sb1", &path));
     std::fs::remove_file(fx.state_file("sb1")).unwrap();
     let before = fx.walk();
@@ -354,7 +355,7 @@ fn cleanup_by_path_without_state_reports_absent_and_kept_truthfully() {
     let after = fx.walk();
     let gone: BTreeSet<String> = before.difference(&after).cloned().collect();
     assert_eq!(strings(&v["removed"]), gone, "{v}");
-    assert_eq!(gone, BTreeSet::from([path.clone()]));
+    assert!(gone.contains(&path), "{gone:?}");
     assert_eq!(kept_names(&v["kept"]), after, "{v}");
     assert_eq!(
         strings(&v["absent"]),

@@ -206,31 +206,7 @@ impl CleanupOut {
             };
         }
         let mounts = plan.layout.mount_points();
-        let rel = |d: &PathBuf| -> String {
-            mounts
-                .iter()
-                .filter_map(|m| d.strip_prefix(m).ok())
-                .map(|r| r.display().to_string())
-                .min_by_key(|r| r.len())
-                .unwrap_or_else(|| d.display().to_string())
-        };
-        // Gone means gone from every hierarchy the sandbox spans, including one the run
-        // did not create that cgroup in.
-        let hiers: Vec<&PathBuf> = mounts
-            .iter()
-            .filter(|m| watched.iter().any(|d| d.starts_with(m)))
-            .collect();
-        let mut gone: Vec<String> = Vec::new();
-        let mut stay: Vec<String> = Vec::new();
-        for d in watched {
-            let r = rel(d);
-            let there = hiers.iter().any(|m| m.join(&r).is_dir());
-            let list = if there { &mut stay } else { &mut gone };
-            if !list.contains(&r) {
-                list.push(r);
-            }
-        }
-        gone.sort_by_key(|r| std::cmp::Reverse(r.matches('/').count()));
+        let (gone, stay) = host_cgroups::sandbox::gone_and_standing(watched, &mounts);
         CleanupOut {
             removed: gone,
             absent: Vec::new(),

@@ -774,6 +774,39 @@ fn destroy_child(layout: &CgroupLayout, path: &CgroupsPath, report: &mut Cleanup
     }
 }
 
+/// Sorts the cgroup directories `watched` (absolute, as they existed before a
+/// removal) into the cgroups now gone and those still standing, by their path
+/// relative to the hierarchy roots in `mounts`.
+///
+/// A cgroup counts as gone only when none of the hierarchies the sandbox spans holds
+/// it any more (one the run did not create it in included). `gone` is deepest first.
+pub fn gone_and_standing(watched: &[PathBuf], mounts: &[PathBuf]) -> (Vec<String>, Vec<String>) {
+    let rel = |d: &Path| -> String {
+        mounts
+            .iter()
+            .filter_map(|m| d.strip_prefix(m).ok())
+            .min_by_key(|r| r.components().count())
+            .map(|r| r.display().to_string())
+            .unwrap_or_else(|| d.display().to_string())
+    };
+    let hiers: Vec<&PathBuf> = mounts
+        .iter()
+        .filter(|m| watched.iter().any(|d| d.starts_with(m)))
+        .collect();
+    let mut gone: Vec<String> = Vec::new();
+    let mut stay: Vec<String> = Vec::new();
+    for d in watched {
+        let r = rel(d);
+        let there = hiers.iter().any(|m| m.join(&r).is_dir());
+        let list = if there { &mut stay } else { &mut gone };
+        if !list.contains(&r) {
+            list.push(r);
+        }
+    }
+    gone.sort_by_key(|r| std::cmp::Reverse(r.matches('/').count()));
+    (gone, stay)
+}
+
 /// Destroys each target, sorting it into removed / absent / kept / errors.
 ///
 /// Every directory the target names (its own, in each hierarchy, and the parents the
@@ -786,14 +819,6 @@ fn destroy_all(
     report: &mut CleanupReport,
 ) {
     let mounts = layout.mount_points();
-    let rel = |d: &Path| -> String {
-        mounts
-            .iter()
-            .filter_map(|m| d.strip_prefix(m).ok())
-            .min_by_key(|r| r.components().count())
-            .map(|r| r.display().to_string())
-            .unwrap_or_else(|| d.display().to_string())
-    };
     for (path, created) in targets {
         let name = path.relative();
         let mut dirs: Vec<PathBuf> = created.clone();
@@ -804,29 +829,32 @@ fn destroy_all(
                 continue;
             }
         };
+        let state_less = dirs.is_empty();
         dirs.extend(m.paths().into_values());
+        if state_less && m.exists() {
+            // Without a record of the parents the run made, every existing parent below
+            // the hierarchy roots is watched: the driver removes the ones sandboxes made
+            // (marked when made), and the report then says so; the rest are `kept`.
+            let own: Vec<PathBuf> = dirs.clone();
+            for d in own {
+                let root = mounts
+                    .iter()
+                    .filter(|r| d.starts_with(r))
+                    .max_by_key(|r| r.components().count());
+                let Some(root) = root else { continue };
+                let mut up = d.parent();
+                while let Some(p) = up.filter(|p| p.starts_with(root) && *p != root.as_path()) {
+                    dirs.push(p.to_path_buf());
+                    up = p.parent();
+                }
+            }
+        }
         dirs.sort();
         dirs.dedup();
         let before: Vec<PathBuf> = dirs.into_iter().filter(|d| d.is_dir()).collect();
         let existed = m.exists();
         let result = m.destroy();
-        // A cgroup counts as removed when none of the sandbox's hierarchies holds it
-        // any more (one the run did not create it in included).
-        let hiers: Vec<&PathBuf> = mounts
-            .iter()
-            .filter(|m| before.iter().any(|d| d.starts_with(m)))
-            .collect();
-        let mut gone: Vec<String> = Vec::new();
-        let mut stay: Vec<String> = Vec::new();
-        for d in &before {
-            let r = rel(d);
-            let there = hiers.iter().any(|m| m.join(&r).is_dir());
-            let list = if there { &mut stay } else { &mut gone };
-            if !list.contains(&r) {
-                list.push(r);
-            }
-        }
-        gone.sort_by_key(|r| std::cmp::Reverse(r.matches('/').count()));
+        let (gone, stay) = gone_and_standing(&before, &mounts);
         match result {
             Ok(()) if existed || !gone.is_empty() => report.removed.extend(gone),
             Ok(()) => report.absent.push(name),
