@@ -207,9 +207,17 @@ fn place_and_check(vcpus: u32, sandbox_cgroup_only: bool) {
     let vcpu = vcpu_threads(pid);
     assert_eq!(vcpu.len(), vcpus as usize, "{vcpu:?}");
     let placement_v1_fs = layout.version() == CgroupVersion::V1;
+    // Split on cgroup v2: the nested layout (vcpu_cgroup_layout defaults to nested
+    // there): vCPUs in the sandbox's `vcpus` child, the rest in the sandbox cgroup.
+    // On v1 + cgroupfs the default stays upstream's sibling split (overhead cgroup).
+    let vcpus_at = if !sandbox_cgroup_only && !placement_v1_fs {
+        format!("{rel}/vcpus")
+    } else {
+        rel.clone()
+    };
     for (tid, name) in &vcpu {
         assert!(name.starts_with("db_vcpu"));
-        assert_in(&layout, pid, *tid, &rel);
+        assert_in(&layout, pid, *tid, &vcpus_at);
     }
     // The overhead cgroup is named after the sandbox id (here the unique prefix).
     let overhead = format!("kata_overhead/{}", fx.prefix);

@@ -68,6 +68,19 @@ struct Window {
     systemd_cycle_ms: Summary,
 }
 
+/// This process's threads, once threads that are still exiting have gone: a joined
+/// thread leaves `/proc/self/task` a moment after `pthread_join` returns (its tid futex
+/// is cleared first), so the smallest count over half a second is taken; a leaked
+/// thread stays in every sample.
+fn settled_threads() -> usize {
+    let mut least = count_dir("/proc/self/task");
+    for _ in 0..10 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        least = least.min(count_dir("/proc/self/task"));
+    }
+    least
+}
+
 fn count_dir(d: &str) -> usize {
     std::fs::read_dir(d).map(|r| r.count()).unwrap_or(0)
 }
@@ -261,7 +274,7 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
                 dirs_left: dirs,
                 units_left: units,
                 fds: count_dir("/proc/self/fd"),
-                threads: count_dir("/proc/self/task"),
+                threads: settled_threads(),
                 rss_kib: util::rss_bytes() / 1024,
                 fs_cycle_ms: Summary::of(&fs_ms),
                 systemd_cycle_ms: Summary::of(&sd_ms),
