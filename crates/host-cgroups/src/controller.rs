@@ -322,7 +322,10 @@ impl CgroupController {
                 ));
             }
         };
-        if !plan.configured_sandbox_cgroup_only && plan.placement == Placement::VmmProcess {
+        if !plan.configured_sandbox_cgroup_only
+            && plan.placement == Placement::VmmProcess
+            && plan.vcpus_child.is_none()
+        {
             info!(
                 driver = %plan.driver,
                 version = %plan.version(),
