@@ -84,8 +84,28 @@ mod marks {
         Some(format!("{ino} {}\n", dir.display()))
     }
 
+    /// Drops marks whose directory is gone or is another directory now (removed, or
+    /// removed and made again, by someone else): they would otherwise pile up.
+    fn sweep() {
+        let Ok(rd) = std::fs::read_dir(PARENT_MARKS) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let Ok(m) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            let Some((_, path)) = m.trim_end().split_once(' ') else {
+                continue;
+            };
+            if content(Path::new(path)).as_deref() != Some(m.as_str()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
     /// Marks `dir`, just made by this process, as a sandbox-made parent.
     pub(super) fn add(dir: &Path) {
+        sweep();
         let Some(c) = content(dir) else { return };
         let f = file(dir);
         let r = std::fs::create_dir_all(PARENT_MARKS).and_then(|()| std::fs::write(&f, c));
