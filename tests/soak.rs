@@ -1,8 +1,11 @@
 //! The short soak: 50 sandbox lifecycles (`host-cgroups bench soak`), mixing the
 //! systemd driver in where systemd is reachable, must leave no cgroup directory and
-//! no unit, and the process's fds and threads must not grow. Resident memory may
-//! settle after the first window (allocator arenas, lazily built tables); past that
-//! it may not grow by more than 1 MiB over 40 cycles.
+//! no unit, and the process's fds and threads must not grow. Memory is judged by the
+//! heap in use (glibc `mallinfo2`), which is what a leak grows: it may settle after the
+//! first window (lazily built tables), past that it may not grow by more than 256 KiB
+//! over 40 cycles. RSS is only checked for gross growth (8 MiB): it jumps by 2 MiB when
+//! the kernel backs a heap range with a transparent huge page (seen in the v1 test host:
+//! +2020 KiB in one window, nothing before or after).
 
 mod common;
 
@@ -38,6 +41,13 @@ fn fifty_lifecycles_leave_nothing_and_do_not_grow() {
     let (second, last) = (&w[1], &w[4]);
     assert_eq!(second["fds"], last["fds"], "fds grew: {v}");
     assert_eq!(second["threads"], last["threads"], "threads grew: {v}");
-    let rss = |x: &serde_json::Value| x["rss_kib"].as_i64().unwrap();
-    assert!(rss(last) - rss(second) < 1024, "RSS grew: {v}");
+    let kib = |x: &serde_json::Value, k: &str| x[k].as_i64().unwrap();
+    assert!(
+        kib(last, "heap_kib") - kib(second, "heap_kib") < 256,
+        "heap grew: {v}"
+    );
+    assert!(
+        kib(last, "rss_kib") - kib(second, "rss_kib") < 8 * 1024,
+        "RSS grew: {v}"
+    );
 }

@@ -64,6 +64,7 @@ struct Window {
     fds: usize,
     threads: usize,
     rss_kib: u64,
+    heap_kib: Option<u64>,
     fs_cycle_ms: Summary,
     systemd_cycle_ms: Summary,
 }
@@ -276,6 +277,7 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
                 fds: count_dir("/proc/self/fd"),
                 threads: settled_threads(),
                 rss_kib: util::rss_bytes() / 1024,
+                heap_kib: util::heap_in_use_bytes().map(|b| b / 1024),
                 fs_cycle_ms: Summary::of(&fs_ms),
                 systemd_cycle_ms: Summary::of(&sd_ms),
             };
@@ -313,6 +315,7 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
                 "fds": w.fds,
                 "threads": w.threads,
                 "rss_kib": w.rss_kib,
+                "heap_kib": w.heap_kib,
                 "cgroupfs_cycle_ms": {"p50": w.fs_cycle_ms.p50, "max": w.fs_cycle_ms.max, "n": w.fs_cycle_ms.n},
                 "systemd_cycle_ms": {"p50": w.systemd_cycle_ms.p50, "max": w.systemd_cycle_ms.max, "n": w.systemd_cycle_ms.n},
             })
@@ -334,6 +337,7 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
             "fds": growth(|w| w.fds as i64),
             "threads": growth(|w| w.threads as i64),
             "rss_kib": growth(|w| w.rss_kib as i64),
+            "heap_kib": growth(|w| w.heap_kib.unwrap_or(0) as i64),
         },
     });
     let mut t = Table::new(&[
@@ -343,6 +347,7 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
         "fds",
         "threads",
         "RSS KiB",
+        "heap in use KiB",
         "cgroupfs cycle p50/max ms",
         "systemd cycle p50/max ms",
     ]);
@@ -354,6 +359,7 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
             w.fds.to_string(),
             w.threads.to_string(),
             w.rss_kib.to_string(),
+            w.heap_kib.map_or("-".into(), |h| h.to_string()),
             p50_max(&w.fs_cycle_ms),
             p50_max(&w.systemd_cycle_ms),
         ]);

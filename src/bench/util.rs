@@ -239,6 +239,23 @@ pub fn rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes the allocator has handed out and not had back (glibc `mallinfo2`: `uordblks`
+/// in the arenas plus `hblkhd` in direct mmaps, summed over all arenas): what a leak
+/// grows. Unlike RSS it does not jump when the kernel backs a heap range with a 2 MiB
+/// transparent huge page, or when the allocator keeps freed pages. `None` off glibc.
+pub fn heap_in_use_bytes() -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's statistics (glibc ≥ 2.33).
+        let m = unsafe { libc::mallinfo2() };
+        Some((m.uordblks + m.hblkhd) as u64)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
 /// Returns freed heap memory to the kernel, so that RSS deltas mean something.
 pub fn trim_heap() {
     // SAFETY: malloc_trim only releases free memory of the allocator.
