@@ -45,7 +45,14 @@ fn placement_bench_places_every_vcpu_where_the_plan_says() {
     let out_dir = std::env::temp_dir().join(common::unique("benchplace"));
     let out = Command::new(BIN)
         .args(["bench", "placement", "--vcpus", "1,2", "--runs", "1"])
-        .args(["--idle-samples", "1", "--backend", "thread", "--json", "--out"])
+        .args([
+            "--idle-samples",
+            "1",
+            "--backend",
+            "thread",
+            "--json",
+            "--out",
+        ])
         .arg(&out_dir)
         .output()
         .expect("run bench placement");

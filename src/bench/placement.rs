@@ -1,16 +1,19 @@
 //! `bench placement`: how long a vCPU thread is held, how soon it is placed and
 //! pinned, and how much guest time runs unplaced or unpinned, for five ways of
-//! doing it, every row in the same run, alternating (cgroup v1 + cgroupfs).
+//! doing it, every row in the same run, alternating (cgroupfs, cgroup v1 or v2).
 //!
 //! - **born** (this project, default mode `sandbox_cgroup_only = true`): the VMM
 //!   process sits in the sandbox cgroup; each vCPU checks `/proc/thread-self/cgroup`
 //!   in its hook, and pins itself when pinning applies; no cgroup write.
-//! - **self** (this project, split mode `sandbox_cgroup_only = false`): the process
-//!   sits in the overhead cgroup; each vCPU writes `0` to the sandbox's kept-open
-//!   `tasks` files in its hook, and pins itself.
+//! - **self** (this project, split mode `sandbox_cgroup_only = false`): on v1 the
+//!   process sits in the overhead cgroup and each vCPU writes `0` to the sandbox's
+//!   kept-open `tasks` files in its hook; on v2 (the nested layout, the split the
+//!   plan chooses there) the process sits in the sandbox cgroup and each vCPU writes
+//!   `0` to its threaded child `vcpus`' `cgroup.threads`; it pins itself.
 //! - **ctl-writes** (this project before issue 11, split mode): the vCPU sends its
 //!   tid to the controller thread and waits while it writes the tid to every
-//!   `tasks` file; the controller pins after the fact.
+//!   `tasks` file (v2: the `vcpus` child's `cgroup.threads`); the controller pins
+//!   after the fact.
 //! - **upstream** (runtime-rs + dragonball, default mode): the whole process moved
 //!   into the sandbox cgroup at sandbox creation, so vCPUs are born placed; no
 //!   hook; for pinning, after `Vmm::start` returns the vCPU tids are looked up
@@ -19,12 +22,15 @@
 //!   after the guest has booted and the agent answered; here right after start, so
 //!   its unpinned time is a lower bound.
 //! - **cgroups-rs** (split mode): the vCPU waits while a controller thread adds
-//!   its tid with `cgroups-rs` 0.5.1 `Cgroup::add_task` (a fresh open and write of
-//!   `tasks` per subsystem); no pinning.
+//!   its tid to the vCPUs' cgroup with `cgroups-rs` 0.5.1 `Cgroup::add_task` (v1: a
+//!   fresh open and write of `tasks` per subsystem; v2: a read of `cgroup.type`,
+//!   then one write to `cgroup.threads`, which it does only for a threaded target
+//!   such as the nested `vcpus` child); no pinning.
 //!
 //! Per vCPU: held = the hook's entry to its return (the VMM waits that long
-//! before the thread may run); placed = hook entry to the thread being in the
-//! sandbox cgroup; pinned = hook entry to its single-CPU affinity being set.
+//! before the thread may run); placed = hook entry to the thread being in its
+//! planned cgroup (the nested layout's `vcpus` child when the plan has one, else
+//! the sandbox cgroup); pinned = hook entry to its single-CPU affinity being set.
 //! Unplaced / unpinned guest time: CPU time the thread ran after its hook
 //! returned and before it was placed / pinned (its per-thread CPU clock).
 //! Pinning is measured where it applies (as many vCPUs as CPUs: the sandbox
