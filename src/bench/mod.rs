@@ -102,7 +102,7 @@ pub struct BenchArgs {
 /// The benchmarks.
 #[derive(Debug, Subcommand)]
 pub enum Which {
-    /// vCPU placement latency: hooks (push) vs scanning /proc (pull), cgroup v1 + cgroupfs.
+    /// vCPU placement latency: hooks (push) vs scanning /proc (pull), cgroupfs on cgroup v1 or v2.
     Placement(placement::PlacementArgs),
     /// Sandbox cgroup lifecycle: this project vs cgroups-rs FsManager vs the bare syscalls.
     Lifecycle(lifecycle::LifecycleArgs),

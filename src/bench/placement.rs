@@ -1,16 +1,19 @@
 //! `bench placement`: how long a vCPU thread is held, how soon it is placed and
 //! pinned, and how much guest time runs unplaced or unpinned, for five ways of
-//! doing it, every row in the same run, alternating (cgroup v1 + cgroupfs).
+//! doing it, every row in the same run, alternating (cgroupfs, cgroup v1 or v2).
 //!
 //! - **born** (this project, default mode `sandbox_cgroup_only = true`): the VMM
 //!   process sits in the sandbox cgroup; each vCPU checks `/proc/thread-self/cgroup`
 //!   in its hook, and pins itself when pinning applies; no cgroup write.
-//! - **self** (this project, split mode `sandbox_cgroup_only = false`): the process
-//!   sits in the overhead cgroup; each vCPU writes `0` to the sandbox's kept-open
-//!   `tasks` files in its hook, and pins itself.
+//! - **self** (this project, split mode `sandbox_cgroup_only = false`): on v1 the
+//!   process sits in the overhead cgroup and each vCPU writes `0` to the sandbox's
+//!   kept-open `tasks` files in its hook; on v2 (the nested layout, the split the
+//!   plan chooses there) the process sits in the sandbox cgroup and each vCPU writes
+//!   `0` to its threaded child `vcpus`' `cgroup.threads`; it pins itself.
 //! - **ctl-writes** (this project before issue 11, split mode): the vCPU sends its
 //!   tid to the controller thread and waits while it writes the tid to every
-//!   `tasks` file; the controller pins after the fact.
+//!   `tasks` file (v2: the `vcpus` child's `cgroup.threads`); the controller pins
+//!   after the fact.
 //! - **upstream** (runtime-rs + dragonball, default mode): the whole process moved
 //!   into the sandbox cgroup at sandbox creation, so vCPUs are born placed; no
 //!   hook; for pinning, after `Vmm::start` returns the vCPU tids are looked up
@@ -19,17 +22,21 @@
 //!   after the guest has booted and the agent answered; here right after start, so
 //!   its unpinned time is a lower bound.
 //! - **cgroups-rs** (split mode): the vCPU waits while a controller thread adds
-//!   its tid with `cgroups-rs` 0.5.1 `Cgroup::add_task` (a fresh open and write of
-//!   `tasks` per subsystem); no pinning.
+//!   its tid to the vCPUs' cgroup with `cgroups-rs` 0.5.1 `Cgroup::add_task` (v1: a
+//!   fresh open and write of `tasks` per subsystem; v2: a read of `cgroup.type`,
+//!   then one write to `cgroup.threads`, which it does only for a threaded target
+//!   such as the nested `vcpus` child); no pinning.
 //!
 //! Per vCPU: held = the hook's entry to its return (the VMM waits that long
-//! before the thread may run); placed = hook entry to the thread being in the
-//! sandbox cgroup; pinned = hook entry to its single-CPU affinity being set.
+//! before the thread may run); placed = hook entry to the thread being in its
+//! planned cgroup (the nested layout's `vcpus` child when the plan has one, else
+//! the sandbox cgroup); pinned = hook entry to its single-CPU affinity being set.
 //! Unplaced / unpinned guest time: CPU time the thread ran after its hook
 //! returned and before it was placed / pinned (its per-thread CPU clock).
 //! Pinning is measured where it applies (as many vCPUs as CPUs: the sandbox
 //! cpuset is set to the first `n` online CPUs), i.e. `n` ≤ online CPUs.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -44,7 +51,7 @@ use super::{BenchError, Common};
 use demo_vmm::{BackendChoice, Vmm, VmmConfig};
 use host_cgroups::config::RuntimeConfig;
 use host_cgroups::controller::{get_affinity, set_affinity, CgroupController, ControllerOptions};
-use host_cgroups::host::{online_cpus, CgroupLayout};
+use host_cgroups::host::{online_cpus, parse_proc_cgroup, CgroupLayout, CgroupVersion};
 use host_cgroups::manager::fs::migration_writes;
 use host_cgroups::plan::SandboxPlan;
 use host_cgroups::resources::from_json;
@@ -135,7 +142,7 @@ struct ProbeRec {
     exit: Instant,
     /// CPU time of the thread when its hook returned.
     cpu_ns_at_exit: u64,
-    /// In the sandbox cgroup when its hook returned.
+    /// In its planned cgroup (sandbox cgroup, or the nested `vcpus` child) when its hook returned.
     placed_at_exit: bool,
     /// Single-CPU affinity when its hook returned.
     pinned_at_exit: bool,
@@ -146,7 +153,11 @@ struct ProbeRec {
 /// Wraps the hooks under test and records what each vCPU saw.
 struct Probe {
     inner: Arc<dyn VcpuHooks>,
-    sandbox_cpu_cgroup: String,
+    /// Where the plan puts vCPUs (`/`-prefixed, as in `/proc/thread-self/cgroup`):
+    /// the nested layout's `vcpus` child, else the sandbox cgroup.
+    vcpu_cgroup: String,
+    /// The `/proc/thread-self/cgroup` key to compare: `cpu` (v1) or `""` (v2).
+    cgroup_key: &'static str,
     verify: bool,
     recs: Mutex<Vec<ProbeRec>>,
 }
@@ -169,7 +180,7 @@ impl VcpuHooks for Probe {
         if self.verify {
             rec.cpu_ns_at_exit = util::thread_cpu_ns();
             rec.placed_at_exit =
-                util::thread_cgroup("cpu").as_deref() == Some(self.sandbox_cpu_cgroup.as_str());
+                util::thread_cgroup(self.cgroup_key).as_deref() == Some(self.vcpu_cgroup.as_str());
             rec.pinned_at_exit = get_affinity(0).is_ok_and(|a| a.len() == 1);
             rec.verified = true;
         }
@@ -208,7 +219,8 @@ fn config(split: bool, pin: bool) -> Result<RuntimeConfig, BenchError> {
     Ok(c)
 }
 
-/// Serves the channel hooks with cgroups-rs: adds each tid to the sandbox cgroup.
+/// Serves the channel hooks with cgroups-rs: adds each tid to the vCPU cgroup
+/// (`relative`: the sandbox cgroup on v1, the threaded `vcpus` child on v2).
 fn cgroups_rs_server(
     rx: vcpu_hooks::HookReceiver,
     relative: String,
@@ -259,8 +271,13 @@ fn one_run(
         None,
     )
     .map_err(|e| BenchError::step("plan", e))?;
-    let sandbox_cpu = format!("/{}", plan.sandbox.path);
-    let relative = plan.sandbox.path.clone();
+    // Where this mode's vCPUs belong: the nested layout's child when the plan has
+    // one (v2 split), else the sandbox cgroup.
+    let relative = plan
+        .vcpus_child
+        .as_ref()
+        .map_or_else(|| plan.sandbox.path.clone(), |c| c.path.clone());
+    let vcpu_cgroup = format!("/{relative}");
     let ctl = CgroupController::start(
         plan,
         ControllerOptions {
@@ -293,7 +310,11 @@ fn one_run(
         };
         let probe = Arc::new(Probe {
             inner,
-            sandbox_cpu_cgroup: sandbox_cpu.clone(),
+            vcpu_cgroup: vcpu_cgroup.clone(),
+            cgroup_key: match layout.version() {
+                CgroupVersion::V1 => "cpu",
+                CgroupVersion::V2 => "",
+            },
             verify,
             recs: Mutex::new(Vec::new()),
         });
@@ -437,14 +458,18 @@ fn one_run(
             v.stop().map_err(|e| BenchError::step("VMM stop", e))?;
         }
         if mode == Mode::CgroupsRs {
-            // cgroups-rs writes from outside: count its writes per tid (one per subsystem).
-            out.writes_per_vcpu = cgroups_rs::fs::Cgroup::load_with_specified_controllers(
-                cgroups_rs::fs::hierarchies::auto(),
-                &relative,
-                layout.controllers(),
-            )
-            .subsystems()
-            .len() as f64;
+            // cgroups-rs writes from outside: count its writes per tid (v1: one `tasks`
+            // write per subsystem; v2: one `cgroup.threads` write, to its first subsystem).
+            out.writes_per_vcpu = match layout.version() {
+                CgroupVersion::V1 => cgroups_rs::fs::Cgroup::load_with_specified_controllers(
+                    cgroups_rs::fs::hierarchies::auto(),
+                    &relative,
+                    layout.controllers(),
+                )
+                .subsystems()
+                .len() as f64,
+                CgroupVersion::V2 => 1.0,
+            };
         }
         Ok(out)
     })();
@@ -528,8 +553,9 @@ impl Agg {
     }
 }
 
-/// The first `tasks` write after the cgroup core has been idle for `idle`,
-/// moving a thread of ours by its tid vs by `0` ("the calling thread"), in µs.
+/// The first thread-move write after the cgroup core has been idle for `idle`,
+/// moving a thread of ours by its tid vs by `0` ("the calling thread"), in µs
+/// (v1: `tasks`; v2: `cgroup.threads`, see [`idle_first_write_v2`]).
 ///
 /// Since Linux 5.17 a write of `0` (or any single-thread write by the thread
 /// itself through `0`) skips the global threadgroup lock, whose first writer
@@ -540,6 +566,9 @@ fn idle_first_write(
     samples: u32,
     idle: Duration,
 ) -> Result<(Vec<f64>, Vec<f64>), BenchError> {
+    if layout.version() == CgroupVersion::V2 {
+        return idle_first_write_v2(layout, guard, samples, idle);
+    }
     let mount = layout
         .mounts
         .get("cpu")
@@ -548,29 +577,41 @@ fn idle_first_write(
     let dir = mount.join(&guard.name).join("idle");
     std::fs::create_dir_all(&dir).map_err(|e| BenchError::step("mkdir idle cgroup", e))?;
     let home = util::home_of(layout, &mount);
+    idle_probe(dir.join("tasks"), home.join("tasks"), samples, idle)
+}
+
+/// On a probe thread: `samples` times each, after `idle` without migrations, writes
+/// its tid (then `0`) to `there` (timed) and the same value to `back`.
+fn idle_probe(
+    there: PathBuf,
+    back: PathBuf,
+    samples: u32,
+    idle: Duration,
+) -> Result<(Vec<f64>, Vec<f64>), BenchError> {
     let worker = std::thread::Builder::new()
         .name("hcg-idle-probe".into())
         .spawn(move || -> Result<(Vec<f64>, Vec<f64>), String> {
             use std::io::Write as _;
-            let open = |p: &std::path::Path| {
+            let open = |p: &Path| {
                 std::fs::OpenOptions::new()
                     .write(true)
-                    .open(p.join("tasks"))
+                    .open(p)
                     .map_err(|e| format!("open {}: {e}", p.display()))
             };
-            let (mut there, mut back) = (open(&dir)?, open(&home)?);
+            let (mut there_f, mut back_f) = (open(&there)?, open(&back)?);
             let tid = gettid().to_string();
             let (mut by_tid, mut by_zero) = (Vec::new(), Vec::new());
             for k in 0..samples * 2 {
                 std::thread::sleep(idle);
                 let value = if k % 2 == 0 { tid.as_str() } else { "0" };
                 let t = Instant::now();
-                there
+                there_f
                     .write_all(value.as_bytes())
-                    .map_err(|e| format!("write {value}: {e}"))?;
+                    .map_err(|e| format!("write {value} to {}: {e}", there.display()))?;
                 let us = t.elapsed().as_secs_f64() * 1e6;
-                back.write_all(value.as_bytes())
-                    .map_err(|e| format!("move back: {e}"))?;
+                back_f
+                    .write_all(value.as_bytes())
+                    .map_err(|e| format!("move back through {}: {e}", back.display()))?;
                 if k % 2 == 0 {
                     by_tid.push(us);
                 } else {
@@ -584,6 +625,84 @@ fn idle_first_write(
         .join()
         .map_err(|_| BenchError::step("idle probe", "panicked"))?
         .map_err(|e| BenchError::step("idle probe", e))
+}
+
+/// The v2 cgroups of [`idle_first_write_v2`]: moves this process back to where it
+/// was and removes `<guard>/idle/t` and `<guard>/idle` on drop, error or not.
+struct IdleV2 {
+    /// This process's cgroup before the move.
+    home: PathBuf,
+    /// `<unified>/<guard>/idle` (a domain cgroup; threaded domain once `t` is threaded).
+    idle: PathBuf,
+    /// `<idle>/t`, threaded.
+    t: PathBuf,
+    /// This process was moved into `idle`.
+    moved: bool,
+}
+
+impl Drop for IdleV2 {
+    fn drop(&mut self) {
+        if self.moved {
+            let _ = std::fs::write(
+                self.home.join("cgroup.procs"),
+                std::process::id().to_string(),
+            );
+        }
+        for d in [&self.t, &self.idle] {
+            let start = Instant::now();
+            while std::fs::remove_dir(d).is_err()
+                && d.exists()
+                && start.elapsed() < Duration::from_secs(3)
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// cgroup v2 [`idle_first_write`]: a single thread moves only inside its threaded
+/// subtree, so this process moves into `<guard>/idle` (its own domain cgroup), whose
+/// child `t` is made threaded, and the probe thread moves between
+/// `t/cgroup.threads` and `idle/cgroup.threads`; then the process moves back.
+/// Only this process is moved, only under the guard's name.
+fn idle_first_write_v2(
+    layout: &CgroupLayout,
+    guard: &BenchCgroups,
+    samples: u32,
+    idle: Duration,
+) -> Result<(Vec<f64>, Vec<f64>), BenchError> {
+    let unified = layout
+        .unified
+        .clone()
+        .ok_or_else(|| BenchError::Unsupported("no cgroup v2 mount".into()))?;
+    let now = std::fs::read_to_string("/proc/self/cgroup")
+        .map(|t| parse_proc_cgroup(&t))
+        .map_err(|e| BenchError::step("read /proc/self/cgroup", e))?;
+    let here = now
+        .get("")
+        .ok_or_else(|| BenchError::step("read /proc/self/cgroup", "no cgroup v2 (0::) line"))?;
+    let idle_dir = unified.join(&guard.name).join("idle");
+    let mut cg = IdleV2 {
+        home: unified.join(here.trim_start_matches('/')),
+        t: idle_dir.join("t"),
+        idle: idle_dir,
+        moved: false,
+    };
+    std::fs::create_dir_all(&cg.t)
+        .map_err(|e| BenchError::step(format!("mkdir {}", cg.t.display()), e))?;
+    let ty = cg.t.join("cgroup.type");
+    std::fs::write(&ty, "threaded")
+        .map_err(|e| BenchError::step(format!("write threaded to {}", ty.display()), e))?;
+    let procs = cg.idle.join("cgroup.procs");
+    std::fs::write(&procs, std::process::id().to_string())
+        .map_err(|e| BenchError::step(format!("move this process to {}", procs.display()), e))?;
+    cg.moved = true;
+    idle_probe(
+        cg.t.join("cgroup.threads"),
+        cg.idle.join("cgroup.threads"),
+        samples,
+        idle,
+    )
 }
 
 /// Runs `bench placement`.
@@ -602,12 +721,48 @@ pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
         .backend
         .parse()
         .map_err(|e| BenchError::BadInput(format!("--backend: {e}")))?;
-    let layout = util::v1_layout()?;
+    let layout = util::thread_layout()?;
+    let version = layout.version();
     let online: Vec<u32> = online_cpus()
         .map_err(|e| BenchError::step("online CPUs", e))?
         .iter()
         .collect();
     let guard = BenchCgroups::new(&layout);
+    // What split mode is on this host (side-effect free plan of a dummy sandbox).
+    let split_plan = SandboxPlan::new(
+        &config(true, false)?,
+        &format!("{}/split", guard.name),
+        "split",
+        &layout,
+        None,
+    )
+    .map_err(|e| BenchError::step("plan", e))?;
+    let split_layout = split_plan.vcpu_layout;
+    let split_target = match &split_plan.vcpus_child {
+        Some(c) => format!(
+            "the process in the sandbox cgroup, each vCPU moves into its child `{}`{}",
+            c.path.rsplit('/').next().unwrap_or(&c.path),
+            if c.cgroup_type.is_some() {
+                " (threaded)"
+            } else {
+                ""
+            }
+        ),
+        None => "the process in the overhead cgroup, each vCPU moves into the sandbox cgroup"
+            .to_string(),
+    };
+    let mut notes: Vec<String> = vec![format!(
+        "split mode (self-placement, controller writes, cgroups-rs): {split_layout} layout, {split_target}"
+    )];
+    if version == CgroupVersion::V2 {
+        notes.push(
+            "cgroups-rs on cgroup v2: Cgroup::add_task writes the tid to cgroup.threads only when the target \
+             is threaded or domain threaded (else it fails; FsManager::add_thread then moves the whole \
+             process); here its target is the threaded vcpus child, so it places one thread, with a \
+             cgroup.type read before each write"
+                .to_string(),
+        );
+    }
     let load_start = report::loadavg();
     let machine = report::machine();
     let t0 = Instant::now();
@@ -721,14 +876,30 @@ pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
         ));
         results.push(row);
     }
+    let idle_file = match version {
+        CgroupVersion::V1 => "tasks",
+        CgroupVersion::V2 => "cgroup.threads",
+    };
+    let mut idle_skipped: Option<String> = None;
     let (idle_tid, idle_zero) = if args.idle_samples > 0 {
-        idle_first_write(
+        match idle_first_write(
             &layout,
             &guard,
             args.idle_samples,
             Duration::from_millis(100),
-        )?
+        ) {
+            Ok(v) => v,
+            // v2 needs a threaded subtree of our own, which a host may refuse: say so.
+            Err(e) if version == CgroupVersion::V2 => {
+                let why = format!("not measured on this cgroup v2 host: {e}");
+                notes.push(format!("idle first write: {why}"));
+                idle_skipped = Some(why);
+                (Vec::new(), Vec::new())
+            }
+            Err(e) => return Err(e),
+        }
     } else {
+        idle_skipped = Some("--idle-samples 0".into());
         (Vec::new(), Vec::new())
     };
     let (it, iz) = (Summary::of(&idle_tid), Summary::of(&idle_zero));
@@ -781,11 +952,30 @@ pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
         "unplaced_guest_zero": !unplaced_any,
         "unpinned_guest_zero": !unpinned_any,
     });
+    let command: Vec<String> = std::iter::once("host-cgroups".to_string())
+        .chain(std::env::args().skip(1))
+        .collect();
+    let idle_line = match &idle_skipped {
+        Some(why) => format!(
+            "First `{idle_file}` write after 100 ms without cgroup migrations: not measured ({why})."
+        ),
+        None => format!(
+            "First `{idle_file}` write after 100 ms without cgroup migrations ({} samples each): by tid \
+             p50 {} µs, max {} µs; by `0` from the thread itself p50 {} µs, max {} µs.",
+            it.n,
+            num(it.p50),
+            num(it.max),
+            num(iz.p50),
+            num(iz.max),
+        ),
+    };
+    let notes_md: String = notes.iter().map(|n| format!("Note: {n}.\n\n")).collect();
     let markdown = format!(
-        "## vCPU placement (cgroup v1, cgroupfs, `{backend_used}` vCPUs)\n\n\
-         Command: `host-cgroups bench placement` ({elapsed:.0} s; every row of a size in the same run, \
-         approaches alternating)\n\n{}\n{}\n\
-         held: hook entry to return; placed: hook entry to the thread being in the sandbox cgroup; \
+        "## vCPU placement (cgroup v{version}, cgroupfs, `{backend_used}` vCPUs)\n\n\
+         Command: `{}` ({elapsed:.0} s; every row of a size in the same run, \
+         approaches alternating)\n\n{}\n{}\n{notes_md}\
+         held: hook entry to return; placed: hook entry to the thread being in its planned cgroup \
+         (the sandbox cgroup, or in the nested layout the `vcpus` child); \
          span: first vCPU's hook entry to the last vCPU placed; unplaced / unpinned guest µs: CPU time \
          run after the hook returned before being placed / pinned (checked in the first run of each \
          size); pinned: hook entry to single-CPU affinity (only where vCPUs = CPUs: the cpuset is the \
@@ -793,8 +983,8 @@ pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
          Targets: default mode zero writes per vCPU: {}; held p99 ≤ 50 µs at every size: {} (worst \
          {:.1} µs); split held p99 ≤ 1 ms up to 8 vCPUs: {} (worst {:.1} µs); 64 placed within 2 ms: \
          {}; 240 within 5 ms: {}; unplaced guest time 0: {}; unpinned guest time 0: {}.\n\n\
-         First `tasks` write after 100 ms without cgroup migrations ({} samples each): by tid \
-         p50 {} µs, max {} µs; by `0` from the thread itself p50 {} µs, max {} µs.\n",
+         {idle_line}\n",
+        command.join(" "),
         report::load_note(load_start, load_end),
         t.markdown(),
         yes_no(born_writes == 0.0),
@@ -806,17 +996,17 @@ pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
         span240.map_or("not measured".into(), |ms| format!("{} ({ms:.2} ms)", yes_no(ms <= 5.0))),
         yes_no(!unplaced_any),
         yes_no(!unpinned_any),
-        it.n,
-        num(it.p50),
-        num(it.max),
-        num(iz.p50),
-        num(iz.max),
     );
     let json = json!({
         "bench": "placement",
         "command": "host-cgroups bench placement",
         "driver": "cgroupfs",
-        "cgroup_version": 1,
+        "cgroup_version": match version {
+            CgroupVersion::V1 => 1,
+            CgroupVersion::V2 => 2,
+        },
+        "split_layout": split_layout.to_string(),
+        "notes": notes,
         "sandbox_cgroup_only": "born and upstream: true; self_place, controller_writes, cgroups_rs: false",
         "backend": backend_used,
         "machine": machine,
@@ -825,13 +1015,15 @@ pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
         "results": results,
         "idle_first_write": {
             "idle_ms": 100,
+            "file": idle_file,
+            "skipped": idle_skipped,
             "by_tid": {"p50_us": round3(it.p50), "p99_us": round3(it.p99), "max_us": round3(it.max), "samples": it.n},
             "by_zero": {"p50_us": round3(iz.p50), "p99_us": round3(iz.p99), "max_us": round3(iz.max), "samples": iz.n},
         },
         "targets": targets,
     });
     let svg = cdf_svg(
-        &format!("vCPU held time in the start hook ({backend_used} vCPUs, cgroup v1)"),
+        &format!("vCPU held time in the start hook ({backend_used} vCPUs, cgroup v{version})"),
         "hook entry → return (µs, log scale)",
         &series,
     );

@@ -38,6 +38,30 @@ pub fn v1_layout() -> Result<CgroupLayout, BenchError> {
     Ok(layout)
 }
 
+/// The host layout, for a bench that places single threads: cgroup v1 (legacy or
+/// hybrid: a thread moves through `tasks`) or v2 (unified: a thread moves inside a
+/// threaded subtree through `cgroup.threads`). Fails with `Unsupported` when no
+/// cgroup hierarchy is mounted, or when it is v1 without a `cpu` hierarchy or v2
+/// without the `cpu` controller (the split layouts place vCPUs by CPU controller).
+pub fn thread_layout() -> Result<CgroupLayout, BenchError> {
+    let layout = CgroupLayout::detect().map_err(|e| BenchError::Unsupported(e.to_string()))?;
+    let has_cpu = match layout.version() {
+        CgroupVersion::V1 => layout.mounts.contains_key("cpu"),
+        CgroupVersion::V2 => layout.v2_controllers.iter().any(|c| c == "cpu"),
+    };
+    if !has_cpu {
+        return Err(BenchError::Unsupported(format!(
+            "this bench needs the cpu controller ({}), which this cgroup v{} host does not offer",
+            match layout.version() {
+                CgroupVersion::V1 => "a v1 cpu hierarchy",
+                CgroupVersion::V2 => "in the unified root's cgroup.controllers",
+            },
+            layout.version()
+        )));
+    }
+    Ok(layout)
+}
+
 /// Every cgroup mount point of the layout (v1 hierarchies and the unified one).
 pub fn mounts(layout: &CgroupLayout) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = layout.mounts.values().cloned().collect();
@@ -95,8 +119,31 @@ impl BenchCgroups {
     }
 
     /// Removes everything below the guarded names now.
+    ///
+    /// On a cgroup v2 hierarchy (no `tasks` file) a thread cannot leave its threaded
+    /// subtree alone, so when any of this process's threads is in a guarded cgroup
+    /// (`cgroup.threads`, readable in threaded cgroups too, unlike `cgroup.procs`)
+    /// the whole process is moved back to its original cgroup first.
     pub fn clean(&self) {
         let own = own_tids();
+        let me = std::process::id().to_string();
+        for mount in mounts(&self.layout) {
+            if mount.join("tasks").exists() {
+                continue;
+            }
+            let ours_inside = self.leftovers().iter().any(|d| {
+                d.starts_with(&mount)
+                    && std::fs::read_to_string(d.join("cgroup.threads")).is_ok_and(|t| {
+                        t.lines()
+                            .filter_map(|l| l.trim().parse::<i32>().ok())
+                            .any(|id| own.contains(&id))
+                    })
+            });
+            if ours_inside {
+                let home = home_of(&self.layout, &mount);
+                let _ = std::fs::write(home.join("cgroup.procs"), &me);
+            }
+        }
         for d in self.leftovers() {
             let Some(mount) = mounts(&self.layout)
                 .into_iter()
@@ -222,7 +269,8 @@ pub fn task_cpu_ns_now(tid: i32) -> Option<u64> {
     clock_ns(((!tid) << 3) | 4 | 2)
 }
 
-/// The calling thread's cgroup for `controller`, relative to the hierarchy root.
+/// The calling thread's cgroup for `controller`, relative to the hierarchy root
+/// (`""`: the cgroup v2 hierarchy, the `0::` line).
 pub fn thread_cgroup(controller: &str) -> Option<String> {
     let t = std::fs::read_to_string("/proc/thread-self/cgroup").ok()?;
     parse_proc_cgroup(&t).get(controller).cloned()
