@@ -93,14 +93,18 @@ fn default_runs(n: u32) -> u32 {
 enum Mode {
     Born,
     SelfPlace,
+    /// cgroup v1 only: the nested split (`vcpu_cgroup_layout = "nested"`), where a vCPU
+    /// moves in the cpu, cpuacct and cpuset hierarchies only (on v2 `SelfPlace` is it).
+    SelfNested,
     CtlWrites,
     Upstream,
     CgroupsRs,
 }
 
-const MODES: [Mode; 5] = [
+const MODES: [Mode; 6] = [
     Mode::Born,
     Mode::SelfPlace,
+    Mode::SelfNested,
     Mode::CtlWrites,
     Mode::Upstream,
     Mode::CgroupsRs,
@@ -111,6 +115,7 @@ impl Mode {
         match self {
             Mode::Born => "born",
             Mode::SelfPlace => "self_place",
+            Mode::SelfNested => "self_place_nested",
             Mode::CtlWrites => "controller_writes",
             Mode::Upstream => "upstream",
             Mode::CgroupsRs => "cgroups_rs",
@@ -120,13 +125,17 @@ impl Mode {
         match self {
             Mode::Born => "born (default mode)",
             Mode::SelfPlace => "self-placement (split)",
+            Mode::SelfNested => "self-placement (nested split)",
             Mode::CtlWrites => "controller writes tids (split, before)",
             Mode::Upstream => "upstream (default mode, pinning pulled)",
             Mode::CgroupsRs => "cgroups-rs add_task (split)",
         }
     }
     fn split(self) -> bool {
-        matches!(self, Mode::SelfPlace | Mode::CtlWrites | Mode::CgroupsRs)
+        matches!(
+            self,
+            Mode::SelfPlace | Mode::SelfNested | Mode::CtlWrites | Mode::CgroupsRs
+        )
     }
     fn pins(self) -> bool {
         !matches!(self, Mode::CgroupsRs)
@@ -219,6 +228,15 @@ fn config(split: bool, pin: bool) -> Result<RuntimeConfig, BenchError> {
     Ok(c)
 }
 
+/// The configuration of `mode`'s runs.
+fn mode_config(mode: Mode, pin: bool) -> Result<RuntimeConfig, BenchError> {
+    let mut c = config(mode.split(), pin)?;
+    if mode == Mode::SelfNested {
+        c.vcpu_cgroup_layout = Some(host_cgroups::placement::SplitChoice::Nested);
+    }
+    Ok(c)
+}
+
 /// Serves the channel hooks with cgroups-rs: adds each tid to the vCPU cgroup
 /// (`relative`: the sandbox cgroup on v1, the threaded `vcpus` child on v2).
 fn cgroups_rs_server(
@@ -264,7 +282,7 @@ fn one_run(
 ) -> Result<RunOut, BenchError> {
     let pin = pin_cpus.is_some() && mode.pins();
     let plan = SandboxPlan::new(
-        &config(mode.split(), pin)?,
+        &mode_config(mode, pin)?,
         &format!("{}/{tag}", guard.name),
         tag,
         layout,
@@ -295,7 +313,7 @@ fn one_run(
         }
         let mut server = None;
         let inner: Arc<dyn VcpuHooks> = match mode {
-            Mode::Born | Mode::SelfPlace => ctl.hooks_for_boot(n),
+            Mode::Born | Mode::SelfPlace | Mode::SelfNested => ctl.hooks_for_boot(n),
             Mode::CtlWrites => ctl.hooks_controller_writes(),
             Mode::Upstream => Arc::new(vcpu_hooks::NoHooks),
             Mode::CgroupsRs => {
@@ -783,7 +801,9 @@ pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
     let modes: Vec<Mode> = MODES
         .iter()
         .copied()
-        .filter(|m| !(args.no_self_place && *m == Mode::SelfPlace))
+        .filter(|m| !(args.no_self_place && matches!(m, Mode::SelfPlace | Mode::SelfNested)))
+        // On v2 the split is nested already: the extra row would measure the same thing.
+        .filter(|m| !(*m == Mode::SelfNested && version == CgroupVersion::V2))
         .collect();
     for &n in &counts {
         let runs = args.runs.unwrap_or_else(|| default_runs(n)).max(1);
@@ -929,13 +949,21 @@ pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
         .fold(0.0, f64::max);
     let span64 = at(64, "self_place", "span_max_ms");
     let span240 = at(240, "self_place", "span_max_ms");
+    // v1 only: the same targets for the nested split (3 hierarchies per vCPU, not 8).
+    let nested_p99_8 = counts
+        .iter()
+        .filter(|&&n| n <= 8)
+        .filter_map(|&n| at(n, "self_place_nested", "held_p99_us"))
+        .reduce(f64::max);
+    let nested64 = at(64, "self_place_nested", "span_max_ms");
+    let nested240 = at(240, "self_place_nested", "span_max_ms");
     let unplaced_any = results.iter().any(|r| {
-        ["born", "self_place"]
+        ["born", "self_place", "self_place_nested"]
             .iter()
             .any(|m| r[m]["released_unplaced"].as_u64().unwrap_or(0) > 0)
     });
     let unpinned_any = results.iter().any(|r| {
-        ["born", "self_place"]
+        ["born", "self_place", "self_place_nested"]
             .iter()
             .any(|m| r[m]["released_unpinned"].as_u64().unwrap_or(0) > 0)
     });
@@ -949,6 +977,9 @@ pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
         "split_64_span_max_ms": span64,
         "split_240_within_5ms": span240.map(|ms| ms <= 5.0),
         "split_240_span_max_ms": span240,
+        "split_nested_held_worst_p99_up_to_8_us": nested_p99_8.map(round3),
+        "split_nested_64_span_max_ms": nested64,
+        "split_nested_240_span_max_ms": nested240,
         "unplaced_guest_zero": !unplaced_any,
         "unpinned_guest_zero": !unpinned_any,
     });
@@ -982,7 +1013,7 @@ pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
          first n online CPUs).\n\n\
          Targets: default mode zero writes per vCPU: {}; held p99 ≤ 50 µs at every size: {} (worst \
          {:.1} µs); split held p99 ≤ 1 ms up to 8 vCPUs: {} (worst {:.1} µs); 64 placed within 2 ms: \
-         {}; 240 within 5 ms: {}; unplaced guest time 0: {}; unpinned guest time 0: {}.\n\n\
+         {}; 240 within 5 ms: {}; unplaced guest time 0: {}; unpinned guest time 0: {}.{}\n\n\
          {idle_line}\n",
         command.join(" "),
         report::load_note(load_start, load_end),
@@ -996,6 +1027,15 @@ pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
         span240.map_or("not measured".into(), |ms| format!("{} ({ms:.2} ms)", yes_no(ms <= 5.0))),
         yes_no(!unplaced_any),
         yes_no(!unpinned_any),
+        match nested_p99_8 {
+            Some(p99) => format!(
+                " Nested split (v1): held p99 up to 8 vCPUs {:.1} µs; 64 placed within {}; 240 within {}.",
+                p99,
+                nested64.map_or("not measured".into(), |ms| format!("{ms:.2} ms")),
+                nested240.map_or("not measured".into(), |ms| format!("{ms:.2} ms")),
+            ),
+            None => String::new(),
+        },
     );
     let json = json!({
         "bench": "placement",
@@ -1007,7 +1047,7 @@ pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
         },
         "split_layout": split_layout.to_string(),
         "notes": notes,
-        "sandbox_cgroup_only": "born and upstream: true; self_place, controller_writes, cgroups_rs: false",
+        "sandbox_cgroup_only": "born and upstream: true; self_place, self_place_nested, controller_writes, cgroups_rs: false",
         "backend": backend_used,
         "machine": machine,
         "loadavg_end": load_end,
