@@ -18,9 +18,10 @@ pub struct CleanupArgs {
     /// The state directory the run used (its state file names every cgroup the run made).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
-    /// The sandbox cgroups path, for a run whose state is gone: only the sandbox and
-    /// overhead cgroups themselves are removed (a state file for the id is used instead
-    /// when one exists in --state-dir).
+    /// The sandbox cgroups path, for a run whose state is gone: the sandbox and overhead
+    /// cgroups are removed, and their parents only where this component marked them as
+    /// its own (/run/host-cgroups/parents) and they are empty (a state file for the id is
+    /// used instead when one exists in --state-dir).
     #[arg(long, value_name = "P", allow_hyphen_values = true)]
     pub cgroups_path: Option<std::ffi::OsString>,
     /// Print one JSON object.

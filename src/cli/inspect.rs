@@ -342,7 +342,7 @@ fn inspect_sandbox(id: &str, state_dir: &Path, json: bool) -> Result<(), CliErro
         report.state_file.display()
     );
     println!(
-        "vmm: pid {} {}: {}",
+        "vmm: pid {}: {} ({})",
         report.vmm.pid,
         if report.vmm.running {
             "running"

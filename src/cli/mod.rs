@@ -206,7 +206,7 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Remove what a crashed run left: its cgroups and state.
     Cleanup(cleanup::CleanupArgs),
-    /// Benchmarks: placement, lifecycle, systemd, scale, hooks.
+    /// Benchmarks: placement, lifecycle, systemd, scale, hooks, soak.
     Bench(crate::bench::BenchArgs),
 }
 

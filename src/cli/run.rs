@@ -364,8 +364,8 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let me = std::process::id() as i32;
     // Tests and users wait for this line: every boot vCPU is placed and running.
     super::status(format!(
-        "sandbox {sandbox_id} running: {} vCPUs placed, pid {me}",
-        vmm.vcpus().len()
+        "sandbox {sandbox_id} running: {} placed, pid {me}",
+        plural(vmm.vcpus().len(), "vCPU")
     ));
     let start = Instant::now();
     let total = Duration::from_secs_f64(args.duration);
@@ -615,4 +615,13 @@ fn random_u64() -> u64 {
         return u64::from(std::process::id()) ^ now.as_nanos() as u64;
     }
     u64::from_le_bytes(b)
+}
+
+/// `1 vCPU`, `2 vCPUs`.
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("{n} {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
