@@ -576,6 +576,66 @@ pub fn validate(res: &LinuxResources) -> Result<(), ResourceError> {
     Ok(())
 }
 
+/// The smallest memory limit, in bytes, for a cgroup that holds the VMM process: 6 MiB.
+///
+/// Not a kernel bound (the kernel takes any byte count): with the whole VMM process in
+/// the cgroup (layouts `sandbox-only` and `nested`), the runtime and VMM themselves are
+/// charged to it, and a limit below what they already use at set-up gets them
+/// OOM-killed before the first vCPU runs (seen: `memory.limit = 4096`, exit 137, the
+/// cgroups and state left behind). Docker's daemon refuses container memory limits
+/// under the same figure for the same reason (`linuxMinMemory = 6291456` in moby's
+/// daemon_unix.go, "Minimum memory limit allowed is 6MB": startup overhead). With the
+/// `sibling` layout only vCPU threads move and memory stays charged to the overhead
+/// cgroup, so the floor does not apply there.
+pub const VMM_MEMORY_MIN: i64 = 6 * 1024 * 1024;
+
+/// Refuses memory limits below [`VMM_MEMORY_MIN`] for `cgroup` (relative path, named in
+/// the error), a cgroup the VMM process is placed in, on cgroup `version`. The one home
+/// of the rule: the plan (`resolve`, `run`, `Sandbox::new`/`start`, both drivers: the
+/// systemd driver's `MemoryMax`/`MemoryLimit` come from the same field) and the
+/// controller's start and `set_sandbox_resources` call it.
+///
+/// Checked: `memory.limit`; on v1 `memory.swap` (memory+swap, which bounds memory
+/// too); on v2 `unified["memory.max"]`. v2 `memory.swap.max` bounds swap alone and
+/// `memory.reservation` / `memory.high` do not kill, so they are not checked. −1 (no
+/// limit) and 0 (unset) pass.
+///
+/// # Errors
+/// [`ResourceError::OutOfRange`] naming the field, the value, the floor and the cgroup.
+pub fn check_vmm_memory_floor(
+    res: &LinuxResources,
+    version: CgroupVersion,
+    cgroup: &str,
+) -> Result<(), ResourceError> {
+    let low = |field: &'static str, v: i64| -> Result<(), ResourceError> {
+        if v > 0 && v < VMM_MEMORY_MIN {
+            return Err(range_err(
+                field,
+                v,
+                format!(
+                    "below {VMM_MEMORY_MIN} bytes (6 MiB), the smallest memory limit for cgroup {cgroup}, which holds the VMM process: the runtime and VMM are charged to it and would be OOM-killed at start (Docker refuses container memory limits under 6 MB for the same reason)"
+                ),
+            ));
+        }
+        Ok(())
+    };
+    if let Some(m) = res.memory() {
+        low("memory.limit", m.limit().unwrap_or(0))?;
+        if version == CgroupVersion::V1 {
+            low("memory.swap", m.swap().unwrap_or(0))?;
+        }
+    }
+    if version == CgroupVersion::V2 {
+        if let Some(v) = res.unified().as_ref().and_then(|u| u.get("memory.max")) {
+            // "max" and values the kernel parses otherwise are left to the kernel.
+            if let Ok(n) = v.trim().parse::<i64>() {
+                low("unified[\"memory.max\"]", n)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_device(field: &'static str, major: i64, minor: i64) -> Result<(), ResourceError> {
     if !(0..=MAX_MAJOR).contains(&major) || !(0..=MAX_MINOR).contains(&minor) {
         return Err(range_err(
