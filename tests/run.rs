@@ -436,3 +436,59 @@ fn killed_run_is_cleaned_up_by_cleanup() {
     assert!(!dir.join("crash1.json").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A container's fields the layout does not apply (all but the cpuset with
+/// `sandbox-only`/`sibling`) are named in `notes`, the cpuset is applied, and the run
+/// succeeds; a cpuset alone gives no such note.
+#[test]
+fn container_fields_not_applied_are_noted() {
+    for (only, tag) in [(true, "ctrnote"), (false, "ctrnotesib")] {
+        let fx = Fixture::new(tag, only);
+        let run = |res: &str| {
+            let args = [
+                "--config",
+                fx.cfg.as_str(),
+                "--cgroups-path",
+                fx.rel.as_str(),
+                "--sandbox-id",
+                fx.prefix.as_str(),
+                "--vcpus",
+                "1",
+                "--duration",
+                "0",
+                "--state-dir",
+                fx.state.as_str(),
+                "--container-resources",
+                res,
+                "--json",
+            ];
+            let (status, v, err) = RunChild::spawn(&args).finish();
+            assert!(status.success(), "{status:?} {err:#?}");
+            v
+        };
+        let v = run(
+            r#"{"cpu":{"cpus":"0","quota":50000,"period":100000},"memory":{"limit":536870912}}"#,
+        );
+        let notes: Vec<&str> = v["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n.as_str())
+            .filter(|n| n.contains("not applied to the host"))
+            .collect();
+        assert_eq!(notes.len(), 1, "{v}");
+        for field in ["c0", "cpu.quota", "cpu.period", "memory.limit"] {
+            assert!(notes[0].contains(field), "no {field}: {}", notes[0]);
+        }
+        // The cpuset was applied: not in the list (the reason names it as what applies).
+        let list = notes[0].split(" (with").next().unwrap();
+        assert!(!list.contains("cpu.cpus"), "{}", notes[0]);
+        assert!(notes[0].contains(v["vcpu_layout"].as_str().unwrap()), "{v}");
+        let v = run(r#"{"cpu":{"cpus":"0"}}"#);
+        assert!(
+            !v["notes"].to_string().contains("not applied to the host"),
+            "{v}"
+        );
+        assert!(fx.guard.leftovers().is_empty());
+    }
+}

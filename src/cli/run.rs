@@ -323,18 +323,22 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         notes.push(format!("host-cgroups inactive: {reason}"));
     }
     if let Some(r) = &container_res {
-        if let Err(e) = sandbox.update_container("c0", r) {
-            let bad_input = e.is_bad_input();
-            let r = sandbox.teardown(|| ()).report;
-            let msg = format!(
-                "--container-resources: {e}{}",
-                if r.errors.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (cleanup: {})", r.errors.join("; "))
-                }
-            );
-            return Err(if bad_input { bad(msg) } else { runtime(msg) });
+        match sandbox.update_container("c0", r) {
+            // What the layout does not apply of a container's resources is said, not dropped.
+            Ok(update) => notes.extend(update.note("c0 (--container-resources)")),
+            Err(e) => {
+                let bad_input = e.is_bad_input();
+                let r = sandbox.teardown(|| ()).report;
+                let msg = format!(
+                    "--container-resources: {e}{}",
+                    if r.errors.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (cleanup: {})", r.errors.join("; "))
+                    }
+                );
+                return Err(if bad_input { bad(msg) } else { runtime(msg) });
+            }
         }
     }
     let vmm_cfg = VmmConfig {

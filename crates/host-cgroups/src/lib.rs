@@ -35,8 +35,13 @@
 //! // `vcpu_started(N)` first thing in `Vcpu::start_threaded`, `vcpu_exited(N)` last.
 //! let hooks = sandbox.hooks();
 //! # let _ = hooks;
-//! // runtime-rs' resource manager, as containers come and go.
-//! sandbox.update_container("ctr-1", &from_json(r#"{"cpu":{"cpus":"0-1"}}"#)?)?;
+//! // runtime-rs' resource manager, as containers come and go. Which fields apply
+//! // depends on the vCPU layout (only the cpuset with `sandbox-only`/`sibling`); the
+//! // rest is returned, named, rather than dropped silently.
+//! let update = sandbox.update_container("ctr-1", &from_json(r#"{"cpu":{"cpus":"0-1"}}"#)?)?;
+//! for field in &update.not_applied {
+//!     eprintln!("not applied on the host: {field} ({})", update.reason);
+//! }
 //! sandbox.remove_container("ctr-1")?;
 //! // At sandbox stop: the VMM's stop runs inside the teardown, which then removes
 //! // the cgroups with SIGTERM ignored, and the state file last.

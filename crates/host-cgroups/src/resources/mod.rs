@@ -1088,6 +1088,143 @@ pub fn plan_for(
     Ok(w)
 }
 
+/// What a container's resources changed on the host, as [`crate::sandbox::Sandbox::update_container`]
+/// reports it: the fields it did not apply, so that an embedder can act without a
+/// `tracing` subscriber (the sandbox also logs them with `tracing::warn!`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ContainerUpdate {
+    /// OCI fields given for the container and applied to no host cgroup, dotted as in
+    /// the runtime spec (`cpu.quota`, `memory.limit`, `pids.limit`, `blockIO`), in the
+    /// spec's order; empty when everything given was applied.
+    pub not_applied: Vec<String>,
+    /// Why those fields were not applied (the layout and what it applies); empty when
+    /// nothing was left out.
+    pub reason: String,
+}
+
+impl ContainerUpdate {
+    /// Whether every field given was applied.
+    pub fn is_complete(&self) -> bool {
+        self.not_applied.is_empty()
+    }
+
+    /// One line for `notes` naming the container, the fields and why; `None` when
+    /// everything was applied.
+    pub fn note(&self, container_id: &str) -> Option<String> {
+        (!self.is_complete()).then(|| {
+            format!(
+                "container {container_id}: not applied to the host: {} ({})",
+                self.not_applied.join(", "),
+                self.reason
+            )
+        })
+    }
+}
+
+/// The fields a container's resources apply in `layout`, in the runtime spec's names:
+/// with `nested`, the CPU part the vCPU child takes ([`vcpu_child_resources`]); with
+/// `sandbox-only` and `sibling`, the cpuset only (the sandbox cgroup gets the union of
+/// the containers' cpusets, as Kata's runtime-rs does).
+pub fn container_applied_fields(layout: crate::placement::VcpuLayout) -> &'static [&'static str] {
+    match layout {
+        crate::placement::VcpuLayout::Nested => &[
+            "cpu.shares",
+            "cpu.quota",
+            "cpu.period",
+            "cpu.cpus",
+            "cpu.mems",
+        ],
+        _ => &["cpu.cpus", "cpu.mems"],
+    }
+}
+
+/// What applying `res` as a container's resources in `layout` leaves out
+/// ([`container_applied_fields`]), with the reason.
+pub fn container_update(
+    res: &LinuxResources,
+    layout: crate::placement::VcpuLayout,
+) -> ContainerUpdate {
+    let applied = container_applied_fields(layout);
+    let not_applied: Vec<String> = given_fields(res)
+        .into_iter()
+        .filter(|f| !applied.contains(&f.as_str()))
+        .collect();
+    if not_applied.is_empty() {
+        return ContainerUpdate::default();
+    }
+    let reason = match layout {
+        crate::placement::VcpuLayout::Nested => "with the nested layout a container's cpu.shares, cpu.quota, cpu.period, cpu.cpus and cpu.mems go to the vCPU child; its other limits are the guest's to enforce (sandbox-wide limits: sandbox resources)".to_string(),
+        other => format!("with the {other} layout only a container's cpuset (cpu.cpus, cpu.mems) is applied, as the union of the containers' cpusets on the sandbox cgroup, as Kata's runtime-rs does; its other limits are the guest's to enforce (sandbox-wide limits: sandbox resources; vcpu_cgroup_layout = \"nested\" applies containers' CPU limits to the vCPUs)"),
+    };
+    ContainerUpdate {
+        not_applied,
+        reason,
+    }
+}
+
+/// Every field set in `res`, dotted as in the runtime spec, in its order (sections
+/// without sub-fields of their own, such as `blockIO`, by section name). Empty cpuset
+/// strings count as unset.
+pub fn given_fields(res: &LinuxResources) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut push = |set: bool, name: &str| {
+        if set {
+            out.push(name.to_string());
+        }
+    };
+    if let Some(c) = res.cpu() {
+        push(c.shares().is_some(), "cpu.shares");
+        push(c.quota().is_some(), "cpu.quota");
+        push(c.burst().is_some(), "cpu.burst");
+        push(c.period().is_some(), "cpu.period");
+        push(c.realtime_runtime().is_some(), "cpu.realtimeRuntime");
+        push(c.realtime_period().is_some(), "cpu.realtimePeriod");
+        push(
+            c.cpus().as_ref().is_some_and(|s| !s.trim().is_empty()),
+            "cpu.cpus",
+        );
+        push(
+            c.mems().as_ref().is_some_and(|s| !s.trim().is_empty()),
+            "cpu.mems",
+        );
+        push(c.idle().is_some(), "cpu.idle");
+    }
+    if let Some(m) = res.memory() {
+        push(m.limit().is_some(), "memory.limit");
+        push(m.reservation().is_some(), "memory.reservation");
+        push(m.swap().is_some(), "memory.swap");
+        push(m.kernel().is_some(), "memory.kernel");
+        push(m.kernel_tcp().is_some(), "memory.kernelTCP");
+        push(m.swappiness().is_some(), "memory.swappiness");
+        push(m.disable_oom_killer().is_some(), "memory.disableOOMKiller");
+        push(m.use_hierarchy().is_some(), "memory.useHierarchy");
+        push(
+            m.check_before_update().is_some(),
+            "memory.checkBeforeUpdate",
+        );
+    }
+    push(res.pids().is_some(), "pids.limit");
+    push(res.block_io().is_some(), "blockIO");
+    push(
+        res.hugepage_limits()
+            .as_ref()
+            .is_some_and(|h| !h.is_empty()),
+        "hugepageLimits",
+    );
+    push(res.network().is_some(), "network");
+    push(res.rdma().as_ref().is_some_and(|r| !r.is_empty()), "rdma");
+    push(
+        res.unified().as_ref().is_some_and(|u| !u.is_empty()),
+        "unified",
+    );
+    push(
+        res.devices().as_ref().is_some_and(|d| !d.is_empty()),
+        "devices",
+    );
+    out
+}
+
 /// Fields of `res` this component deliberately does not apply, with why, for `notes`.
 pub fn not_applied(res: &LinuxResources) -> Vec<String> {
     let mut out = Vec::new();
@@ -1775,6 +1912,44 @@ mod tests {
         let devices = res(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#);
         assert!(plan(&devices, V1).unwrap().is_empty());
         assert!(not_applied(&devices)[0].contains("devices"));
+    }
+
+    #[test]
+    fn container_fields_not_applied_per_layout() {
+        use crate::placement::VcpuLayout;
+        let r = res(
+            r#"{"cpu":{"cpus":"0","quota":50000,"period":100000},"memory":{"limit":536870912},"pids":{"limit":10}}"#,
+        );
+        for l in [VcpuLayout::SandboxOnly, VcpuLayout::Sibling] {
+            let u = container_update(&r, l);
+            assert_eq!(
+                u.not_applied,
+                ["cpu.quota", "cpu.period", "memory.limit", "pids.limit"],
+                "{l}"
+            );
+            assert!(u.reason.contains(&l.to_string()), "{}", u.reason);
+            let n = u.note("ctr-1").unwrap();
+            assert!(n.contains("ctr-1") && n.contains("cpu.quota"), "{n}");
+        }
+        let u = container_update(&r, VcpuLayout::Nested);
+        assert_eq!(u.not_applied, ["memory.limit", "pids.limit"]);
+        assert!(u.reason.contains("nested"));
+        // Only a cpuset: complete everywhere; an empty list is unset.
+        let c = res(r#"{"cpu":{"cpus":"0","mems":""}}"#);
+        for l in [
+            VcpuLayout::SandboxOnly,
+            VcpuLayout::Sibling,
+            VcpuLayout::Nested,
+        ] {
+            let u = container_update(&c, l);
+            assert!(u.is_complete() && u.note("c").is_none(), "{u:?}");
+        }
+        assert_eq!(
+            given_fields(&res(
+                r#"{"cpu":{"burst":1,"idle":0},"blockIO":{"weight":100},"unified":{"a.b":"1"}}"#
+            )),
+            ["cpu.burst", "cpu.idle", "blockIO", "unified"]
+        );
     }
 
     #[test]
