@@ -613,7 +613,7 @@ pub fn check_vmm_memory_floor(
                 field,
                 v,
                 format!(
-                    "below {VMM_MEMORY_MIN} bytes (6 MiB), the smallest memory limit for cgroup {cgroup}, which holds the VMM process: the runtime and VMM are charged to it and would be OOM-killed at start (Docker refuses container memory limits under 6 MB for the same reason)"
+                    "below {VMM_MEMORY_MIN} bytes (6 MiB), the smallest memory limit for cgroup {cgroup}, which holds the VMM process: the runtime and VMM are charged to it and would be OOM-killed (Docker refuses container memory limits under 6 MB for the same reason)"
                 ),
             ));
         }
