@@ -492,3 +492,62 @@ fn container_fields_not_applied_are_noted() {
         assert!(fx.guard.leftovers().is_empty());
     }
 }
+
+/// `--vcpus` above the maximum in force (Kata's: at most the host's CPUs) boots as
+/// asked with a note naming both, and raises the hotplug ceiling to itself; `--hotplug`
+/// above that ceiling is refused (exit 2) naming the raise.
+#[test]
+fn vcpus_above_the_maximum_boot_with_a_note() {
+    let fx = Fixture::new("vcpumax", true);
+    let host = host_cgroups::host::online_cpus().unwrap().len();
+    let n = (host + 1).to_string();
+    let base = [
+        "--config",
+        fx.cfg.as_str(),
+        "--cgroups-path",
+        fx.rel.as_str(),
+        "--sandbox-id",
+        fx.prefix.as_str(),
+        "--duration",
+        "0",
+        "--state-dir",
+        fx.state.as_str(),
+        "--json",
+        "--vcpus",
+        n.as_str(),
+    ];
+    let (status, v, err) = RunChild::spawn(&base).finish();
+    assert!(status.success(), "{status:?} {err:#?}");
+    assert_eq!(v["vcpus"].as_array().unwrap().len(), host + 1, "{v}");
+    let note = v["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .find(|s| {
+            s.contains(&format!(
+                "--vcpus {n} is above the vCPU maximum in force, {host}"
+            ))
+        })
+        .unwrap_or_else(|| panic!("no --vcpus note: {v}"))
+        .to_string();
+    assert!(note.contains(&format!("raised to {n}")), "{note}");
+
+    let more = (host + 2).to_string();
+    let mut args = base.to_vec();
+    args.extend(["--hotplug", more.as_str()]);
+    let (status, _, err) = RunChild::spawn(&args).finish();
+    assert_eq!(status.code(), Some(2), "{err:#?}");
+    let err = err.join("\n");
+    assert!(
+        err.contains(&format!(
+            "--hotplug {more} exceeds the vCPU maximum in force, {n}"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("--vcpus {n} raised it from {host}")),
+        "{err}"
+    );
+    assert!(fx.guard.leftovers().is_empty());
+}

@@ -27,11 +27,14 @@ pub struct RunArgs {
     /// OCI bundle whose config.json gives linux.cgroupsPath and linux.resources.
     #[arg(long, value_name = "DIR", conflicts_with = "cgroups_path")]
     pub bundle: Option<PathBuf>,
-    /// vCPUs at boot (default: the configuration's default_vcpus).
+    /// vCPUs at boot (default: the configuration's default_vcpus after Kata's rules).
+    /// Above the maximum in force (default_maxvcpus, at most the host's CPUs) it boots
+    /// as asked, raises the hotplug ceiling to N, and prints a note.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=240))]
     pub vcpus: Option<u32>,
-    /// Grow to M vCPUs one second after start (at least --vcpus, at most default_maxvcpus,
-    /// which 0 makes the host's CPU count).
+    /// Grow to M vCPUs one second after start (at least --vcpus, at most the maximum in
+    /// force: default_maxvcpus, which 0 or a value above the host's CPUs makes the host's
+    /// CPU count, or --vcpus when that is higher); above it: exit 2.
     #[arg(long, value_name = "M", value_parser = clap::value_parser!(u32).range(1..=240))]
     pub hotplug: Option<u32>,
     /// Remove vCPUs down to K, two seconds after start (at most the boot or --hotplug count).
@@ -271,15 +274,26 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         .map(|c| c.len() as u32)
         .unwrap_or(1);
     let counts = config.vcpus(host_cpus);
-    let vcpus = args.vcpus.unwrap_or(counts.boot);
-    let mut max_vcpus = counts.max.max(vcpus);
+    // --vcpus overrides default_vcpus; above the maximum in force it boots as asked,
+    // raises the hotplug ceiling to itself, and says so in a note (docs/cli.md).
+    let (run_counts, vcpus_note) = match args.vcpus {
+        Some(n) => counts.with_boot(n, &config.source),
+        None => (counts, None),
+    };
+    let vcpus = run_counts.boot;
+    let mut max_vcpus = run_counts.max;
     if let Some(m) = args.hotplug {
         if m > max_vcpus {
             return Err(bad(format!(
-                "--hotplug {m} exceeds the vCPU maximum in force, {max_vcpus} (default_maxvcpus = {} in {}; Kata brings it to at most the host's {} CPUs)",
+                "--hotplug {m} exceeds the vCPU maximum in force, {max_vcpus} (default_maxvcpus = {} in {}; Kata brings it to at most the host's {} CPUs{})",
                 counts.configured_default_maxvcpus,
                 config.source.display(),
-                counts.host_cpus
+                counts.host_cpus,
+                if max_vcpus > counts.max {
+                    format!("; --vcpus {vcpus} raised it from {}", counts.max)
+                } else {
+                    String::new()
+                }
             )));
         }
         if m < vcpus {
@@ -302,6 +316,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         SandboxPlan::new(&config, &path, &sandbox_id, &layout, resources.as_ref()).map_err(bad)?;
     let mut notes = plan.notes.clone();
     notes.extend(warnings);
+    notes.extend(vcpus_note);
 
     install_stop_handlers();
     // While the sandbox exists, a closed stderr or stdout (`2>&1 | head`) must not kill
