@@ -57,7 +57,8 @@ pub struct RunArgs {
     pub backend: Backend,
     /// One container's OCI LinuxResources (JSON or @FILE), given to the sandbox as
     /// container `c0` before the VMM starts: its CPU part goes to the vCPU child with
-    /// the nested layout, its cpuset to the sandbox cgroup otherwise.
+    /// the nested layout, its cpuset to the sandbox cgroup otherwise; what the layout does
+    /// not apply is named in a note.
     #[arg(long, value_name = "JSON|@FILE")]
     pub container_resources: Option<String>,
     /// Print one JSON object at the end.
