@@ -142,6 +142,13 @@ fn bad_paths_configs_and_resources_change_nothing() {
             &["--resources", "@/nonexistent/res.json"],
             "/nonexistent/res.json",
         ),
+        // A memory limit under 6 MiB where the VMM process is in the sandbox cgroup (the
+        // default sandbox_cgroup_only = true) would OOM-kill the runtime itself.
+        case(&["--resources", r#"{"memory":{"limit":4096}}"#], "6291456"),
+        case(
+            &["--resources", r#"{"memory":{"limit":1}}"#],
+            "memory.limit = 1",
+        ),
         case(&["--hotplug", "200"], "200"),
         case(&["--duration", "-1"], "-1"),
         case(&["--backend", "quantum"], "quantum"),
@@ -285,4 +292,60 @@ fn forged_state_is_refused_by_cleanup() {
     assert_eq!(tree(&prefix), before);
     std::fs::remove_file(&link).unwrap();
     std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// `resolve` (the dry run) refuses a memory limit under 6 MiB for the cgroup the VMM
+/// process goes to exactly as `run` does (above): exit 2, the value, the floor and the
+/// cgroup named, nothing created.
+#[test]
+fn resolve_refuses_a_memory_limit_the_vmm_cannot_live_in() {
+    let prefix = unique("memfloor");
+    let _guard = CgroupGuard::new(&prefix);
+    let tmp = std::env::temp_dir().join(&prefix);
+    let before = tree(&prefix);
+    let path = format!("{prefix}/sb");
+    for limit in ["4096", "1"] {
+        let out = Command::new(BIN)
+            .args([
+                "resolve",
+                "--cgroups-path",
+                &path,
+                "--sandbox-id",
+                "memfloor1",
+                "--state-dir",
+                &tmp.to_string_lossy(),
+                "--resources",
+                &format!(r#"{{"memory":{{"limit":{limit}}}}}"#),
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{limit}: {err}");
+        for needle in [limit, "6291456", path.as_str()] {
+            assert!(err.contains(needle), "{limit}: no {needle:?} in {err}");
+        }
+    }
+    // At the floor it plans.
+    let out = Command::new(BIN)
+        .args([
+            "resolve",
+            "--cgroups-path",
+            &path,
+            "--sandbox-id",
+            "memfloor1",
+            "--state-dir",
+            &tmp.to_string_lossy(),
+            "--resources",
+            r#"{"memory":{"limit":6291456}}"#,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(tree(&prefix), before);
+    assert!(!tmp.exists(), "resolve wrote state");
 }

@@ -436,3 +436,118 @@ fn killed_run_is_cleaned_up_by_cleanup() {
     assert!(!dir.join("crash1.json").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A container's fields the layout does not apply (all but the cpuset with
+/// `sandbox-only`/`sibling`) are named in `notes`, the cpuset is applied, and the run
+/// succeeds; a cpuset alone gives no such note.
+#[test]
+fn container_fields_not_applied_are_noted() {
+    for (only, tag) in [(true, "ctrnote"), (false, "ctrnotesib")] {
+        let fx = Fixture::new(tag, only);
+        let run = |res: &str| {
+            let args = [
+                "--config",
+                fx.cfg.as_str(),
+                "--cgroups-path",
+                fx.rel.as_str(),
+                "--sandbox-id",
+                fx.prefix.as_str(),
+                "--vcpus",
+                "1",
+                "--duration",
+                "0",
+                "--state-dir",
+                fx.state.as_str(),
+                "--container-resources",
+                res,
+                "--json",
+            ];
+            let (status, v, err) = RunChild::spawn(&args).finish();
+            assert!(status.success(), "{status:?} {err:#?}");
+            v
+        };
+        let v = run(
+            r#"{"cpu":{"cpus":"0","quota":50000,"period":100000},"memory":{"limit":536870912}}"#,
+        );
+        let notes: Vec<&str> = v["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n.as_str())
+            .filter(|n| n.contains("not applied to the host"))
+            .collect();
+        assert_eq!(notes.len(), 1, "{v}");
+        for field in ["c0", "cpu.quota", "cpu.period", "memory.limit"] {
+            assert!(notes[0].contains(field), "no {field}: {}", notes[0]);
+        }
+        // The cpuset was applied: not in the list (the reason names it as what applies).
+        let list = notes[0].split(" (with").next().unwrap();
+        assert!(!list.contains("cpu.cpus"), "{}", notes[0]);
+        assert!(notes[0].contains(v["vcpu_layout"].as_str().unwrap()), "{v}");
+        let v = run(r#"{"cpu":{"cpus":"0"}}"#);
+        assert!(
+            !v["notes"].to_string().contains("not applied to the host"),
+            "{v}"
+        );
+        assert!(fx.guard.leftovers().is_empty());
+    }
+}
+
+/// `--vcpus` above the maximum in force (Kata's: at most the host's CPUs) boots as
+/// asked with a note naming both, and raises the hotplug ceiling to itself; `--hotplug`
+/// above that ceiling is refused (exit 2) naming the raise.
+#[test]
+fn vcpus_above_the_maximum_boot_with_a_note() {
+    let fx = Fixture::new("vcpumax", true);
+    let host = host_cgroups::host::online_cpus().unwrap().len();
+    let n = (host + 1).to_string();
+    let base = [
+        "--config",
+        fx.cfg.as_str(),
+        "--cgroups-path",
+        fx.rel.as_str(),
+        "--sandbox-id",
+        fx.prefix.as_str(),
+        "--duration",
+        "0",
+        "--state-dir",
+        fx.state.as_str(),
+        "--json",
+        "--vcpus",
+        n.as_str(),
+    ];
+    let (status, v, err) = RunChild::spawn(&base).finish();
+    assert!(status.success(), "{status:?} {err:#?}");
+    assert_eq!(v["vcpus"].as_array().unwrap().len(), host + 1, "{v}");
+    let note = v["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .find(|s| {
+            s.contains(&format!(
+                "--vcpus {n} is above the vCPU maximum in force, {host}"
+            ))
+        })
+        .unwrap_or_else(|| panic!("no --vcpus note: {v}"))
+        .to_string();
+    assert!(note.contains(&format!("raised to {n}")), "{note}");
+
+    let more = (host + 2).to_string();
+    let mut args = base.to_vec();
+    args.extend(["--hotplug", more.as_str()]);
+    let (status, _, err) = RunChild::spawn(&args).finish();
+    assert_eq!(status.code(), Some(2), "{err:#?}");
+    let err = err.join("\n");
+    assert!(
+        err.contains(&format!(
+            "--hotplug {more} exceeds the vCPU maximum in force, {n}"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("--vcpus {n} raised it from {host}")),
+        "{err}"
+    );
+    assert!(fx.guard.leftovers().is_empty());
+}

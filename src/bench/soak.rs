@@ -168,7 +168,7 @@ fn fs_cycle(
         resources::from_json(r#"{"cpu":{"cpus":"0"}}"#).map_err(|e| step("resources", &e))?;
     let r = sandbox
         .update_container("c1", &container)
-        .and_then(|()| sandbox.remove_container("c1"))
+        .and_then(|_| sandbox.remove_container("c1"))
         .map_err(|e| step("container update", &e))
         .and_then(|()| vmm.hotplug(1).map(|_| ()).map_err(|e| step("hotplug", &e)));
     let done = sandbox.teardown(|| vmm.stop());

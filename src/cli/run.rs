@@ -27,11 +27,14 @@ pub struct RunArgs {
     /// OCI bundle whose config.json gives linux.cgroupsPath and linux.resources.
     #[arg(long, value_name = "DIR", conflicts_with = "cgroups_path")]
     pub bundle: Option<PathBuf>,
-    /// vCPUs at boot (default: the configuration's default_vcpus).
+    /// vCPUs at boot (default: the configuration's default_vcpus after Kata's rules).
+    /// Above the maximum in force (default_maxvcpus, at most the host's CPUs) it boots
+    /// as asked, raises the hotplug ceiling to N, and prints a note.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=240))]
     pub vcpus: Option<u32>,
-    /// Grow to M vCPUs one second after start (at least --vcpus, at most default_maxvcpus,
-    /// which 0 makes the host's CPU count).
+    /// Grow to M vCPUs one second after start (at least --vcpus, at most the maximum in
+    /// force: default_maxvcpus, which 0 or a value above the host's CPUs makes the host's
+    /// CPU count, or --vcpus when that is higher); above it: exit 2.
     #[arg(long, value_name = "M", value_parser = clap::value_parser!(u32).range(1..=240))]
     pub hotplug: Option<u32>,
     /// Remove vCPUs down to K, two seconds after start (at most the boot or --hotplug count).
@@ -54,7 +57,8 @@ pub struct RunArgs {
     pub backend: Backend,
     /// One container's OCI LinuxResources (JSON or @FILE), given to the sandbox as
     /// container `c0` before the VMM starts: its CPU part goes to the vCPU child with
-    /// the nested layout, its cpuset to the sandbox cgroup otherwise.
+    /// the nested layout, its cpuset to the sandbox cgroup otherwise; what the layout does
+    /// not apply is named in a note.
     #[arg(long, value_name = "JSON|@FILE")]
     pub container_resources: Option<String>,
     /// Print one JSON object at the end.
@@ -271,15 +275,26 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         .map(|c| c.len() as u32)
         .unwrap_or(1);
     let counts = config.vcpus(host_cpus);
-    let vcpus = args.vcpus.unwrap_or(counts.boot);
-    let mut max_vcpus = counts.max.max(vcpus);
+    // --vcpus overrides default_vcpus; above the maximum in force it boots as asked,
+    // raises the hotplug ceiling to itself, and says so in a note (docs/cli.md).
+    let (run_counts, vcpus_note) = match args.vcpus {
+        Some(n) => counts.with_boot(n, &config.source),
+        None => (counts, None),
+    };
+    let vcpus = run_counts.boot;
+    let mut max_vcpus = run_counts.max;
     if let Some(m) = args.hotplug {
         if m > max_vcpus {
             return Err(bad(format!(
-                "--hotplug {m} exceeds the vCPU maximum in force, {max_vcpus} (default_maxvcpus = {} in {}; Kata brings it to at most the host's {} CPUs)",
+                "--hotplug {m} exceeds the vCPU maximum in force, {max_vcpus} (default_maxvcpus = {} in {}; Kata brings it to at most the host's {} CPUs{})",
                 counts.configured_default_maxvcpus,
                 config.source.display(),
-                counts.host_cpus
+                counts.host_cpus,
+                if max_vcpus > counts.max {
+                    format!("; --vcpus {vcpus} raised it from {}", counts.max)
+                } else {
+                    String::new()
+                }
             )));
         }
         if m < vcpus {
@@ -302,6 +317,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         SandboxPlan::new(&config, &path, &sandbox_id, &layout, resources.as_ref()).map_err(bad)?;
     let mut notes = plan.notes.clone();
     notes.extend(warnings);
+    notes.extend(vcpus_note);
 
     install_stop_handlers();
     // While the sandbox exists, a closed stderr or stdout (`2>&1 | head`) must not kill
@@ -323,18 +339,22 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         notes.push(format!("host-cgroups inactive: {reason}"));
     }
     if let Some(r) = &container_res {
-        if let Err(e) = sandbox.update_container("c0", r) {
-            let bad_input = e.is_bad_input();
-            let r = sandbox.teardown(|| ()).report;
-            let msg = format!(
-                "--container-resources: {e}{}",
-                if r.errors.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (cleanup: {})", r.errors.join("; "))
-                }
-            );
-            return Err(if bad_input { bad(msg) } else { runtime(msg) });
+        match sandbox.update_container("c0", r) {
+            // What the layout does not apply of a container's resources is said, not dropped.
+            Ok(update) => notes.extend(update.note("c0 (--container-resources)")),
+            Err(e) => {
+                let bad_input = e.is_bad_input();
+                let r = sandbox.teardown(|| ()).report;
+                let msg = format!(
+                    "--container-resources: {e}{}",
+                    if r.errors.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (cleanup: {})", r.errors.join("; "))
+                    }
+                );
+                return Err(if bad_input { bad(msg) } else { runtime(msg) });
+            }
         }
     }
     let vmm_cfg = VmmConfig {

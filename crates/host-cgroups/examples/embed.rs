@@ -6,7 +6,9 @@
 //! 3. spawns N threads named `db_vcpu<N>` that call the hooks exactly where
 //!    dragonball's `Vcpu::start_threaded` would (threads only: no KVM needed);
 //! 4. prints each thread's cgroups read from `/proc`;
-//! 5. updates one container's cpuset;
+//! 5. updates one container's cpuset, then another's cpuset, quota and memory limit
+//!    (printing what the layout does not apply), and checks that a sandbox memory limit
+//!    under 6 MiB is refused;
 //! 6. tears down, with the VMM's stop as a closure;
 //!
 //! and exits non-zero if any vCPU thread sat outside the sandbox cgroup, or anything
@@ -25,7 +27,8 @@ use host_cgroups::config::RuntimeConfig;
 use host_cgroups::host::task_cgroups;
 use host_cgroups::resources::from_json;
 use host_cgroups::sandbox::{Sandbox, SandboxOptions};
-use vcpu_hooks::VcpuHooks;
+// The hooks crate through host-cgroups' re-export: no second dependency.
+use host_cgroups::vcpu_hooks::VcpuHooks;
 
 /// The shipped configuration, as Kata installs it under
 /// `/opt/kata/share/defaults/kata-containers/runtime-rs/`.
@@ -97,10 +100,43 @@ pub fn run(vcpus: u32, config: &Path) -> Result<(), String> {
 
     // runtime-rs' resource manager: a container with a cpuset joins the sandbox.
     let res = from_json(r#"{"cpu":{"cpus":"0"}}"#).map_err(|e| e.to_string())?;
-    sandbox
+    let update = sandbox
         .update_container("container-1", &res)
         .map_err(|e| e.to_string())?;
+    if !update.is_complete() {
+        failures.push(format!("a cpuset alone was not applied: {update:?}"));
+    }
     println!("container-1: cpuset 0 applied");
+    // A quota and a memory limit: which apply depends on the vCPU layout, and what does
+    // not is returned rather than dropped.
+    let res = from_json(
+        r#"{"cpu":{"cpus":"0","quota":50000,"period":100000},"memory":{"limit":536870912}}"#,
+    )
+    .map_err(|e| e.to_string())?;
+    let update = sandbox
+        .update_container("container-2", &res)
+        .map_err(|e| e.to_string())?;
+    let layout = sandbox.plan().map(|p| p.vcpu_layout.to_string());
+    println!(
+        "container-2 ({layout:?} layout): not applied {:?}: {}",
+        update.not_applied, update.reason
+    );
+    if !update.not_applied.iter().any(|f| f == "memory.limit") {
+        failures.push(format!(
+            "memory.limit of a container not reported: {update:?}"
+        ));
+    }
+    // A sandbox memory limit under 6 MiB where the VMM process lives is refused as bad
+    // input, before anything is written.
+    if sandbox.plan().is_some_and(|p| p.vmm_in_sandbox_cgroup()) {
+        let tiny = from_json(r#"{"memory":{"limit":4096}}"#).map_err(|e| e.to_string())?;
+        match sandbox.set_sandbox_resources(&tiny) {
+            Err(e) if e.is_bad_input() && e.to_string().contains("6291456") => {
+                println!("sandbox memory.limit 4096 refused: {e}")
+            }
+            other => failures.push(format!("memory.limit 4096 not refused: {other:?}")),
+        }
+    }
 
     // Teardown: the VMM's stop (threads joined, VM fd closed) runs first, inside.
     let stopped = sandbox.teardown(|| {

@@ -135,6 +135,30 @@ pub struct VcpuCounts {
 }
 
 impl VcpuCounts {
+    /// The counts for an explicit boot count (`host-cgroups run --vcpus N`), which
+    /// overrides `default_vcpus`: `boot` becomes `vcpus`, and when that is above the
+    /// maximum in force the hotplug ceiling `max` is raised to it, with a note saying
+    /// so (Kata's rules would have brought the boot count down to the maximum, at most
+    /// the host's CPUs). Below or at the maximum: no note, `max` unchanged. `source`
+    /// is the configuration file named in the note.
+    pub fn with_boot(&self, vcpus: u32, source: &Path) -> (VcpuCounts, Option<String>) {
+        let mut c = *self;
+        c.boot = vcpus;
+        if vcpus <= self.max {
+            return (c, None);
+        }
+        c.max = vcpus;
+        let note = format!(
+            "--vcpus {vcpus} is above the vCPU maximum in force, {} (default_maxvcpus = {} in {}; Kata brings it to at most the host's {} CPUs, and would boot at most {} vCPUs): booting {vcpus} as asked, and the hotplug ceiling is raised to {vcpus}",
+            self.max,
+            self.configured_default_maxvcpus,
+            source.display(),
+            self.host_cpus,
+            self.max
+        );
+        (c, Some(note))
+    }
+
     /// A line for `notes` when Kata's rules changed a configured value, else `None`.
     pub fn note(&self, source: &Path) -> Option<String> {
         // 0 (and a negative default_vcpus) are documented spellings, not clamps.
@@ -693,6 +717,22 @@ mod tests {
             "{note}"
         );
         assert!(cfg("1", "0").vcpus(2).note(Path::new("x")).is_none());
+        // An explicit boot count above the maximum: booted as asked, the ceiling raised,
+        // and a note naming both; at or below it nothing changes but the boot count.
+        let c = cfg("1", "0").vcpus(2);
+        let (r, note) = c.with_boot(3, Path::new("x.toml"));
+        assert_eq!((r.boot, r.max), (3, 3));
+        let note = note.unwrap();
+        for needle in [
+            "--vcpus 3",
+            "maximum in force, 2",
+            "x.toml",
+            "host's 2 CPUs",
+        ] {
+            assert!(note.contains(needle), "{needle}: {note}");
+        }
+        let (r, note) = c.with_boot(2, Path::new("x.toml"));
+        assert_eq!((r.boot, r.max, note), (2, 2, None));
     }
 
     #[test]

@@ -208,6 +208,7 @@ impl CgroupController {
     pub fn start(plan: SandboxPlan, opts: ControllerOptions) -> Result<Self, ControllerError> {
         if let Some(r) = &opts.sandbox_resources {
             resources::validate(r)?;
+            plan.check_sandbox_resources(r)?;
         }
         let layout = plan.layout.clone();
         let mut sandbox = manager::build(&plan.sandbox.parsed, &layout, Vec::new())?;
@@ -545,8 +546,12 @@ impl CgroupController {
         self.ask(|tx| Cmd::Container(container_id.to_string(), res, tx))?
     }
 
-    /// Applies resources to the sandbox cgroup as a whole.
+    /// Applies resources to the sandbox cgroup as a whole. The plan's rules
+    /// ([`SandboxPlan::check_sandbox_resources`]: no memory limit below 6 MiB where the
+    /// VMM process is in the sandbox cgroup) are checked first; nothing is written then.
     pub fn set_sandbox_resources(&self, res: LinuxResources) -> Result<(), ControllerError> {
+        resources::validate(&res)?;
+        self.plan.check_sandbox_resources(&res)?;
         self.ask(|tx| Cmd::Sandbox(res, tx))?
     }
 

@@ -33,10 +33,15 @@
 //! )?;
 //! // dragonball's VcpuManager gets the hooks; each `db_vcpu<N>` thread calls
 //! // `vcpu_started(N)` first thing in `Vcpu::start_threaded`, `vcpu_exited(N)` last.
-//! let hooks = sandbox.hooks();
+//! let hooks: std::sync::Arc<dyn host_cgroups::vcpu_hooks::VcpuHooks> = sandbox.hooks();
 //! # let _ = hooks;
-//! // runtime-rs' resource manager, as containers come and go.
-//! sandbox.update_container("ctr-1", &from_json(r#"{"cpu":{"cpus":"0-1"}}"#)?)?;
+//! // runtime-rs' resource manager, as containers come and go. Which fields apply
+//! // depends on the vCPU layout (only the cpuset with `sandbox-only`/`sibling`); the
+//! // rest is returned, named, rather than dropped silently.
+//! let update = sandbox.update_container("ctr-1", &from_json(r#"{"cpu":{"cpus":"0-1"}}"#)?)?;
+//! for field in &update.not_applied {
+//!     eprintln!("not applied on the host: {field} ({})", update.reason);
+//! }
 //! sandbox.remove_container("ctr-1")?;
 //! // At sandbox stop: the VMM's stop runs inside the teardown, which then removes
 //! // the cgroups with SIGTERM ignored, and the state file last.
@@ -47,6 +52,10 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The hook types come from the crate `vcpu-hooks`, which dragonball's `VcpuManager`
+//! also depends on; it is re-exported as [`vcpu_hooks`] (`host_cgroups::vcpu_hooks::VcpuHooks`,
+//! `HookError`, `PlacementError`), so one dependency on this crate is enough.
 //!
 //! After a crash, [`sandbox::Sandbox::cleanup`] removes exactly what the run made,
 //! from its state file. `examples/embed.rs` runs this flow end to end with plain
@@ -96,3 +105,10 @@ pub mod selfplace;
 pub mod sigterm;
 pub mod state;
 pub mod suggest;
+
+/// The hooks crate `vcpu-hooks`, re-exported: [`sandbox::Sandbox::hooks`] returns an
+/// `Arc<dyn vcpu_hooks::VcpuHooks>`, and a refused vCPU is a `vcpu_hooks::HookError`
+/// (with `vcpu_hooks::PlacementError`), so an embedder names them through
+/// `host_cgroups::vcpu_hooks` without a second dependency (and cannot get a second,
+/// mismatched copy of the trait).
+pub use vcpu_hooks;

@@ -199,6 +199,9 @@ impl SandboxPlan {
                 config.hypervisor_name
             ));
         }
+        if let Some(r) = resources {
+            check_vmm_cgroup_resources(r, version, vcpu_layout, &parsed.relative())?;
+        }
         let support = resources::HostSupport::probe(layout);
         let (writes, mut properties) = match resources {
             // systemd owns every controller it manages: resources become unit properties,
@@ -329,6 +332,37 @@ impl SandboxPlan {
     pub fn version(&self) -> CgroupVersion {
         self.layout.version()
     }
+
+    /// Whether the whole VMM process is placed in the sandbox cgroup (layouts
+    /// `sandbox-only` and `nested`; with `sibling` it stays in the overhead cgroup).
+    pub fn vmm_in_sandbox_cgroup(&self) -> bool {
+        self.vcpu_layout != VcpuLayout::Sibling
+    }
+
+    /// The rules sandbox resources must meet for this plan beyond the values
+    /// themselves: where the VMM process is in the sandbox cgroup, no memory limit
+    /// below [`resources::VMM_MEMORY_MIN`]. [`SandboxPlan::new`] runs it on the planned
+    /// resources; the controller on the resources it is started with and on every
+    /// `set_sandbox_resources`.
+    ///
+    /// # Errors
+    /// [`ResourceError::OutOfRange`] naming the field, the value and the cgroup.
+    pub fn check_sandbox_resources(&self, res: &LinuxResources) -> Result<(), ResourceError> {
+        check_vmm_cgroup_resources(res, self.version(), self.vcpu_layout, &self.sandbox.path)
+    }
+}
+
+/// The layout-dependent rule of [`SandboxPlan::check_sandbox_resources`].
+fn check_vmm_cgroup_resources(
+    res: &LinuxResources,
+    version: CgroupVersion,
+    layout: VcpuLayout,
+    cgroup: &str,
+) -> Result<(), ResourceError> {
+    if layout == VcpuLayout::Sibling {
+        return Ok(());
+    }
+    resources::check_vmm_memory_floor(res, version, cgroup)
 }
 
 #[cfg(test)]
@@ -450,6 +484,69 @@ mod tests {
         let c = resources::vcpu_child_resources([&r(r#"{"cpu":{"cpus":"0"}}"#)]).unwrap();
         let cpu = c.cpu().as_ref().unwrap();
         assert_eq!((cpu.quota(), cpu.shares()), (Some(-1), Some(1024)));
+    }
+
+    #[test]
+    fn memory_floor_where_the_vmm_process_is_in_the_sandbox_cgroup() {
+        use CgroupVersion::{V1, V2};
+        let plan = |only: bool, path: &str, v: CgroupVersion, json: &str| {
+            let r = resources::from_json(json).unwrap();
+            SandboxPlan::new(&cfg(only), path, "sb1", &nominal_layout(v), Some(&r))
+        };
+        // sandbox-only and nested (every host kind, both drivers): refused, naming the
+        // field, the value, the floor and the cgroup.
+        for (only, path, v) in [
+            (true, "hcgX/sb", V1),
+            (true, "hcgX/sb", V2),
+            (false, "hcgX/sb", V2),
+            (true, "kata.slice:kata:sb1", V1),
+            (true, "kata.slice:kata:sb1", V2),
+            (false, "kata.slice:kata:sb1", V2),
+        ] {
+            for limit in [1, 4096, resources::VMM_MEMORY_MIN - 1] {
+                let e = plan(
+                    only,
+                    path,
+                    v,
+                    &format!(r#"{{"memory":{{"limit":{limit}}}}}"#),
+                )
+                .unwrap_err()
+                .to_string();
+                assert!(
+                    e.contains("memory.limit") && e.contains(&limit.to_string()),
+                    "{e}"
+                );
+                assert!(e.contains("6291456"), "{e}");
+                let cgroup = if path.contains(':') {
+                    "kata.slice/kata-sb1.scope"
+                } else {
+                    "hcgX/sb"
+                };
+                assert!(e.contains(cgroup), "{e}");
+            }
+            for ok in [resources::VMM_MEMORY_MIN, -1, 0] {
+                plan(only, path, v, &format!(r#"{{"memory":{{"limit":{ok}}}}}"#)).unwrap();
+            }
+        }
+        // v1 memory+swap bounds memory too; v2 swap does not.
+        let e = plan(true, "x", V1, r#"{"memory":{"swap":4096}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("memory.swap"), "{e}");
+        let e = plan(true, "x", V2, r#"{"unified":{"memory.max":"4096"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("memory.max"), "{e}");
+        plan(true, "x", V2, r#"{"unified":{"memory.max":"max"}}"#).unwrap();
+        // sibling (v1 + cgroupfs, sandbox_cgroup_only = false): only vCPU threads move,
+        // memory stays charged to the overhead cgroup.
+        let p = plan(false, "x", V1, r#"{"memory":{"limit":4096}}"#).unwrap();
+        assert_eq!(p.vcpu_layout, VcpuLayout::Sibling);
+        assert!(!p.vmm_in_sandbox_cgroup());
+        let small = resources::from_json(r#"{"memory":{"limit":4096}}"#).unwrap();
+        p.check_sandbox_resources(&small).unwrap();
+        let p = plan(true, "x", V1, "{}").unwrap();
+        assert!(p.check_sandbox_resources(&small).is_err());
     }
 
     #[test]

@@ -43,6 +43,7 @@ use crate::manager::{self, CgroupError, Stats};
 use crate::metrics::IncMetric;
 use crate::path::{validate_sandbox_id, CgroupsPath, PathError};
 use crate::plan::{PlanError, SandboxPlan};
+pub use crate::resources::ContainerUpdate;
 use crate::sigterm::ignore_sigterm_during;
 use crate::state::{SandboxState, StateError, DEFAULT_STATE_DIR};
 
@@ -534,22 +535,56 @@ impl Sandbox {
     }
 
     /// Adds or updates a container's resources (runtime-rs' resource manager calls
-    /// this as containers are created and updated). The sandbox cgroup takes the
-    /// union of all containers' cpusets; pinning is re-evaluated.
+    /// this as containers are created and updated) and returns what it did not apply.
+    ///
+    /// Which fields apply depends on the plan's vCPU layout
+    /// ([`crate::resources::container_applied_fields`]):
+    /// - `sandbox-only` and `sibling`: only `cpu.cpus` and `cpu.mems`; the sandbox
+    ///   cgroup takes the union of all containers' cpusets, as Kata's runtime-rs does.
+    /// - `nested`: `cpu.cpus`, `cpu.mems`, `cpu.quota`, `cpu.period` and `cpu.shares`,
+    ///   combined over the containers into the vCPU child
+    ///   ([`crate::resources::vcpu_child_resources`]).
+    ///
+    /// Every other field given (memory, pids, block I/O, other CPU fields, …) is left to
+    /// the guest: it is listed in the returned [`ContainerUpdate::not_applied`] with the
+    /// reason, and logged with `tracing::warn!`. Sandbox-wide limits are
+    /// [`Sandbox::set_sandbox_resources`]. Pinning is re-evaluated. An inactive sandbox
+    /// changes nothing on the host and reports every field given as not applied.
     ///
     /// # Errors
     /// Resources the host refuses; nothing is changed then (files and the container
-    /// map are rolled back). An inactive sandbox accepts and ignores nothing: it
-    /// returns `Ok` because no host cgroup is its to change.
+    /// map are rolled back).
     pub fn update_container(
         &self,
         container_id: &str,
         res: &LinuxResources,
-    ) -> Result<(), SandboxError> {
-        match &self.controller {
-            Some(c) => Ok(c.update_container(container_id, Some(res.clone()))?),
-            None => Ok(()),
+    ) -> Result<ContainerUpdate, SandboxError> {
+        let update = match (&self.controller, &self.plan, &self.activation) {
+            (Some(c), Some(plan), _) => {
+                c.update_container(container_id, Some(res.clone()))?;
+                crate::resources::container_update(res, plan.vcpu_layout)
+            }
+            (_, _, activation) => {
+                let reason = match activation {
+                    Activation::Inactive { reason } => reason.clone(),
+                    Activation::Active => "no live controller".to_string(),
+                };
+                ContainerUpdate {
+                    not_applied: crate::resources::given_fields(res),
+                    reason: format!("host-cgroups is inactive: {reason}"),
+                }
+            }
+        };
+        if !update.is_complete() {
+            warn!(
+                sandbox = %self.id,
+                container = container_id,
+                fields = %update.not_applied.join(", "),
+                reason = %update.reason,
+                "container resources not applied to the host"
+            );
         }
+        Ok(update)
     }
 
     /// Removes a container's resources from the union.

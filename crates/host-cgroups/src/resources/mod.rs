@@ -576,6 +576,66 @@ pub fn validate(res: &LinuxResources) -> Result<(), ResourceError> {
     Ok(())
 }
 
+/// The smallest memory limit, in bytes, for a cgroup that holds the VMM process: 6 MiB.
+///
+/// Not a kernel bound (the kernel takes any byte count): with the whole VMM process in
+/// the cgroup (layouts `sandbox-only` and `nested`), the runtime and VMM themselves are
+/// charged to it, and a limit below what they already use at set-up gets them
+/// OOM-killed before the first vCPU runs (seen: `memory.limit = 4096`, exit 137, the
+/// cgroups and state left behind). Docker's daemon refuses container memory limits
+/// under the same figure for the same reason (`linuxMinMemory = 6291456` in moby's
+/// daemon_unix.go, "Minimum memory limit allowed is 6MB": startup overhead). With the
+/// `sibling` layout only vCPU threads move and memory stays charged to the overhead
+/// cgroup, so the floor does not apply there.
+pub const VMM_MEMORY_MIN: i64 = 6 * 1024 * 1024;
+
+/// Refuses memory limits below [`VMM_MEMORY_MIN`] for `cgroup` (relative path, named in
+/// the error), a cgroup the VMM process is placed in, on cgroup `version`. The one home
+/// of the rule: the plan (`resolve`, `run`, `Sandbox::new`/`start`, both drivers: the
+/// systemd driver's `MemoryMax`/`MemoryLimit` come from the same field) and the
+/// controller's start and `set_sandbox_resources` call it.
+///
+/// Checked: `memory.limit`; on v1 `memory.swap` (memory+swap, which bounds memory
+/// too); on v2 `unified["memory.max"]`. v2 `memory.swap.max` bounds swap alone and
+/// `memory.reservation` / `memory.high` do not kill, so they are not checked. −1 (no
+/// limit) and 0 (unset) pass.
+///
+/// # Errors
+/// [`ResourceError::OutOfRange`] naming the field, the value, the floor and the cgroup.
+pub fn check_vmm_memory_floor(
+    res: &LinuxResources,
+    version: CgroupVersion,
+    cgroup: &str,
+) -> Result<(), ResourceError> {
+    let low = |field: &'static str, v: i64| -> Result<(), ResourceError> {
+        if v > 0 && v < VMM_MEMORY_MIN {
+            return Err(range_err(
+                field,
+                v,
+                format!(
+                    "below {VMM_MEMORY_MIN} bytes (6 MiB), the smallest memory limit for cgroup {cgroup}, which holds the VMM process: the runtime and VMM are charged to it and would be OOM-killed (Docker refuses container memory limits under 6 MB for the same reason)"
+                ),
+            ));
+        }
+        Ok(())
+    };
+    if let Some(m) = res.memory() {
+        low("memory.limit", m.limit().unwrap_or(0))?;
+        if version == CgroupVersion::V1 {
+            low("memory.swap", m.swap().unwrap_or(0))?;
+        }
+    }
+    if version == CgroupVersion::V2 {
+        if let Some(v) = res.unified().as_ref().and_then(|u| u.get("memory.max")) {
+            // "max" and values the kernel parses otherwise are left to the kernel.
+            if let Ok(n) = v.trim().parse::<i64>() {
+                low("unified[\"memory.max\"]", n)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_device(field: &'static str, major: i64, minor: i64) -> Result<(), ResourceError> {
     if !(0..=MAX_MAJOR).contains(&major) || !(0..=MAX_MINOR).contains(&minor) {
         return Err(range_err(
@@ -1026,6 +1086,143 @@ pub fn plan_for(
         }
     }
     Ok(w)
+}
+
+/// What a container's resources changed on the host, as [`crate::sandbox::Sandbox::update_container`]
+/// reports it: the fields it did not apply, so that an embedder can act without a
+/// `tracing` subscriber (the sandbox also logs them with `tracing::warn!`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ContainerUpdate {
+    /// OCI fields given for the container and applied to no host cgroup, dotted as in
+    /// the runtime spec (`cpu.quota`, `memory.limit`, `pids.limit`, `blockIO`), in the
+    /// spec's order; empty when everything given was applied.
+    pub not_applied: Vec<String>,
+    /// Why those fields were not applied (the layout and what it applies); empty when
+    /// nothing was left out.
+    pub reason: String,
+}
+
+impl ContainerUpdate {
+    /// Whether every field given was applied.
+    pub fn is_complete(&self) -> bool {
+        self.not_applied.is_empty()
+    }
+
+    /// One line for `notes` naming the container, the fields and why; `None` when
+    /// everything was applied.
+    pub fn note(&self, container_id: &str) -> Option<String> {
+        (!self.is_complete()).then(|| {
+            format!(
+                "container {container_id}: not applied to the host: {} ({})",
+                self.not_applied.join(", "),
+                self.reason
+            )
+        })
+    }
+}
+
+/// The fields a container's resources apply in `layout`, in the runtime spec's names:
+/// with `nested`, the CPU part the vCPU child takes ([`vcpu_child_resources`]); with
+/// `sandbox-only` and `sibling`, the cpuset only (the sandbox cgroup gets the union of
+/// the containers' cpusets, as Kata's runtime-rs does).
+pub fn container_applied_fields(layout: crate::placement::VcpuLayout) -> &'static [&'static str] {
+    match layout {
+        crate::placement::VcpuLayout::Nested => &[
+            "cpu.shares",
+            "cpu.quota",
+            "cpu.period",
+            "cpu.cpus",
+            "cpu.mems",
+        ],
+        _ => &["cpu.cpus", "cpu.mems"],
+    }
+}
+
+/// What applying `res` as a container's resources in `layout` leaves out
+/// ([`container_applied_fields`]), with the reason.
+pub fn container_update(
+    res: &LinuxResources,
+    layout: crate::placement::VcpuLayout,
+) -> ContainerUpdate {
+    let applied = container_applied_fields(layout);
+    let not_applied: Vec<String> = given_fields(res)
+        .into_iter()
+        .filter(|f| !applied.contains(&f.as_str()))
+        .collect();
+    if not_applied.is_empty() {
+        return ContainerUpdate::default();
+    }
+    let reason = match layout {
+        crate::placement::VcpuLayout::Nested => "with the nested layout a container's cpu.shares, cpu.quota, cpu.period, cpu.cpus and cpu.mems go to the vCPU child; its other limits are the guest's to enforce (sandbox-wide limits: sandbox resources)".to_string(),
+        other => format!("with the {other} layout only a container's cpuset (cpu.cpus, cpu.mems) is applied, as the union of the containers' cpusets on the sandbox cgroup, as Kata's runtime-rs does; its other limits are the guest's to enforce (sandbox-wide limits: sandbox resources; vcpu_cgroup_layout = \"nested\" applies containers' CPU limits to the vCPUs)"),
+    };
+    ContainerUpdate {
+        not_applied,
+        reason,
+    }
+}
+
+/// Every field set in `res`, dotted as in the runtime spec, in its order (sections
+/// without sub-fields of their own, such as `blockIO`, by section name). Empty cpuset
+/// strings count as unset.
+pub fn given_fields(res: &LinuxResources) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut push = |set: bool, name: &str| {
+        if set {
+            out.push(name.to_string());
+        }
+    };
+    if let Some(c) = res.cpu() {
+        push(c.shares().is_some(), "cpu.shares");
+        push(c.quota().is_some(), "cpu.quota");
+        push(c.burst().is_some(), "cpu.burst");
+        push(c.period().is_some(), "cpu.period");
+        push(c.realtime_runtime().is_some(), "cpu.realtimeRuntime");
+        push(c.realtime_period().is_some(), "cpu.realtimePeriod");
+        push(
+            c.cpus().as_ref().is_some_and(|s| !s.trim().is_empty()),
+            "cpu.cpus",
+        );
+        push(
+            c.mems().as_ref().is_some_and(|s| !s.trim().is_empty()),
+            "cpu.mems",
+        );
+        push(c.idle().is_some(), "cpu.idle");
+    }
+    if let Some(m) = res.memory() {
+        push(m.limit().is_some(), "memory.limit");
+        push(m.reservation().is_some(), "memory.reservation");
+        push(m.swap().is_some(), "memory.swap");
+        push(m.kernel().is_some(), "memory.kernel");
+        push(m.kernel_tcp().is_some(), "memory.kernelTCP");
+        push(m.swappiness().is_some(), "memory.swappiness");
+        push(m.disable_oom_killer().is_some(), "memory.disableOOMKiller");
+        push(m.use_hierarchy().is_some(), "memory.useHierarchy");
+        push(
+            m.check_before_update().is_some(),
+            "memory.checkBeforeUpdate",
+        );
+    }
+    push(res.pids().is_some(), "pids.limit");
+    push(res.block_io().is_some(), "blockIO");
+    push(
+        res.hugepage_limits()
+            .as_ref()
+            .is_some_and(|h| !h.is_empty()),
+        "hugepageLimits",
+    );
+    push(res.network().is_some(), "network");
+    push(res.rdma().as_ref().is_some_and(|r| !r.is_empty()), "rdma");
+    push(
+        res.unified().as_ref().is_some_and(|u| !u.is_empty()),
+        "unified",
+    );
+    push(
+        res.devices().as_ref().is_some_and(|d| !d.is_empty()),
+        "devices",
+    );
+    out
 }
 
 /// Fields of `res` this component deliberately does not apply, with why, for `notes`.
@@ -1715,6 +1912,44 @@ mod tests {
         let devices = res(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#);
         assert!(plan(&devices, V1).unwrap().is_empty());
         assert!(not_applied(&devices)[0].contains("devices"));
+    }
+
+    #[test]
+    fn container_fields_not_applied_per_layout() {
+        use crate::placement::VcpuLayout;
+        let r = res(
+            r#"{"cpu":{"cpus":"0","quota":50000,"period":100000},"memory":{"limit":536870912},"pids":{"limit":10}}"#,
+        );
+        for l in [VcpuLayout::SandboxOnly, VcpuLayout::Sibling] {
+            let u = container_update(&r, l);
+            assert_eq!(
+                u.not_applied,
+                ["cpu.quota", "cpu.period", "memory.limit", "pids.limit"],
+                "{l}"
+            );
+            assert!(u.reason.contains(&l.to_string()), "{}", u.reason);
+            let n = u.note("ctr-1").unwrap();
+            assert!(n.contains("ctr-1") && n.contains("cpu.quota"), "{n}");
+        }
+        let u = container_update(&r, VcpuLayout::Nested);
+        assert_eq!(u.not_applied, ["memory.limit", "pids.limit"]);
+        assert!(u.reason.contains("nested"));
+        // Only a cpuset: complete everywhere; an empty list is unset.
+        let c = res(r#"{"cpu":{"cpus":"0","mems":""}}"#);
+        for l in [
+            VcpuLayout::SandboxOnly,
+            VcpuLayout::Sibling,
+            VcpuLayout::Nested,
+        ] {
+            let u = container_update(&c, l);
+            assert!(u.is_complete() && u.note("c").is_none(), "{u:?}");
+        }
+        assert_eq!(
+            given_fields(&res(
+                r#"{"cpu":{"burst":1,"idle":0},"blockIO":{"weight":100},"unified":{"a.b":"1"}}"#
+            )),
+            ["cpu.burst", "cpu.idle", "blockIO", "unified"]
+        );
     }
 
     #[test]
