@@ -250,6 +250,17 @@ fn sandbox_dirs(
 /// Runs the sandbox.
 pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let config = load_config(args.sandbox.config.as_ref())?;
+    // `run` boots an in-process VMM: with a hypervisor that runs the VM out of process
+    // the component is inactive, and a demo VM under it would show nothing true.
+    if !config.vmm_in_process() {
+        return Err(bad(format!(
+            "hypervisor_name = {:?} in {}: host-cgroups is inactive for a hypervisor that runs \
+             the VM out of process, and run boots an in-process VMM; use hypervisor_name = \
+             \"dragonball\" (resolve shows the plan for any hypervisor)",
+            config.hypervisor_name,
+            config.source.display()
+        )));
+    }
     let (path, resources, mut warnings) =
         super::sandbox_inputs(&args.sandbox, args.bundle.as_deref())?;
     let (container_res, container_warnings) =
@@ -319,6 +330,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             runtime(e)
         }
     })?;
+    let active = sandbox.is_active();
     if let Activation::Inactive { reason } = sandbox.activation() {
         notes.push(format!("host-cgroups inactive: {reason}"));
     }
@@ -464,7 +476,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         driver: plan.driver.to_string(),
         cgroup_version: plan.cgroup_version,
         placement: plan.placement.to_string(),
-        controller_active: config.vmm_in_process(),
+        controller_active: active,
         vcpu_backend: backend_name,
         vmm_pid: me,
         sandbox: CgroupPlan {

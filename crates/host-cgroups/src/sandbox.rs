@@ -277,18 +277,7 @@ impl Sandbox {
     ) -> Result<Sandbox, SandboxError> {
         validate_sandbox_id(sandbox_id)?;
         if !config.vmm_in_process() {
-            let reason = format!(
-                "hypervisor {:?} runs the VMM out of process; host-cgroups acts only for dragonball",
-                config.hypervisor_name
-            );
-            info!(sandbox = sandbox_id, %reason, "inactive");
-            return Ok(Sandbox {
-                id: sandbox_id.to_string(),
-                activation: Activation::Inactive { reason },
-                plan: None,
-                controller: None,
-                state_dir: opts.state_dir,
-            });
+            return Ok(Self::inactive(config, sandbox_id, opts.state_dir));
         }
         let layout = CgroupLayout::detect()?;
         let plan = SandboxPlan::new(
@@ -324,6 +313,10 @@ impl Sandbox {
     /// plan): the path the CLI's `run` takes, so that what `resolve` shows is what
     /// `run` does.
     ///
+    /// Activation is decided as in [`Sandbox::new`]: when `config`'s
+    /// `runtime.hypervisor_name` is not `dragonball` the sandbox is inactive, whatever
+    /// the plan says, and nothing is created, moved or written.
+    ///
     /// # Errors
     /// As [`Sandbox::new`].
     pub fn start(
@@ -331,6 +324,11 @@ impl Sandbox {
         plan: SandboxPlan,
         opts: SandboxOptions,
     ) -> Result<Sandbox, SandboxError> {
+        // The same activation rule as `new`: a plan can be made for any hypervisor
+        // (`resolve` shows it), but only an in-process VMM makes it act.
+        if !config.vmm_in_process() {
+            return Ok(Self::inactive(config, &plan.sandbox_id, opts.state_dir));
+        }
         let file = SandboxState::file(&opts.state_dir, &plan.sandbox_id);
         if file.exists() {
             return Err(SandboxError::AlreadyExists {
@@ -355,6 +353,23 @@ impl Sandbox {
             controller: Some(controller),
             state_dir: opts.state_dir,
         })
+    }
+
+    /// The inactive sandbox for a hypervisor that runs the VMM out of process: it
+    /// holds no plan and no controller, and touches nothing on the host.
+    fn inactive(config: &RuntimeConfig, sandbox_id: &str, state_dir: PathBuf) -> Sandbox {
+        let reason = format!(
+            "hypervisor {:?} runs the VMM out of process; host-cgroups acts only for dragonball",
+            config.hypervisor_name
+        );
+        info!(sandbox = sandbox_id, %reason, "inactive");
+        Sandbox {
+            id: sandbox_id.to_string(),
+            activation: Activation::Inactive { reason },
+            plan: None,
+            controller: None,
+            state_dir,
+        }
     }
 
     /// Runs, without changing the host, every check [`Sandbox::start`] runs before it
