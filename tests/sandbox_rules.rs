@@ -1,5 +1,6 @@
 //! `Sandbox` rules an embedder and `run` rely on, on this host's real cgroupfs:
 //! - an out-of-process hypervisor leaves `Sandbox::start` inactive and `run` refuses it;
+//! - two sandboxes cannot share one sandbox cgroup (library and CLI);
 //!
 //! The library tests move this whole process into their sandbox cgroup, and a child
 //! starts in its parent's cgroups: every test holds one lock so that none overlap.
@@ -7,16 +8,20 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use common::*;
 use host_cgroups::config::RuntimeConfig;
 use host_cgroups::plan::SandboxPlan;
-use host_cgroups::sandbox::{Sandbox, SandboxOptions};
+use host_cgroups::resources::from_json;
+use host_cgroups::sandbox::{Sandbox, SandboxError, SandboxOptions};
 use host_cgroups::state::SandboxState;
 
 const BIN: &str = env!("CARGO_BIN_EXE_host-cgroups");
+/// Generous: a loaded machine is slow, and slowness must not fail a test.
+const WAIT: Duration = Duration::from_secs(120);
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -47,6 +52,17 @@ fn qemu_config(dir: &Path) -> (PathBuf, RuntimeConfig) {
     std::fs::write(&p, text).unwrap();
     let c = RuntimeConfig::parse(text, &p).unwrap();
     (p, c)
+}
+
+fn dragonball_config(dir: &Path) -> PathBuf {
+    let p = dir.join("dragonball.toml");
+    std::fs::write(
+        &p,
+        "[hypervisor.dragonball]\ndefault_vcpus = 1\ndefault_maxvcpus = 2\n\
+         [runtime]\nhypervisor_name = \"dragonball\"\nsandbox_cgroup_only = true\n",
+    )
+    .unwrap();
+    p
 }
 
 fn own_cgroups() -> String {
@@ -121,4 +137,180 @@ fn run_refuses_an_out_of_process_hypervisor_and_changes_nothing() {
     assert!(anything_under(&layout, &prefix).is_empty());
     assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
     assert!(!SandboxState::file(&dir.0, &prefix).exists());
+}
+
+#[test]
+fn a_second_sandbox_on_the_same_path_is_refused() {
+    let _s = serial();
+    let prefix = unique("share");
+    let guard = CgroupGuard::new(&prefix);
+    let dir = TmpDir::new("share-state");
+    let other_dir = TmpDir::new("share-other");
+    let config = RuntimeConfig::embedded().unwrap();
+    let path = format!("{prefix}/sb");
+    let a_id = format!("{prefix}-a");
+    let b_id = format!("{prefix}-b");
+    let opts = |d: &Path| SandboxOptions::default().state_dir(d);
+    let a = Sandbox::new(&config, &a_id, &path, opts(&dir.0)).unwrap();
+    assert!(a.is_active());
+    let dirs_before = guard.leftovers();
+
+    // (a) Same state directory: A's state file names the path.
+    match Sandbox::new(&config, &b_id, &path, opts(&dir.0)) {
+        Err(e @ SandboxError::PathInUse { .. }) => {
+            assert!(e.is_bad_input());
+            let msg = e.to_string();
+            assert!(msg.contains(&path) && msg.contains(&a_id), "{msg}");
+            let SandboxError::PathInUse { other_sandbox, .. } = e else {
+                unreachable!()
+            };
+            assert_eq!(other_sandbox.as_deref(), Some(a_id.as_str()));
+        }
+        other => panic!("second sandbox not refused: {other:?}"),
+    }
+    // (b) Another state directory: the cgroup holds processes (this one).
+    match Sandbox::new(&config, &b_id, &path, opts(&other_dir.0)) {
+        Err(e @ SandboxError::PathInUse { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains(&path) && msg.contains("cgroup.procs"), "{msg}");
+            assert!(msg.contains(&std::process::id().to_string()), "{msg}");
+        }
+        other => panic!("second sandbox not refused: {other:?}"),
+    }
+    // Nothing was created or written for B, and A still works.
+    assert_eq!(guard.leftovers(), dirs_before);
+    assert!(!SandboxState::file(&dir.0, &b_id).exists());
+    assert!(!SandboxState::file(&other_dir.0, &b_id).exists());
+    let cpu = host_cgroups::host::online_cpus()
+        .unwrap()
+        .iter()
+        .next()
+        .unwrap();
+    let r = from_json(&format!(r#"{{"cpu":{{"cpus":"{cpu}"}}}}"#)).unwrap();
+    a.update_container("c1", &r).unwrap();
+
+    // A's teardown removes everything.
+    let t = a.teardown(|| ());
+    assert!(t.report.errors.is_empty(), "{:?}", t.report.errors);
+    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
+    assert!(!SandboxState::file(&dir.0, &a_id).exists());
+}
+
+#[test]
+fn an_empty_leftover_is_adopted_and_restore_of_the_same_id_works() {
+    let _s = serial();
+    let layout = layout();
+    let prefix = unique("adopt");
+    let guard = CgroupGuard::new(&prefix);
+    let dir = TmpDir::new("adopt-state");
+    let config = RuntimeConfig::embedded().unwrap();
+    let path = format!("{prefix}/sb");
+    // A leftover with no process in it (a crashed run whose state is gone).
+    for m in layout.mount_points() {
+        std::fs::create_dir_all(m.join(&path)).unwrap();
+    }
+    let id = format!("{prefix}-a");
+    let opts = || SandboxOptions::default().state_dir(&dir.0);
+    let a = Sandbox::new(&config, &id, &path, opts()).unwrap();
+    // Kept (the process "restarts"), then restored under the same id: not a second sandbox.
+    let kept = a.keep(|| ());
+    assert!(kept.report.kept);
+    let a = Sandbox::restore(&config, &id, opts()).unwrap();
+    let t = a.teardown(|| ());
+    assert!(t.report.errors.is_empty(), "{:?}", t.report.errors);
+    assert!(t.report.removed.contains(&path), "{:?}", t.report.removed);
+    drop(guard);
+    assert!(anything_under(&layout, &prefix).is_empty());
+}
+
+/// A `host-cgroups run` child, killed by its pid on drop.
+struct RunChild(Option<std::process::Child>);
+
+impl RunChild {
+    fn wait_running(&mut self) {
+        use std::io::BufRead;
+        let err = self.0.as_mut().unwrap().stderr.take().unwrap();
+        let mut lines = std::io::BufReader::new(err).lines();
+        let start = Instant::now();
+        while start.elapsed() < WAIT {
+            match lines.next() {
+                Some(Ok(l)) if l.contains("running:") => {
+                    // Keep draining stderr so the child never blocks on a full pipe.
+                    std::thread::spawn(move || for _ in lines.by_ref() {});
+                    return;
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        panic!("run never reported running");
+    }
+}
+
+impl Drop for RunChild {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn a_second_run_on_the_same_path_exits_2() {
+    let _s = serial();
+    let prefix = unique("share-run");
+    let guard = CgroupGuard::new(&prefix);
+    let dir = TmpDir::new("share-run-state");
+    let other_dir = TmpDir::new("share-run-other");
+    let cfg = dragonball_config(&dir.0);
+    let path = format!("{prefix}/sb");
+    let a_id = format!("{prefix}-a");
+    let spawn = |id: &str, state: &Path, duration: &str| {
+        Command::new(BIN)
+            .args([
+                "run",
+                "--json",
+                "--backend",
+                "thread",
+                "--duration",
+                duration,
+            ])
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--cgroups-path", &path, "--sandbox-id", id, "--state-dir"])
+            .arg(state)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut a = RunChild(Some(spawn(&a_id, &dir.0, "600")));
+    a.wait_running();
+    let dirs_before = guard.leftovers();
+    for (state, needle) in [(&dir.0, a_id.as_str()), (&other_dir.0, "cgroup.procs")] {
+        let b_id = format!("{prefix}-b");
+        let out = spawn(&b_id, state, "0").wait_with_output().unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(2), "{all}");
+        assert!(all.contains(&path) && all.contains(needle), "{all}");
+        assert!(!SandboxState::file(state, &b_id).exists());
+        assert_eq!(guard.leftovers(), dirs_before);
+    }
+    // A ends on SIGTERM (sent to the child we started, by its pid) and cleans up.
+    let mut child = a.0.take().unwrap();
+    // SAFETY: kill(2) on the pid of our own child, not yet reaped.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{out}");
+    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
+    assert!(!SandboxState::file(&dir.0, &a_id).exists());
 }

@@ -82,6 +82,20 @@ pub enum SandboxError {
         /// Its directory.
         state_dir: PathBuf,
     },
+    /// The sandbox cgroups path is already in use by another sandbox or by running
+    /// processes: two sandboxes in one cgroup would apply each other's resources, and
+    /// the first teardown would remove the cgroup under the other. Nothing was created.
+    #[error("cgroups path {cgroups_path:?} of sandbox {sandbox_id} is already in use: {holder}; two sandboxes cannot share a sandbox cgroup (the first teardown would remove it under the other)")]
+    PathInUse {
+        /// The sandbox id that was refused.
+        sandbox_id: String,
+        /// The cgroups path it asked for (relative to the hierarchy roots, or the unit).
+        cgroups_path: String,
+        /// The other sandbox's id, when its state file names the path.
+        other_sandbox: Option<String>,
+        /// What holds the path: the other state file, or the cgroup and its pids.
+        holder: String,
+    },
     /// The sandbox still runs: its VMM process is alive and in the sandbox cgroup.
     #[error("sandbox {sandbox_id} is still running (pid {pid}); stop it before cleaning up")]
     Running {
@@ -110,6 +124,7 @@ impl SandboxError {
             SandboxError::Plan(_)
             | SandboxError::Path(_)
             | SandboxError::AlreadyExists { .. }
+            | SandboxError::PathInUse { .. }
             | SandboxError::Running { .. }
             | SandboxError::NoState { .. } => true,
             SandboxError::Config(_) => true,
@@ -267,7 +282,9 @@ impl Sandbox {
     ///
     /// # Errors
     /// Bad input ([`SandboxError::is_bad_input`]: malformed path or id, resources the
-    /// host refuses, an id that already has state) changes nothing. A host failure
+    /// host refuses, an id that already has state, a cgroups path another sandbox uses —
+    /// [`SandboxError::PathInUse`]; the rule is in docs/design.md, "One sandbox per
+    /// cgroup") changes nothing. A host failure
     /// rolls back what this call made.
     pub fn new(
         config: &RuntimeConfig,
@@ -337,6 +354,7 @@ impl Sandbox {
                 state_dir: opts.state_dir.clone(),
             });
         }
+        refuse_shared_path(&plan, &opts.state_dir)?;
         let copts = ControllerOptions {
             state_dir: Some(opts.state_dir.clone()),
             placement_timeout: opts.placement_timeout,
@@ -380,7 +398,8 @@ impl Sandbox {
     /// of `run`.
     ///
     /// # Errors
-    /// What `start` would refuse as bad input, and state that exists for the id.
+    /// What `start` would refuse as bad input: state that exists for the id, a cgroups
+    /// path another sandbox uses ([`SandboxError::PathInUse`]), resources the host refuses.
     pub fn preflight(plan: &SandboxPlan, opts: &SandboxOptions) -> Result<Preflight, SandboxError> {
         let file = SandboxState::file(&opts.state_dir, &plan.sandbox_id);
         if file.exists() {
@@ -390,6 +409,7 @@ impl Sandbox {
                 state_dir: opts.state_dir.clone(),
             });
         }
+        refuse_shared_path(plan, &opts.state_dir)?;
         let sandbox = manager::build(&plan.sandbox.parsed, &plan.layout, Vec::new())?;
         if let Some(r) = &opts.sandbox_resources {
             crate::resources::validate(r).map_err(CgroupError::from)?;
@@ -772,6 +792,98 @@ fn refuse_running(state: &SandboxState) -> Result<(), SandboxError> {
             sandbox_id: state.sandbox_id.clone(),
             pid,
         });
+    }
+    Ok(())
+}
+
+/// Refuses a sandbox cgroups path that another sandbox uses (the rule of
+/// docs/design.md, "One sandbox per cgroup"):
+/// (a) another state file in `state_dir` records the same sandbox cgroup (any driver);
+/// (b) with the cgroupfs driver, the sandbox cgroup exists and it or a cgroup below it
+///     holds a process (`cgroup.procs` non-empty in any hierarchy; this very process
+///     counts, which is how a second in-process sandbox shows).
+///
+/// An existing cgroup without processes (a leftover) stays adoptable. With the systemd
+/// driver only (a) applies: a unit cannot tell which sandbox its processes belong to.
+fn refuse_shared_path(plan: &SandboxPlan, state_dir: &Path) -> Result<(), SandboxError> {
+    let want = &plan.sandbox.parsed;
+    let in_use = |other: Option<String>, holder: String| SandboxError::PathInUse {
+        sandbox_id: plan.sandbox_id.clone(),
+        cgroups_path: want.relative(),
+        other_sandbox: other,
+        holder,
+    };
+    let mounts = plan.layout.mount_points();
+    if let Ok(rd) = std::fs::read_dir(state_dir) {
+        let mut files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        files.sort();
+        for f in files {
+            let Some(id) = f
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+                .filter(|n| !n.starts_with('.') && *n != plan.sandbox_id)
+            else {
+                continue;
+            };
+            // A file that is not a sandbox's state (or one this host cannot trust) says
+            // nothing about the path; `cleanup` reports it when asked for that id.
+            let state = match SandboxState::load(state_dir, id, &mounts) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(file = %f.display(), error = %e, "state file skipped in the shared-path check");
+                    continue;
+                }
+            };
+            if state.sandbox.path.driver() == want.driver()
+                && state.sandbox.path.relative() == want.relative()
+            {
+                return Err(in_use(
+                    Some(state.sandbox_id.clone()),
+                    format!(
+                        "sandbox {} records it in {} (if that sandbox is gone: host-cgroups cleanup --sandbox-id {} --state-dir {})",
+                        state.sandbox_id,
+                        f.display(),
+                        state.sandbox_id,
+                        state_dir.display()
+                    ),
+                ));
+            }
+        }
+    }
+    if plan.driver != crate::cgroup::Driver::Cgroupfs {
+        return Ok(());
+    }
+    let me = std::process::id() as i32;
+    for dir in plan.sandbox.paths.values() {
+        let mut stack = vec![dir.clone()];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(e.path());
+                }
+            }
+            let procs = d.join("cgroup.procs");
+            let pids: Vec<i32> = std::fs::read_to_string(&procs)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            if !pids.is_empty() {
+                let ours = if pids.contains(&me) {
+                    " (this process among them: a sandbox of this process is there)"
+                } else {
+                    ""
+                };
+                return Err(in_use(
+                    None,
+                    format!("{} holds pids {pids:?}{ours}", procs.display()),
+                ));
+            }
+        }
     }
     Ok(())
 }
