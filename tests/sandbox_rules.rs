@@ -1,6 +1,7 @@
 //! `Sandbox` rules an embedder and `run` rely on, on this host's real cgroupfs:
 //! - an out-of-process hypervisor leaves `Sandbox::start` inactive and `run` refuses it;
 //! - two sandboxes cannot share one sandbox cgroup (library and CLI);
+//! - the teardown report lists every directory it removed, created parents included.
 //!
 //! The library tests move this whole process into their sandbox cgroup, and a child
 //! starts in its parent's cgroups: every test holds one lock so that none overlap.
@@ -140,7 +141,7 @@ fn run_refuses_an_out_of_process_hypervisor_and_changes_nothing() {
 }
 
 #[test]
-fn a_second_sandbox_on_the_same_path_is_refused() {
+fn a_second_sandbox_on_the_same_path_is_refused_and_teardown_reports_parents() {
     let _s = serial();
     let prefix = unique("share");
     let guard = CgroupGuard::new(&prefix);
@@ -189,9 +190,11 @@ fn a_second_sandbox_on_the_same_path_is_refused() {
     let r = from_json(&format!(r#"{{"cpu":{{"cpus":"{cpu}"}}}}"#)).unwrap();
     a.update_container("c1", &r).unwrap();
 
-    // A's teardown removes everything.
+    // A's teardown lists its sandbox cgroup and the parent it created.
     let t = a.teardown(|| ());
     assert!(t.report.errors.is_empty(), "{:?}", t.report.errors);
+    assert_eq!(t.report.removed, vec![path.clone(), prefix.clone()]);
+    assert!(t.report.standing.is_empty(), "{:?}", t.report.standing);
     assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
     assert!(!SandboxState::file(&dir.0, &a_id).exists());
 }
@@ -257,7 +260,7 @@ impl Drop for RunChild {
 }
 
 #[test]
-fn a_second_run_on_the_same_path_exits_2() {
+fn a_second_run_on_the_same_path_exits_2_and_the_first_reports_every_removed_dir() {
     let _s = serial();
     let prefix = unique("share-run");
     let guard = CgroupGuard::new(&prefix);
@@ -311,6 +314,14 @@ fn a_second_run_on_the_same_path_exits_2() {
     std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let removed: Vec<&str> = v["cleanup"]["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(removed, vec![path.as_str(), prefix.as_str()], "{out}");
     assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
     assert!(!SandboxState::file(&dir.0, &a_id).exists());
 }

@@ -174,16 +174,9 @@ struct CleanupOut {
 }
 
 impl CleanupOut {
-    /// The run's teardown in `cleanup`'s terms. With the cgroupfs driver, `watched` (every
-    /// directory of the sandbox that existed before the teardown, created parents
-    /// included) is looked at again: a cgroup gone from every hierarchy is `removed`, one
-    /// still there is `kept` with the reason. Otherwise the driver's own list is used.
-    fn from_teardown(
-        r: TeardownReport,
-        plan: &SandboxPlan,
-        state_dir: &std::path::Path,
-        watched: &[PathBuf],
-    ) -> Self {
+    /// The run's teardown in `cleanup`'s terms, as the library reports it: cgroups
+    /// removed (created parents included), those still standing with the reason, errors.
+    fn from_teardown(r: TeardownReport, plan: &SandboxPlan, state_dir: &std::path::Path) -> Self {
         if r.kept {
             return CleanupOut {
                 removed: Vec::new(),
@@ -197,54 +190,13 @@ impl CleanupOut {
                 errors: r.errors,
             };
         }
-        if watched.is_empty() || plan.driver != host_cgroups::path::Driver::Cgroupfs {
-            return CleanupOut {
-                removed: r.removed,
-                absent: Vec::new(),
-                kept: Vec::new(),
-                errors: r.errors,
-            };
-        }
-        let mounts = plan.layout.mount_points();
-        let (gone, stay) = host_cgroups::sandbox::gone_and_standing(watched, &mounts);
         CleanupOut {
-            removed: gone,
+            removed: r.removed,
             absent: Vec::new(),
-            kept: stay
-                .into_iter()
-                .map(|r| format!("{r}: still holds other cgroups or tasks"))
-                .collect(),
+            kept: r.standing,
             errors: r.errors,
         }
     }
-}
-
-/// Every directory of the sandbox (and overhead) cgroup that exists now, with the
-/// parents the run created, from its state file; empty when there is none (inactive).
-fn sandbox_dirs(
-    state_dir: &std::path::Path,
-    plan: &SandboxPlan,
-    real: &BTreeMap<String, PathBuf>,
-) -> Vec<PathBuf> {
-    let Ok(state) = host_cgroups::state::SandboxState::load(
-        state_dir,
-        &plan.sandbox_id,
-        &plan.layout.mount_points(),
-    ) else {
-        return Vec::new();
-    };
-    let mut dirs: Vec<PathBuf> = state.sandbox.created.clone();
-    if let Some(o) = &state.overhead {
-        dirs.extend(o.created.iter().cloned());
-    }
-    dirs.extend(real.values().cloned());
-    if let Some(o) = &plan.overhead {
-        dirs.extend(o.paths.values().cloned());
-    }
-    dirs.sort();
-    dirs.dedup();
-    dirs.retain(|d| d.is_dir());
-    dirs
 }
 
 /// Runs the sandbox.
@@ -436,7 +388,6 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let real_paths = sandbox.paths();
     let stats = sandbox.stats().transpose();
     let wall = start.elapsed().as_secs_f64();
-    let watched = sandbox_dirs(&args.state_dir, &plan, &real_paths);
     // The sandbox owns the order: the VMM stops (VM fd closed) before the cgroups go,
     // and SIGTERM from a stopping systemd scope cannot end the teardown.
     let Teardown {
@@ -498,7 +449,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         vcpus: vcpus_out,
         threads: snapshot,
         usage,
-        cleanup: CleanupOut::from_teardown(cleanup, &plan, &args.state_dir, &watched),
+        cleanup: CleanupOut::from_teardown(cleanup, &plan, &args.state_dir),
         notes,
         errors,
     };

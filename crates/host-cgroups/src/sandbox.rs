@@ -39,6 +39,7 @@ use crate::controller::{
     CgroupController, ControllerError, ControllerOptions, TeardownReport, VcpuRecord,
 };
 use crate::host::{CgroupLayout, HostError};
+pub use crate::manager::gone_and_standing;
 use crate::manager::{self, CgroupError, Stats};
 use crate::metrics::IncMetric;
 use crate::path::{validate_sandbox_id, CgroupsPath, PathError};
@@ -899,39 +900,6 @@ fn destroy_child(layout: &CgroupLayout, path: &CgroupsPath, report: &mut Cleanup
         Ok(()) => report.removed.push(name),
         Err(e) => report.errors.push(format!("{name}: {e}")),
     }
-}
-
-/// Sorts the cgroup directories `watched` (absolute, as they existed before a
-/// removal) into the cgroups now gone and those still standing, by their path
-/// relative to the hierarchy roots in `mounts`.
-///
-/// A cgroup counts as gone only when none of the hierarchies the sandbox spans holds
-/// it any more (one the run did not create it in included). `gone` is deepest first.
-pub fn gone_and_standing(watched: &[PathBuf], mounts: &[PathBuf]) -> (Vec<String>, Vec<String>) {
-    let rel = |d: &Path| -> String {
-        mounts
-            .iter()
-            .filter_map(|m| d.strip_prefix(m).ok())
-            .min_by_key(|r| r.components().count())
-            .map(|r| r.display().to_string())
-            .unwrap_or_else(|| d.display().to_string())
-    };
-    let hiers: Vec<&PathBuf> = mounts
-        .iter()
-        .filter(|m| watched.iter().any(|d| d.starts_with(m)))
-        .collect();
-    let mut gone: Vec<String> = Vec::new();
-    let mut stay: Vec<String> = Vec::new();
-    for d in watched {
-        let r = rel(d);
-        let there = hiers.iter().any(|m| m.join(&r).is_dir());
-        let list = if there { &mut stay } else { &mut gone };
-        if !list.contains(&r) {
-            list.push(r);
-        }
-    }
-    gone.sort_by_key(|r| std::cmp::Reverse(r.matches('/').count()));
-    (gone, stay)
 }
 
 /// Destroys each target, sorting it into removed / absent / kept / errors.
