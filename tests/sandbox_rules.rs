@@ -325,3 +325,55 @@ fn a_second_run_on_the_same_path_exits_2_and_the_first_reports_every_removed_dir
     assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
     assert!(!SandboxState::file(&dir.0, &a_id).exists());
 }
+
+#[test]
+fn the_process_moves_in_and_back_and_a_dropped_sandbox_is_cleaned_up_from_itself() {
+    let _s = serial();
+    let layout = layout();
+    let prefix = unique("where");
+    let guard = CgroupGuard::new(&prefix);
+    let dir = TmpDir::new("where-state");
+    let config = RuntimeConfig::embedded().unwrap();
+    let path = format!("{prefix}/sb");
+    let me = std::process::id() as i32;
+    // A second thread of this process, started before the sandbox.
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let helper = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tid_tx.send(unsafe { libc::gettid() }).unwrap();
+        let _ = stop_rx.recv();
+    });
+    let tid = tid_rx.recv().unwrap();
+    let task = |t: i32| std::fs::read_to_string(format!("/proc/self/task/{t}/cgroup")).unwrap();
+    let before = (task(me), task(tid));
+
+    // new: the whole process, every thread, in the sandbox cgroup (sandbox-only layout).
+    let id = format!("{prefix}-a");
+    let opts = || SandboxOptions::default().state_dir(&dir.0);
+    let sb = Sandbox::new(&config, &id, &path, opts()).unwrap();
+    assert_in(&layout, me, me, &path);
+    assert_in(&layout, me, tid, &path);
+    // teardown: back where the process was.
+    let t = sb.teardown(|| ());
+    assert!(t.report.errors.is_empty(), "{:?}", t.report.errors);
+    assert_eq!((task(me), task(tid)), before);
+
+    // A dropped sandbox leaves its cgroups, its state and this process where they are.
+    let sb = Sandbox::new(&config, &id, &path, opts()).unwrap();
+    drop(sb);
+    assert!(SandboxState::file(&dir.0, &id).exists());
+    assert!(!guard.leftovers().is_empty());
+    assert_in(&layout, me, tid, &path);
+    // cleanup from this very process: not refused, removes everything (the parent it
+    // made included) and moves this process's threads out to the hierarchy roots.
+    let r = Sandbox::cleanup(&dir.0, &id).unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.removed, vec![path.clone(), prefix.clone()]);
+    assert!(r.state_removed.is_some());
+    assert_in(&layout, me, me, "");
+    assert_in(&layout, me, tid, "");
+    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
+    stop_tx.send(()).unwrap();
+    helper.join().unwrap();
+}

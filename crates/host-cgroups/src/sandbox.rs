@@ -250,9 +250,24 @@ pub struct CleanupReport {
 /// One pod sandbox's host cgroups: created by [`Sandbox::new`], torn down by
 /// [`Sandbox::teardown`].
 ///
-/// Dropping a sandbox that was neither torn down nor [`kept`](Sandbox::keep) logs a
-/// warning naming its state file and what remains (an early `?` in the caller);
-/// the cgroups and the state stay, so `cleanup` can remove them later.
+/// # End every active sandbox with `teardown` or `keep`
+///
+/// Dropping an active sandbox that was neither torn down nor
+/// [`kept`](Sandbox::keep) (an early `?` in the caller, a panic) removes nothing: its
+/// cgroups and its state file stay on the host, and this process stays in the cgroup
+/// the sandbox moved it into. The drop stops the controller thread and reports itself
+/// **only through [`tracing`]** (a `WARN` event naming the state file, the cgroups and
+/// the `host-cgroups cleanup` command): an embedder that installs no `tracing`
+/// subscriber sees nothing at all, and the library never prints. Call
+/// [`Sandbox::teardown`] (or [`Sandbox::keep`], then [`Sandbox::cleanup`]) on every
+/// path, error paths included.
+///
+/// # Where this process goes
+///
+/// An active sandbox moves the calling process — every thread of it, and the threads
+/// it starts later, which are born in their creator's cgroups — when it is made
+/// ([`Sandbox::new`], [`Sandbox::start`]) and moves it back when it is torn down; see
+/// those methods.
 pub struct Sandbox {
     id: String,
     activation: Activation,
@@ -280,6 +295,18 @@ impl Sandbox {
     /// `opts.sandbox_resources`, moves this process per the placement policy, writes
     /// the state file before the first directory is made, and starts the controller
     /// thread. When inactive it only records why.
+    ///
+    /// The move is of the whole calling process, every thread (one write of its pid to
+    /// `cgroup.procs` per hierarchy), and threads it starts later are born there:
+    /// - with the sibling layout (`sandbox_cgroup_only = false` on cgroup v1 with
+    ///   cgroupfs), into the overhead cgroup `kata_overhead/<sandbox-id>`; each vCPU
+    ///   thread then moves itself into the sandbox cgroup in its hook;
+    /// - otherwise into the sandbox cgroup: with `sandbox_cgroup_only = true` (vCPU
+    ///   threads included), or with the nested layout, whose vCPU threads then move
+    ///   themselves into its `vcpus` child.
+    ///
+    /// [`SandboxPlan::placement`] and [`SandboxPlan::vcpu_layout`] (see
+    /// [`Sandbox::plan`]) say which. [`Sandbox::teardown`] moves the process back.
     ///
     /// # Errors
     /// Bad input ([`SandboxError::is_bad_input`]: malformed path or id, resources the
@@ -330,6 +357,8 @@ impl Sandbox {
     /// Sets up the sandbox from a plan already computed (`resolve` prints the same
     /// plan): the path the CLI's `run` takes, so that what `resolve` shows is what
     /// `run` does.
+    ///
+    /// It moves this process as [`Sandbox::new`] does.
     ///
     /// Activation is decided as in [`Sandbox::new`]: when `config`'s
     /// `runtime.hypervisor_name` is not `dragonball` the sandbox is inactive, whatever
@@ -575,8 +604,9 @@ impl Sandbox {
     ///
     /// # Errors
     /// Resources the host refuses; nothing is changed then (files and the container
-    /// map are rolled back). An inactive sandbox accepts and ignores nothing: it
-    /// returns `Ok` because no host cgroup is its to change.
+    /// map are rolled back). An inactive sandbox returns `Ok` without looking at `res`
+    /// and changes nothing: no host cgroup is its to change (the out-of-process
+    /// hypervisor's own runtime applies container resources).
     pub fn update_container(
         &self,
         container_id: &str,
@@ -624,6 +654,18 @@ impl Sandbox {
     /// Stops the VMM with `stop_vmm`, then removes the cgroups and the state, in the
     /// order the module docs give. `stop_vmm` must return only when every vCPU thread
     /// has been joined and the VM file descriptor is closed.
+    ///
+    /// Where this process goes: with the cgroupfs driver, before each cgroup is removed
+    /// this process's threads in it are moved back to the cgroups the process was in
+    /// when the sandbox was made (read from `/proc/self/cgroup` with the host layout), or
+    /// to the hierarchy root when that cgroup lies inside the one being removed. With the
+    /// systemd driver a process inside the sandbox scope stays there: systemd ends the
+    /// scope when the process exits (the order rules above). Nothing moves when the
+    /// sandbox is inactive.
+    ///
+    /// The report lists every cgroup removed, parents included (see
+    /// [`TeardownReport::removed`]); removal failures are in its `errors`, the teardown
+    /// goes on past each, and the state file stays while any remains.
     pub fn teardown<R>(mut self, stop_vmm: impl FnOnce() -> R) -> Teardown<R> {
         let vmm = stop_vmm();
         let _ = crate::failpoint::hit("vmm-stopped");
@@ -639,6 +681,10 @@ impl Sandbox {
 
     /// Stops the VMM with `stop_vmm` and leaves the cgroups and the state file in
     /// place (for inspection; `cleanup` removes them later).
+    ///
+    /// This process is not moved: it stays in the cgroup [`Sandbox::new`] moved it into
+    /// until [`Sandbox::cleanup`] (from this process, see there) or [`Sandbox::restore`]
+    /// and a teardown move it out.
     pub fn keep<R>(mut self, stop_vmm: impl FnOnce() -> R) -> Teardown<R> {
         let vmm = stop_vmm();
         let report = match self.controller.take() {
@@ -651,6 +697,17 @@ impl Sandbox {
     /// Removes what a crashed run of `sandbox_id` left, from its state file in
     /// `state_dir`: exactly the directories (and units) that run created, deepest
     /// first, then the state file.
+    ///
+    /// Called from the very process the state names (after [`Sandbox::keep`], say), it
+    /// is not refused: it acts as a teardown without the VMM's stop. Before each
+    /// cgroupfs directory is removed this process's threads in it are moved out, to the
+    /// hierarchy roots when this process was inside the sandbox cgroup when `cleanup`
+    /// read its own cgroups (its cgroups from before the sandbox are not recorded).
+    /// It must not be used on a sandbox this process still runs (a live [`Sandbox`] of
+    /// the same id): its VMM's threads would be moved out from under it, and a KVM VM's
+    /// worker thread makes the removal fail as busy; use [`Sandbox::teardown`] there.
+    /// Another process's live VMM in the sandbox cgroup is refused
+    /// ([`SandboxError::Running`]).
     ///
     /// # Errors
     /// [`SandboxError::NoState`] when there is no state file;
