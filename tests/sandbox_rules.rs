@@ -377,3 +377,52 @@ fn the_process_moves_in_and_back_and_a_dropped_sandbox_is_cleaned_up_from_itself
     stop_tx.send(()).unwrap();
     helper.join().unwrap();
 }
+
+/// Rule (a) for a systemd path: the state file records the unit, not its cgroup path.
+/// Only the state directory is read (`preflight` changes nothing and asks no systemd).
+#[test]
+fn a_state_file_naming_the_same_systemd_unit_refuses_the_path() {
+    let layout = layout();
+    let dir = TmpDir::new("sd-state");
+    let config = RuntimeConfig::embedded().unwrap();
+    let tag = unique("sd");
+    let path = format!("system.slice:{tag}:pod");
+    let plan = |id: &str| SandboxPlan::new(&config, &path, id, &layout, None).unwrap();
+    let a = plan("sda");
+    let state = SandboxState {
+        sandbox_id: "sda".into(),
+        driver: a.driver,
+        cgroup_version: a.version(),
+        placement: a.placement,
+        sandbox_cgroup_only: a.sandbox_cgroup_only,
+        enable_vcpus_pinning: false,
+        vmm_pid: 0,
+        sandbox: host_cgroups::state::CgroupState {
+            path: a.sandbox.parsed.clone(),
+            created: Vec::new(),
+        },
+        overhead: None,
+        vcpu_layout: Some(a.vcpu_layout),
+        vcpus: None,
+        containers: Default::default(),
+        sandbox_resources: None,
+    };
+    state.save(&dir.0).unwrap();
+    let opts = SandboxOptions::default().state_dir(&dir.0);
+    match Sandbox::preflight(&plan("sdb"), &opts) {
+        Err(SandboxError::PathInUse { other_sandbox, .. }) => {
+            assert_eq!(other_sandbox.as_deref(), Some("sda"))
+        }
+        other => panic!("not refused: {other:?}"),
+    }
+    // Another unit in the same slice is not the same cgroup.
+    let other = SandboxPlan::new(
+        &config,
+        &format!("system.slice:{tag}:pod2"),
+        "sdb",
+        &layout,
+        None,
+    )
+    .unwrap();
+    assert!(Sandbox::preflight(&other, &opts).is_ok());
+}

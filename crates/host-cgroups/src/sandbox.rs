@@ -872,6 +872,13 @@ fn refuse_shared_path(plan: &SandboxPlan, state_dir: &Path) -> Result<(), Sandbo
         holder,
     };
     let mounts = plan.layout.mount_points();
+    // What a state file that records this cgroup must contain, as JSON writes it: the
+    // cgroupfs path, or the systemd unit (its cgroup path is derived, not stored).
+    let needle = serde_json::to_string(&match want.unit() {
+        Some(u) => u.unit.clone(),
+        None => want.relative(),
+    })
+    .unwrap_or_default();
     if let Ok(rd) = std::fs::read_dir(state_dir) {
         let mut files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
         files.sort();
@@ -884,6 +891,12 @@ fn refuse_shared_path(plan: &SandboxPlan, state_dir: &Path) -> Result<(), Sandbo
             else {
                 continue;
             };
+            // Cheap first: a state file that does not name the path (as JSON writes it)
+            // cannot record it; the state directory holds every sandbox of the host.
+            match std::fs::read_to_string(&f) {
+                Ok(text) if text.contains(needle.as_str()) => {}
+                _ => continue,
+            }
             // A file that is not a sandbox's state (or one this host cannot trust) says
             // nothing about the path; `cleanup` reports it when asked for that id.
             let state = match SandboxState::load(state_dir, id, &mounts) {
