@@ -178,16 +178,9 @@ struct CleanupOut {
 }
 
 impl CleanupOut {
-    /// The run's teardown in `cleanup`'s terms. With the cgroupfs driver, `watched` (every
-    /// directory of the sandbox that existed before the teardown, created parents
-    /// included) is looked at again: a cgroup gone from every hierarchy is `removed`, one
-    /// still there is `kept` with the reason. Otherwise the driver's own list is used.
-    fn from_teardown(
-        r: TeardownReport,
-        plan: &SandboxPlan,
-        state_dir: &std::path::Path,
-        watched: &[PathBuf],
-    ) -> Self {
+    /// The run's teardown in `cleanup`'s terms, as the library reports it: cgroups
+    /// removed (created parents included), those still standing with the reason, errors.
+    fn from_teardown(r: TeardownReport, plan: &SandboxPlan, state_dir: &std::path::Path) -> Self {
         if r.kept {
             return CleanupOut {
                 removed: Vec::new(),
@@ -201,59 +194,29 @@ impl CleanupOut {
                 errors: r.errors,
             };
         }
-        if watched.is_empty() || plan.driver != host_cgroups::path::Driver::Cgroupfs {
-            return CleanupOut {
-                removed: r.removed,
-                absent: Vec::new(),
-                kept: Vec::new(),
-                errors: r.errors,
-            };
-        }
-        let mounts = plan.layout.mount_points();
-        let (gone, stay) = host_cgroups::sandbox::gone_and_standing(watched, &mounts);
         CleanupOut {
-            removed: gone,
+            removed: r.removed,
             absent: Vec::new(),
-            kept: stay
-                .into_iter()
-                .map(|r| format!("{r}: still holds other cgroups or tasks"))
-                .collect(),
+            kept: r.standing,
             errors: r.errors,
         }
     }
 }
 
-/// Every directory of the sandbox (and overhead) cgroup that exists now, with the
-/// parents the run created, from its state file; empty when there is none (inactive).
-fn sandbox_dirs(
-    state_dir: &std::path::Path,
-    plan: &SandboxPlan,
-    real: &BTreeMap<String, PathBuf>,
-) -> Vec<PathBuf> {
-    let Ok(state) = host_cgroups::state::SandboxState::load(
-        state_dir,
-        &plan.sandbox_id,
-        &plan.layout.mount_points(),
-    ) else {
-        return Vec::new();
-    };
-    let mut dirs: Vec<PathBuf> = state.sandbox.created.clone();
-    if let Some(o) = &state.overhead {
-        dirs.extend(o.created.iter().cloned());
-    }
-    dirs.extend(real.values().cloned());
-    if let Some(o) = &plan.overhead {
-        dirs.extend(o.paths.values().cloned());
-    }
-    dirs.sort();
-    dirs.dedup();
-    dirs.retain(|d| d.is_dir());
-    dirs
-}
-
 /// Runs the sandbox.
 pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let config = load_config(args.sandbox.config.as_ref())?;
+    // `run` boots an in-process VMM: with a hypervisor that runs the VM out of process
+    // the component is inactive, and a demo VM under it would show nothing true.
+    if !config.vmm_in_process() {
+        return Err(bad(format!(
+            "hypervisor_name = {:?} in {}: host-cgroups is inactive for a hypervisor that runs \
+             the VM out of process, and run boots an in-process VMM; use hypervisor_name = \
+             \"dragonball\" (resolve shows the plan for any hypervisor)",
+            config.hypervisor_name,
+            config.source.display()
+        )));
+    }
     let (path, resources, mut warnings) =
         super::sandbox_inputs(&args.sandbox, args.bundle.as_deref())?;
     let (container_res, container_warnings) =
@@ -335,6 +298,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             runtime(e)
         }
     })?;
+    let active = sandbox.is_active();
     if let Activation::Inactive { reason } = sandbox.activation() {
         notes.push(format!("host-cgroups inactive: {reason}"));
     }
@@ -444,7 +408,6 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let real_paths = sandbox.paths();
     let stats = sandbox.stats().transpose();
     let wall = start.elapsed().as_secs_f64();
-    let watched = sandbox_dirs(&args.state_dir, &plan, &real_paths);
     // The sandbox owns the order: the VMM stops (VM fd closed) before the cgroups go,
     // and SIGTERM from a stopping systemd scope cannot end the teardown.
     let Teardown {
@@ -484,7 +447,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         driver: plan.driver.to_string(),
         cgroup_version: plan.cgroup_version,
         placement: plan.placement.to_string(),
-        controller_active: config.vmm_in_process(),
+        controller_active: active,
         vcpu_backend: backend_name,
         vmm_pid: me,
         sandbox: CgroupPlan {
@@ -506,7 +469,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         vcpus: vcpus_out,
         threads: snapshot,
         usage,
-        cleanup: CleanupOut::from_teardown(cleanup, &plan, &args.state_dir, &watched),
+        cleanup: CleanupOut::from_teardown(cleanup, &plan, &args.state_dir),
         notes,
         errors,
     };

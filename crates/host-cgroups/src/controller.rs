@@ -13,7 +13,7 @@
 //! that wait for it to write their tid (the previous way, kept as a baseline).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,6 +34,7 @@ use crate::failpoint;
 use crate::host::CgroupLayout;
 use crate::manager::{self, CgroupError, Manager, Stats, VcpuChild};
 use crate::metrics::{IncMetric, METRICS};
+use crate::path::Driver;
 use crate::placement::Placement;
 use crate::plan::SandboxPlan;
 use crate::resources::{self, CpuList, ResourceError};
@@ -145,8 +146,16 @@ pub struct VcpuRecord {
 #[derive(Debug, Clone, Serialize, Default)]
 #[non_exhaustive]
 pub struct TeardownReport {
-    /// Cgroup directories (or units) removed.
+    /// The cgroups removed, relative to the hierarchy roots (cgroupfs: every directory
+    /// that existed before the teardown and is gone from every hierarchy after it,
+    /// deepest first: the sandbox, overhead and vCPU child cgroups and each parent the
+    /// teardown removed with them, whether this sandbox or a sibling made it), or the
+    /// units stopped (systemd).
     pub removed: Vec<String>,
+    /// Cgroups of this sandbox (its own or parents it created) still there after a
+    /// teardown, each with the reason (cgroupfs; `kept` says when the cgroups were kept
+    /// on purpose).
+    pub standing: Vec<String>,
     /// The cgroups were kept (`--keep`).
     pub kept: bool,
     /// Errors met; teardown goes on past each.
@@ -967,7 +976,68 @@ impl Worker {
         }
     }
 
+    /// Tears down (with `destroy`) and reports, for cgroupfs, every directory that
+    /// existed before and is gone after, parents included.
     fn teardown(&mut self, destroy: bool) -> TeardownReport {
+        let watch = (destroy && self.sandbox.driver() == Driver::Cgroupfs).then(|| self.watched());
+        let mut report = self.teardown_cgroups(destroy);
+        // Nothing on disk to look at (no directory existed): the driver's own list.
+        if let Some((own, all, mounts)) = watch.filter(|(_, all, _)| !all.is_empty()) {
+            let (gone, _) = manager::gone_and_standing(&all, &mounts);
+            let (_, stay) = manager::gone_and_standing(&own, &mounts);
+            report.removed = gone;
+            report.standing = stay
+                .into_iter()
+                .map(|r| format!("{r}: still holds other cgroups or tasks"))
+                .collect();
+        }
+        report
+    }
+
+    /// The directories a cgroupfs teardown may remove, as they exist now: this sandbox's
+    /// own (its cgroups and the parents it created) and, with them, every existing
+    /// ancestor below a hierarchy root (a parent a sibling sandbox made goes with the
+    /// last one out); and the hierarchy roots.
+    fn watched(&self) -> (Vec<PathBuf>, Vec<PathBuf>, Vec<PathBuf>) {
+        let mut own: Vec<PathBuf> = Vec::new();
+        let mut mounts: Vec<PathBuf> = Vec::new();
+        for m in std::iter::once(&self.sandbox).chain(self.overhead.as_ref()) {
+            let depth = m.relative().split('/').filter(|c| !c.is_empty()).count();
+            for p in m.paths().into_values() {
+                if let Some(root) = p.ancestors().nth(depth) {
+                    mounts.push(root.to_path_buf());
+                }
+                own.push(p);
+            }
+            own.extend(m.created());
+        }
+        if let Some(c) = &self.child {
+            own.extend(c.dirs().iter().cloned());
+            own.extend(c.created());
+        }
+        mounts.sort();
+        mounts.dedup();
+        let mut all = own.clone();
+        for d in &own {
+            let Some(root) = mounts.iter().find(|r| d.starts_with(r)) else {
+                continue;
+            };
+            all.extend(
+                d.ancestors()
+                    .skip(1)
+                    .take_while(|a| *a != root.as_path() && a.starts_with(root))
+                    .map(Path::to_path_buf),
+            );
+        }
+        for v in [&mut own, &mut all] {
+            v.sort();
+            v.dedup();
+            v.retain(|d| d.is_dir());
+        }
+        (own, all, mounts)
+    }
+
+    fn teardown_cgroups(&mut self, destroy: bool) -> TeardownReport {
         let mut report = TeardownReport {
             kept: !destroy,
             ..Default::default()

@@ -39,6 +39,7 @@ use crate::controller::{
     CgroupController, ControllerError, ControllerOptions, TeardownReport, VcpuRecord,
 };
 use crate::host::{CgroupLayout, HostError};
+pub use crate::manager::gone_and_standing;
 use crate::manager::{self, CgroupError, Stats};
 use crate::metrics::IncMetric;
 use crate::path::{validate_sandbox_id, CgroupsPath, PathError};
@@ -83,6 +84,20 @@ pub enum SandboxError {
         /// Its directory.
         state_dir: PathBuf,
     },
+    /// The sandbox cgroups path is already in use by another sandbox or by running
+    /// processes: two sandboxes in one cgroup would apply each other's resources, and
+    /// the first teardown would remove the cgroup under the other. Nothing was created.
+    #[error("cgroups path {cgroups_path:?} of sandbox {sandbox_id} is already in use: {holder}; two sandboxes cannot share a sandbox cgroup (the first teardown would remove it under the other)")]
+    PathInUse {
+        /// The sandbox id that was refused.
+        sandbox_id: String,
+        /// The cgroups path it asked for (relative to the hierarchy roots, or the unit).
+        cgroups_path: String,
+        /// The other sandbox's id, when its state file names the path.
+        other_sandbox: Option<String>,
+        /// What holds the path: the other state file, or the cgroup and its pids.
+        holder: String,
+    },
     /// The sandbox still runs: its VMM process is alive and in the sandbox cgroup.
     #[error("sandbox {sandbox_id} is still running (pid {pid}); stop it before cleaning up")]
     Running {
@@ -111,6 +126,7 @@ impl SandboxError {
             SandboxError::Plan(_)
             | SandboxError::Path(_)
             | SandboxError::AlreadyExists { .. }
+            | SandboxError::PathInUse { .. }
             | SandboxError::Running { .. }
             | SandboxError::NoState { .. } => true,
             SandboxError::Config(_) => true,
@@ -235,9 +251,24 @@ pub struct CleanupReport {
 /// One pod sandbox's host cgroups: created by [`Sandbox::new`], torn down by
 /// [`Sandbox::teardown`].
 ///
-/// Dropping a sandbox that was neither torn down nor [`kept`](Sandbox::keep) logs a
-/// warning naming its state file and what remains (an early `?` in the caller);
-/// the cgroups and the state stay, so `cleanup` can remove them later.
+/// # End every active sandbox with `teardown` or `keep`
+///
+/// Dropping an active sandbox that was neither torn down nor
+/// [`kept`](Sandbox::keep) (an early `?` in the caller, a panic) removes nothing: its
+/// cgroups and its state file stay on the host, and this process stays in the cgroup
+/// the sandbox moved it into. The drop stops the controller thread and reports itself
+/// **only through [`tracing`]** (a `WARN` event naming the state file, the cgroups and
+/// the `host-cgroups cleanup` command): an embedder that installs no `tracing`
+/// subscriber sees nothing at all, and the library never prints. Call
+/// [`Sandbox::teardown`] (or [`Sandbox::keep`], then [`Sandbox::cleanup`]) on every
+/// path, error paths included.
+///
+/// # Where this process goes
+///
+/// An active sandbox moves the calling process — every thread of it, and the threads
+/// it starts later, which are born in their creator's cgroups — when it is made
+/// ([`Sandbox::new`], [`Sandbox::start`]) and moves it back when it is torn down; see
+/// those methods.
 pub struct Sandbox {
     id: String,
     activation: Activation,
@@ -266,9 +297,23 @@ impl Sandbox {
     /// the state file before the first directory is made, and starts the controller
     /// thread. When inactive it only records why.
     ///
+    /// The move is of the whole calling process, every thread (one write of its pid to
+    /// `cgroup.procs` per hierarchy), and threads it starts later are born there:
+    /// - with the sibling layout (`sandbox_cgroup_only = false` on cgroup v1 with
+    ///   cgroupfs), into the overhead cgroup `kata_overhead/<sandbox-id>`; each vCPU
+    ///   thread then moves itself into the sandbox cgroup in its hook;
+    /// - otherwise into the sandbox cgroup: with `sandbox_cgroup_only = true` (vCPU
+    ///   threads included), or with the nested layout, whose vCPU threads then move
+    ///   themselves into its `vcpus` child.
+    ///
+    /// [`SandboxPlan::placement`] and [`SandboxPlan::vcpu_layout`] (see
+    /// [`Sandbox::plan`]) say which. [`Sandbox::teardown`] moves the process back.
+    ///
     /// # Errors
     /// Bad input ([`SandboxError::is_bad_input`]: malformed path or id, resources the
-    /// host refuses, an id that already has state) changes nothing. A host failure
+    /// host refuses, an id that already has state, a cgroups path another sandbox uses —
+    /// [`SandboxError::PathInUse`]; the rule is in docs/design.md, "One sandbox per
+    /// cgroup") changes nothing. A host failure
     /// rolls back what this call made.
     pub fn new(
         config: &RuntimeConfig,
@@ -278,18 +323,7 @@ impl Sandbox {
     ) -> Result<Sandbox, SandboxError> {
         validate_sandbox_id(sandbox_id)?;
         if !config.vmm_in_process() {
-            let reason = format!(
-                "hypervisor {:?} runs the VMM out of process; host-cgroups acts only for dragonball",
-                config.hypervisor_name
-            );
-            info!(sandbox = sandbox_id, %reason, "inactive");
-            return Ok(Sandbox {
-                id: sandbox_id.to_string(),
-                activation: Activation::Inactive { reason },
-                plan: None,
-                controller: None,
-                state_dir: opts.state_dir,
-            });
+            return Ok(Self::inactive(config, sandbox_id, opts.state_dir));
         }
         let layout = CgroupLayout::detect()?;
         let plan = SandboxPlan::new(
@@ -325,6 +359,12 @@ impl Sandbox {
     /// plan): the path the CLI's `run` takes, so that what `resolve` shows is what
     /// `run` does.
     ///
+    /// It moves this process as [`Sandbox::new`] does.
+    ///
+    /// Activation is decided as in [`Sandbox::new`]: when `config`'s
+    /// `runtime.hypervisor_name` is not `dragonball` the sandbox is inactive, whatever
+    /// the plan says, and nothing is created, moved or written.
+    ///
     /// # Errors
     /// As [`Sandbox::new`].
     pub fn start(
@@ -332,6 +372,11 @@ impl Sandbox {
         plan: SandboxPlan,
         opts: SandboxOptions,
     ) -> Result<Sandbox, SandboxError> {
+        // The same activation rule as `new`: a plan can be made for any hypervisor
+        // (`resolve` shows it), but only an in-process VMM makes it act.
+        if !config.vmm_in_process() {
+            return Ok(Self::inactive(config, &plan.sandbox_id, opts.state_dir));
+        }
         let file = SandboxState::file(&opts.state_dir, &plan.sandbox_id);
         if file.exists() {
             return Err(SandboxError::AlreadyExists {
@@ -340,6 +385,7 @@ impl Sandbox {
                 state_dir: opts.state_dir.clone(),
             });
         }
+        refuse_shared_path(&plan, &opts.state_dir)?;
         let copts = ControllerOptions {
             state_dir: Some(opts.state_dir.clone()),
             placement_timeout: opts.placement_timeout,
@@ -358,6 +404,23 @@ impl Sandbox {
         })
     }
 
+    /// The inactive sandbox for a hypervisor that runs the VMM out of process: it
+    /// holds no plan and no controller, and touches nothing on the host.
+    fn inactive(config: &RuntimeConfig, sandbox_id: &str, state_dir: PathBuf) -> Sandbox {
+        let reason = format!(
+            "hypervisor {:?} runs the VMM out of process; host-cgroups acts only for dragonball",
+            config.hypervisor_name
+        );
+        info!(sandbox = sandbox_id, %reason, "inactive");
+        Sandbox {
+            id: sandbox_id.to_string(),
+            activation: Activation::Inactive { reason },
+            plan: None,
+            controller: None,
+            state_dir,
+        }
+    }
+
     /// Runs, without changing the host, every check [`Sandbox::start`] runs before it
     /// creates anything for `plan` (the driver's resource checks: CPUs and memory nodes
     /// against the host and the nearest existing parent cgroup, values the host's files
@@ -366,7 +429,8 @@ impl Sandbox {
     /// of `run`.
     ///
     /// # Errors
-    /// What `start` would refuse as bad input, and state that exists for the id.
+    /// What `start` would refuse as bad input: state that exists for the id, a cgroups
+    /// path another sandbox uses ([`SandboxError::PathInUse`]), resources the host refuses.
     pub fn preflight(plan: &SandboxPlan, opts: &SandboxOptions) -> Result<Preflight, SandboxError> {
         let file = SandboxState::file(&opts.state_dir, &plan.sandbox_id);
         if file.exists() {
@@ -376,6 +440,7 @@ impl Sandbox {
                 state_dir: opts.state_dir.clone(),
             });
         }
+        refuse_shared_path(plan, &opts.state_dir)?;
         let sandbox = manager::build(&plan.sandbox.parsed, &plan.layout, Vec::new())?;
         if let Some(r) = &opts.sandbox_resources {
             crate::resources::validate(r).map_err(CgroupError::from)?;
@@ -553,7 +618,8 @@ impl Sandbox {
     ///
     /// # Errors
     /// Resources the host refuses; nothing is changed then (files and the container
-    /// map are rolled back).
+    /// map are rolled back). An inactive sandbox changes nothing: no host cgroup is its
+    /// to change (the out-of-process hypervisor's own runtime applies container resources).
     pub fn update_container(
         &self,
         container_id: &str,
@@ -623,6 +689,18 @@ impl Sandbox {
     /// Stops the VMM with `stop_vmm`, then removes the cgroups and the state, in the
     /// order the module docs give. `stop_vmm` must return only when every vCPU thread
     /// has been joined and the VM file descriptor is closed.
+    ///
+    /// Where this process goes: with the cgroupfs driver, before each cgroup is removed
+    /// this process's threads in it are moved back to the cgroups the process was in
+    /// when the sandbox was made (read from `/proc/self/cgroup` with the host layout), or
+    /// to the hierarchy root when that cgroup lies inside the one being removed. With the
+    /// systemd driver a process inside the sandbox scope stays there: systemd ends the
+    /// scope when the process exits (the order rules above). Nothing moves when the
+    /// sandbox is inactive.
+    ///
+    /// The report lists every cgroup removed, parents included (see
+    /// [`TeardownReport::removed`]); removal failures are in its `errors`, the teardown
+    /// goes on past each, and the state file stays while any remains.
     pub fn teardown<R>(mut self, stop_vmm: impl FnOnce() -> R) -> Teardown<R> {
         let vmm = stop_vmm();
         let _ = crate::failpoint::hit("vmm-stopped");
@@ -638,6 +716,10 @@ impl Sandbox {
 
     /// Stops the VMM with `stop_vmm` and leaves the cgroups and the state file in
     /// place (for inspection; `cleanup` removes them later).
+    ///
+    /// This process is not moved: it stays in the cgroup [`Sandbox::new`] moved it into
+    /// until [`Sandbox::cleanup`] (from this process, see there) or [`Sandbox::restore`]
+    /// and a teardown move it out.
     pub fn keep<R>(mut self, stop_vmm: impl FnOnce() -> R) -> Teardown<R> {
         let vmm = stop_vmm();
         let report = match self.controller.take() {
@@ -650,6 +732,17 @@ impl Sandbox {
     /// Removes what a crashed run of `sandbox_id` left, from its state file in
     /// `state_dir`: exactly the directories (and units) that run created, deepest
     /// first, then the state file.
+    ///
+    /// Called from the very process the state names (after [`Sandbox::keep`], say), it
+    /// is not refused: it acts as a teardown without the VMM's stop. Before each
+    /// cgroupfs directory is removed this process's threads in it are moved out, to the
+    /// hierarchy roots when this process was inside the sandbox cgroup when `cleanup`
+    /// read its own cgroups (its cgroups from before the sandbox are not recorded).
+    /// It must not be used on a sandbox this process still runs (a live [`Sandbox`] of
+    /// the same id): its VMM's threads would be moved out from under it, and a KVM VM's
+    /// worker thread makes the removal fail as busy; use [`Sandbox::teardown`] there.
+    /// Another process's live VMM in the sandbox cgroup is refused
+    /// ([`SandboxError::Running`]).
     ///
     /// # Errors
     /// [`SandboxError::NoState`] when there is no state file;
@@ -796,6 +889,111 @@ fn refuse_running(state: &SandboxState) -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// Refuses a sandbox cgroups path that another sandbox uses (the rule of
+/// docs/design.md, "One sandbox per cgroup"):
+/// (a) another state file in `state_dir` records the same sandbox cgroup (any driver);
+/// (b) with the cgroupfs driver, the sandbox cgroup exists and it or a cgroup below it
+///     holds a process (`cgroup.procs` non-empty in any hierarchy; this very process
+///     counts, which is how a second in-process sandbox shows).
+///
+/// An existing cgroup without processes (a leftover) stays adoptable. With the systemd
+/// driver only (a) applies: a unit cannot tell which sandbox its processes belong to.
+fn refuse_shared_path(plan: &SandboxPlan, state_dir: &Path) -> Result<(), SandboxError> {
+    let want = &plan.sandbox.parsed;
+    let in_use = |other: Option<String>, holder: String| SandboxError::PathInUse {
+        sandbox_id: plan.sandbox_id.clone(),
+        cgroups_path: want.relative(),
+        other_sandbox: other,
+        holder,
+    };
+    let mounts = plan.layout.mount_points();
+    // What a state file that records this cgroup must contain, as JSON writes it: the
+    // cgroupfs path, or the systemd unit (its cgroup path is derived, not stored).
+    let needle = serde_json::to_string(&match want.unit() {
+        Some(u) => u.unit.clone(),
+        None => want.relative(),
+    })
+    .unwrap_or_default();
+    if let Ok(rd) = std::fs::read_dir(state_dir) {
+        let mut files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        files.sort();
+        for f in files {
+            let Some(id) = f
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+                .filter(|n| !n.starts_with('.') && *n != plan.sandbox_id)
+            else {
+                continue;
+            };
+            // Cheap first: a state file that does not name the path (as JSON writes it)
+            // cannot record it; the state directory holds every sandbox of the host.
+            match std::fs::read_to_string(&f) {
+                Ok(text) if text.contains(needle.as_str()) => {}
+                _ => continue,
+            }
+            // A file that is not a sandbox's state (or one this host cannot trust) says
+            // nothing about the path; `cleanup` reports it when asked for that id.
+            let state = match SandboxState::load(state_dir, id, &mounts) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(file = %f.display(), error = %e, "state file skipped in the shared-path check");
+                    continue;
+                }
+            };
+            if state.sandbox.path.driver() == want.driver()
+                && state.sandbox.path.relative() == want.relative()
+            {
+                return Err(in_use(
+                    Some(state.sandbox_id.clone()),
+                    format!(
+                        "sandbox {} records it in {} (if that sandbox is gone: host-cgroups cleanup --sandbox-id {} --state-dir {})",
+                        state.sandbox_id,
+                        f.display(),
+                        state.sandbox_id,
+                        state_dir.display()
+                    ),
+                ));
+            }
+        }
+    }
+    if plan.driver != crate::cgroup::Driver::Cgroupfs {
+        return Ok(());
+    }
+    let me = std::process::id() as i32;
+    for dir in plan.sandbox.paths.values() {
+        let mut stack = vec![dir.clone()];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(e.path());
+                }
+            }
+            let procs = d.join("cgroup.procs");
+            let pids: Vec<i32> = std::fs::read_to_string(&procs)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            if !pids.is_empty() {
+                let ours = if pids.contains(&me) {
+                    " (this process among them: a sandbox of this process is there)"
+                } else {
+                    ""
+                };
+                return Err(in_use(
+                    None,
+                    format!("{} holds pids {pids:?}{ours}", procs.display()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Removes the nested layout's vCPU child of the sandbox at `path` when it exists.
 fn destroy_child(layout: &CgroupLayout, path: &CgroupsPath, report: &mut CleanupReport) {
     let mut c = manager::VcpuChild::adopt(layout, &path.relative(), Vec::new());
@@ -807,39 +1005,6 @@ fn destroy_child(layout: &CgroupLayout, path: &CgroupsPath, report: &mut Cleanup
         Ok(()) => report.removed.push(name),
         Err(e) => report.errors.push(format!("{name}: {e}")),
     }
-}
-
-/// Sorts the cgroup directories `watched` (absolute, as they existed before a
-/// removal) into the cgroups now gone and those still standing, by their path
-/// relative to the hierarchy roots in `mounts`.
-///
-/// A cgroup counts as gone only when none of the hierarchies the sandbox spans holds
-/// it any more (one the run did not create it in included). `gone` is deepest first.
-pub fn gone_and_standing(watched: &[PathBuf], mounts: &[PathBuf]) -> (Vec<String>, Vec<String>) {
-    let rel = |d: &Path| -> String {
-        mounts
-            .iter()
-            .filter_map(|m| d.strip_prefix(m).ok())
-            .min_by_key(|r| r.components().count())
-            .map(|r| r.display().to_string())
-            .unwrap_or_else(|| d.display().to_string())
-    };
-    let hiers: Vec<&PathBuf> = mounts
-        .iter()
-        .filter(|m| watched.iter().any(|d| d.starts_with(m)))
-        .collect();
-    let mut gone: Vec<String> = Vec::new();
-    let mut stay: Vec<String> = Vec::new();
-    for d in watched {
-        let r = rel(d);
-        let there = hiers.iter().any(|m| m.join(&r).is_dir());
-        let list = if there { &mut stay } else { &mut gone };
-        if !list.contains(&r) {
-            list.push(r);
-        }
-    }
-    gone.sort_by_key(|r| std::cmp::Reverse(r.matches('/').count()));
-    (gone, stay)
 }
 
 /// Destroys each target, sorting it into removed / absent / kept / errors.

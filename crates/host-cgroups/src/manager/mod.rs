@@ -9,7 +9,7 @@ pub mod fs;
 pub mod systemd;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::LinuxResources;
 use serde::Serialize;
@@ -222,4 +222,37 @@ impl From<crate::cpulist::CpuListError> for CgroupError {
     fn from(e: crate::cpulist::CpuListError) -> Self {
         CgroupError::Resource(ResourceError::List(e))
     }
+}
+
+/// Sorts the cgroup directories `watched` (absolute, as they existed before a
+/// removal) into the cgroups now gone and those still standing, by their path
+/// relative to the hierarchy roots in `mounts`.
+///
+/// A cgroup counts as gone only when none of the hierarchies the sandbox spans holds
+/// it any more (one the run did not create it in included). `gone` is deepest first.
+pub fn gone_and_standing(watched: &[PathBuf], mounts: &[PathBuf]) -> (Vec<String>, Vec<String>) {
+    let rel = |d: &Path| -> String {
+        mounts
+            .iter()
+            .filter_map(|m| d.strip_prefix(m).ok())
+            .min_by_key(|r| r.components().count())
+            .map(|r| r.display().to_string())
+            .unwrap_or_else(|| d.display().to_string())
+    };
+    let hiers: Vec<&PathBuf> = mounts
+        .iter()
+        .filter(|m| watched.iter().any(|d| d.starts_with(m)))
+        .collect();
+    let mut gone: Vec<String> = Vec::new();
+    let mut stay: Vec<String> = Vec::new();
+    for d in watched {
+        let r = rel(d);
+        let there = hiers.iter().any(|m| m.join(&r).is_dir());
+        let list = if there { &mut stay } else { &mut gone };
+        if !list.contains(&r) {
+            list.push(r);
+        }
+    }
+    gone.sort_by_key(|r| std::cmp::Reverse(r.matches('/').count()));
+    (gone, stay)
 }
