@@ -78,7 +78,15 @@ impl RunChild {
             let _ = o.read_to_string(&mut out);
         }
         let status = child.wait().expect("wait");
-        self.seen.extend(self.lines.try_iter());
+        // The reader thread sends the last lines after the exit: wait for its end (EOF).
+        let start = Instant::now();
+        while start.elapsed() < WAIT {
+            match self.lines.recv_timeout(Duration::from_millis(200)) {
+                Ok(l) => self.seen.push(l),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(_) => {}
+            }
+        }
         let v = serde_json::from_str(&out).unwrap_or(Value::Null);
         (status, v, std::mem::take(&mut self.seen))
     }
