@@ -151,15 +151,17 @@ struct Hier {
 /// or the `name=systemd` hierarchy of a legacy one. `None` on cgroup v2 (the one
 /// hierarchy is the controllers' own) and on a legacy host without `name=systemd`.
 ///
-/// The rule comes from systemd's cgroup handling (docs/CGROUP_DELEGATION.md: on
-/// hybrid hosts the unified hierarchy is used for process tracking, on legacy
-/// hosts the `name=systemd` one): when systemd realizes a unit's cgroups again
+/// The rule comes from systemd's cgroup handling (its docs/CGROUP_DELEGATION.md: on
+/// legacy hosts `name=systemd` is systemd's own hierarchy "for managing purposes", on
+/// hybrid hosts the cgroup2 one carries the core cgroup v2 functions; and the
+/// deb11-sd-v1 failure, where only the cgroup2 line still named the unit): when
+/// systemd realizes a unit's cgroups again
 /// (`daemon-reload`, a `Delegate=yes` scope starting or stopping next to it), it
 /// moves every process it finds in the unit's cgroup of the tracking hierarchy
 /// into the unit's cgroup of each v1 controller hierarchy. A process that left its
 /// unit only in the controller hierarchies is therefore moved back; one that also
 /// left the unit's tracking cgroup is no longer the unit's and stays. runc's fs
-/// driver joins `name=systemd` for the same reason. See docs/design.md, "cgroupfs
+/// driver joins `name=systemd`, and the cgroup2 in hybrid mode, likewise. See docs/design.md, "cgroupfs
 /// paths on a systemd host (cgroup v1)". The cgroupfs driver places the process
 /// there whether or not systemd runs: without systemd the hierarchy is a bare
 /// one (an empty cgroup2, or `name=systemd` mounted by hand) and the extra
