@@ -196,3 +196,68 @@ fn cpuset_outside_the_host_is_refused_before_writing() {
     }
     m.destroy().unwrap();
 }
+
+/// cgroup v1: a process move also places the process in systemd's tracking hierarchy
+/// (hybrid: the cgroup2 mount; legacy: `name=systemd`), a thread move never does, and
+/// `destroy` removes the directory (docs/design.md, "cgroupfs paths on a systemd host
+/// (cgroup v1)").
+#[test]
+fn process_moves_reach_the_tracking_hierarchy_and_thread_moves_do_not() {
+    let layout = layout();
+    let test = "process_moves_reach_the_tracking_hierarchy_and_thread_moves_do_not";
+    let Some(track) = host_cgroups::manager::fs::tracking_mount(&layout) else {
+        common::skip::skip(
+            test,
+            "no tracking hierarchy (cgroup v2, or v1 without name=systemd)",
+        );
+        return;
+    };
+    let key = match layout.hierarchy {
+        host_cgroups::host::Hierarchy::Hybrid => "",
+        _ => "name=systemd",
+    };
+    let prefix = unique("track");
+    let guard = CgroupGuard::new(&prefix);
+    let rel = format!("{prefix}/sb");
+    let mut m = FsManager::new(&layout, &rel);
+    m.create().unwrap();
+    let dir = track.join(&rel);
+    assert!(dir.is_dir(), "{} missing", dir.display());
+    assert_eq!(m.extra_dirs(), vec![dir.clone()]);
+    assert!(m.created().contains(&dir), "{:?}", m.created());
+    assert!(!m.paths().values().any(|p| p.starts_with(&track)));
+
+    let child = ChildGuard::sleep();
+    m.add_proc(child.pid()).unwrap();
+    assert_eq!(
+        task_cgroups(child.pid(), child.pid()).get(key),
+        Some(&format!("/{rel}")),
+        "the process is not in {}",
+        dir.display()
+    );
+
+    // A thread of this process: moved in the controller hierarchies only.
+    let (tx, rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let t = std::thread::spawn(move || {
+        tx.send(vcpu_hooks::gettid()).unwrap();
+        let _ = done_rx.recv();
+    });
+    let tid = rx.recv().unwrap();
+    let me = std::process::id() as i32;
+    let before = task_cgroups(me, tid).get(key).cloned();
+    m.add_thread(tid).unwrap();
+    assert_eq!(task_cgroups(me, tid).get("cpu"), Some(&format!("/{rel}")));
+    assert_eq!(task_cgroups(me, tid).get(key).cloned(), before);
+    done_tx.send(()).unwrap();
+    t.join().unwrap();
+
+    // Destroy refuses while the child (not this process) is there, then removes it.
+    let err = m.destroy().unwrap_err();
+    assert!(matches!(err, CgroupError::Busy { .. }), "{err}");
+    drop(child);
+    let mut m = FsManager::adopt(&layout, &rel, m.created());
+    m.destroy().unwrap();
+    assert!(!dir.exists());
+    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
+}

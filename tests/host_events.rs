@@ -15,6 +15,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -1055,6 +1056,135 @@ fn cgroupfs_sandboxes_created_while_systemd_reloads() {
     }
     let (events, _) = storm.stop();
     assert!(events >= 1, "no reload overlapped the runs");
+    assert!(entries(&state).is_empty(), "{:?}", entries(&state));
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// The slice of this test's own unit, from its cgroup in systemd's tracking hierarchy
+/// (cgroup2 on hybrid and unified hosts, `name=systemd` on legacy ones).
+fn own_slice(layout: &CgroupLayout) -> String {
+    let own = task_cgroups(std::process::id() as i32, std::process::id() as i32);
+    let track = match layout.hierarchy {
+        host_cgroups::host::Hierarchy::Legacy => own.get("name=systemd"),
+        _ => own.get(""),
+    };
+    track
+        .and_then(|p| p.split('/').rfind(|c| c.ends_with(".slice")))
+        .unwrap_or("system.slice")
+        .to_string()
+}
+
+/// On a cgroup v1 host with systemd, a cgroupfs sandbox stays placed while systemd
+/// re-realizes the cgroups around it: `daemon-reload`, and a `Delegate=yes` scope
+/// started and stopped in the slice of the unit the run was started from. Before the
+/// cgroupfs driver placed the process in systemd's tracking hierarchy too, systemd
+/// moved the run back into its unit's cgroup (or `/`) in every v1 controller
+/// hierarchy (deb11-sd-v1: a vCPU found in `cpu: "/"`; docs/design.md, "cgroupfs
+/// paths on a systemd host (cgroup v1)").
+#[test]
+fn cgroupfs_sandbox_stays_placed_across_systemd_realization() {
+    let test = "cgroupfs_sandbox_stays_placed_across_systemd_realization";
+    if !needs_systemd(test) {
+        return;
+    }
+    let layout = layout();
+    if layout.version() != CgroupVersion::V1 {
+        skip(
+            test,
+            "cgroup v2 host: one hierarchy, which the process is placed in",
+        );
+        return;
+    }
+    let prefix = unique("realize");
+    let guard = CgroupGuard::new(&prefix);
+    let id = unique("sb");
+    let state = std::env::temp_dir().join(unique("state"));
+    let mut bg = Bg::spawn(run_cmd(&format!("{prefix}/{id}"), &id, &state, "600"));
+    let pid = bg.pid();
+    let below = format!("/{prefix}/");
+    let placed = || -> Vec<(i32, BTreeMap<String, String>)> {
+        let mut out = Vec::new();
+        for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+        {
+            let tid: i32 = t.file_name().to_string_lossy().parse().unwrap();
+            let mut cg = task_cgroups(pid, tid);
+            // Only the controller hierarchies the sandbox spans and the tracking one.
+            cg.retain(|k, _| {
+                layout.controllers().contains(k)
+                    || (k.is_empty() && layout.hierarchy == host_cgroups::host::Hierarchy::Hybrid)
+                    || (k == "name=systemd"
+                        && layout.hierarchy == host_cgroups::host::Hierarchy::Legacy)
+            });
+            out.push((tid, cg));
+        }
+        out
+    };
+    let before = placed();
+    for (tid, cg) in &before {
+        for (k, p) in cg {
+            assert!(
+                p.starts_with(&below),
+                "thread {tid} of the run is not in the sandbox in {k:?}: {cg:?}"
+            );
+        }
+    }
+    let slice = own_slice(&layout);
+    let scope = format!("{}.scope", unique("deleg"));
+    let events: Vec<(String, Vec<String>)> = vec![
+        (
+            "daemon-reload".into(),
+            vec!["systemctl".into(), "daemon-reload".into()],
+        ),
+        (
+            format!("Delegate=yes scope {scope} in {slice}"),
+            [
+                "systemd-run",
+                "--scope",
+                "--quiet",
+                "-p",
+                "Delegate=yes",
+                "-p",
+                "CPUAccounting=yes",
+                "-p",
+                "MemoryAccounting=yes",
+                "--slice",
+                &slice,
+                "--unit",
+                &scope,
+                "true",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ),
+        (
+            "daemon-reload".into(),
+            vec!["systemctl".into(), "daemon-reload".into()],
+        ),
+    ];
+    for (what, argv) in &events {
+        let st = Command::new(&argv[0]).args(&argv[1..]).status().unwrap();
+        assert!(st.success(), "{what}: {st:?}");
+        wait_until("systemd answers on the bus", bus_answers);
+        // One more bus round trip before looking: systemd realizes cgroups from a queue
+        // it runs in its event loop; a later request makes it likely (not certain) that
+        // the queue ran. A move seen later would still fail the next event's check.
+        let _ = show("-.slice", "ActiveState");
+        assert!(bg.alive(), "the run died on {what}");
+        let after = placed();
+        for ((tid, b), (_, a)) in before.iter().zip(after.iter()) {
+            assert_eq!(a, b, "thread {tid} moved by {what}");
+        }
+    }
+    let _ = Command::new("systemctl")
+        .args(["reset-failed", &scope])
+        .stderr(Stdio::null())
+        .status();
+    let (status, err) = bg.signal_and_wait(libc::SIGTERM);
+    assert!(status.success(), "{status:?}\n{err}");
+    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
     assert!(entries(&state).is_empty(), "{:?}", entries(&state));
     let _ = std::fs::remove_dir_all(&state);
 }
