@@ -41,10 +41,17 @@ const WAIT: Duration = Duration::from_secs(120);
 // ---------------------------------------------------------------------------------------
 // Helpers
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    wait_until_or(what, f, String::new);
+}
+
+/// [`wait_until`], with `diag()` (what is there instead) in the timeout's message.
+fn wait_until_or(what: &str, mut f: impl FnMut() -> bool, diag: impl FnOnce() -> String) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < WAIT, "timed out waiting until {what}");
+        if start.elapsed() >= WAIT {
+            panic!("timed out waiting until {what}\n{}", diag());
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -343,6 +350,34 @@ fn show(unit: &str, prop: &str) -> String {
     text(&out.stdout).trim().to_string()
 }
 
+/// The units of `units` still loaded, each with its LoadState, ActiveState, SubState and
+/// Result, and `systemctl status` of the first of them: what a timeout should name.
+fn units_left(units: &[&str]) -> String {
+    let left: Vec<&str> = units.iter().copied().filter(|u| listed(u)).collect();
+    let mut out = format!("{} unit(s) still loaded:\n", left.len());
+    for u in &left {
+        out += &format!(
+            "  {u}: LoadState={} ActiveState={} SubState={} Result={}\n",
+            show(u, "LoadState"),
+            show(u, "ActiveState"),
+            show(u, "SubState"),
+            show(u, "Result")
+        );
+    }
+    if let Some(u) = left.first() {
+        let st = Command::new("systemctl")
+            .args(["status", "--no-pager", "--full", u])
+            .output()
+            .expect("systemctl status");
+        out += &format!(
+            "systemctl status {u}:\n{}{}",
+            text(&st.stdout),
+            text(&st.stderr)
+        );
+    }
+    out
+}
+
 fn listed(unit: &str) -> bool {
     let out = Command::new("systemctl")
         .args(["list-units", "--all", "--no-legend", "--plain", unit])
@@ -384,7 +419,11 @@ impl Drop for BusRestorer {
 
 /// Asserts that nothing of `unit` is left: not loaded, no cgroup directory, no state.
 fn assert_unit_gone(layout: &CgroupLayout, unit: &SystemdUnit, state: &Path) {
-    wait_until(&format!("{} is gone", unit.unit), || !listed(&unit.unit));
+    wait_until_or(
+        &format!("{} is gone", unit.unit),
+        || !listed(&unit.unit),
+        || units_left(&[&unit.unit]),
+    );
     let rel = unit.cgroup_path();
     wait_until(&format!("the cgroups of {} are gone", unit.unit), || {
         mounts(layout).iter().all(|m| !m.join(&rel).exists())
@@ -693,6 +732,10 @@ fn daemon_reload_and_reexec_while_scopes_start_and_stop() {
     );
     assert!(events >= 2, "the storm did not overlap the lifecycles");
     wait_until("systemd answers on the bus after the storm", bus_answers);
+    {
+        let names: Vec<&str> = units.iter().map(|u| u.unit.as_str()).collect();
+        eprintln!("right after the storm: {}", units_left(&names));
+    }
     // After the storm: cleanup of every CLI run finishes (no state: nothing to do).
     for id in &ids {
         let out = cleanup(id, &state);
@@ -710,9 +753,14 @@ fn daemon_reload_and_reexec_while_scopes_start_and_stop() {
                 .unwrap_or_else(|e| panic!("destroy {} after the storm: {e}", unit.unit));
         }
     }
-    wait_until("no unit of the test is loaded", || {
-        units.iter().all(|u| !listed(&u.unit))
-    });
+    wait_until_or(
+        "no unit of the test is loaded",
+        || units.iter().all(|u| !listed(&u.unit)),
+        || {
+            let names: Vec<&str> = units.iter().map(|u| u.unit.as_str()).collect();
+            units_left(&names)
+        },
+    );
     wait_until("no scope directory is left", || {
         g.scope_dirs_left(&layout).is_empty()
     });
