@@ -374,6 +374,11 @@ fn units_left(units: &[&str]) -> String {
             text(&st.stdout),
             text(&st.stderr)
         );
+        let j = Command::new("journalctl")
+            .args(["--no-pager", "-o", "short-monotonic", "-n", "60", "-u", u])
+            .output()
+            .expect("journalctl");
+        out += &format!("journalctl -u {u}:\n{}{}", text(&j.stdout), text(&j.stderr));
     }
     out
 }
