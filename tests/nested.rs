@@ -78,8 +78,10 @@ fn all_keys(layout: &CgroupLayout) -> Vec<String> {
 /// for the child's hierarchies and in the sandbox for the others; every other
 /// thread in the sandbox everywhere. Read from /proc/<pid>/task/<tid>/cgroup.
 /// KVM's `kvm-nx-lpage-recovery` worker joins the first vCPU's cgroups (a kernel
-/// rule, see docs/design.md), and an unplugged vCPU may still be exiting, so those
-/// may be in either.
+/// rule, see docs/design.md), so it may be in either. An unplugged vCPU may still be
+/// exiting: it is not checked, since for a task with `PF_EXITING` the kernel's
+/// `proc_cgroup_show` prints `/` for every v1 hierarchy (the v2 line keeps the real
+/// path), which is what made this test fail now and then in the v1 test hosts.
 fn assert_layout(layout: &CgroupLayout, sandbox: &str, vcpu_tids: &[i32]) {
     let me = std::process::id() as i32;
     let sb = format!("/{sandbox}");
@@ -104,10 +106,12 @@ fn assert_layout(layout: &CgroupLayout, sandbox: &str, vcpu_tids: &[i32]) {
                 &sb
             };
             let got = cg.get(&k).cloned().unwrap_or_default();
-            // KVM's worker, and an unplugged vCPU thread still on its way out.
-            let either =
-                comm.starts_with("kvm-nx-lpage") || (comm.starts_with("db_vcpu") && !is_vcpu);
-            if either && (got == sb || got == child) {
+            // An unplugged vCPU thread still on its way out: its /proc view is not its cgroup.
+            if comm.starts_with("db_vcpu") && !is_vcpu {
+                continue;
+            }
+            // KVM's worker.
+            if comm.starts_with("kvm-nx-lpage") && (got == sb || got == child) {
                 continue;
             }
             assert_eq!(&got, want, "thread {tid} ({comm}) hierarchy {k:?}: {cg:?}");
