@@ -335,7 +335,18 @@ fn vcpu_in_the_wrong_cgroup_is_refused() {
     // Back into the sandbox cgroup (where the controller put it), then teardown.
     let sb = &ctl.paths()[if key.is_empty() { "unified" } else { "cpu" }];
     std::fs::write(sb.join("cgroup.procs"), me.to_string()).unwrap();
-    std::fs::remove_dir(&elsewhere).unwrap();
+    // The refused vCPU thread was joined, but a joined thread leaves the kernel a moment
+    // later (its tid is cleared first): until then it keeps `elsewhere` busy (EBUSY).
+    let start = std::time::Instant::now();
+    while let Err(e) = std::fs::remove_dir(&elsewhere) {
+        assert!(
+            e.raw_os_error() == Some(libc::EBUSY)
+                && start.elapsed() < std::time::Duration::from_secs(120),
+            "rmdir {}: {e}",
+            elsewhere.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     drop(vm);
     let report = ctl.shutdown(true);
     assert!(report.errors.is_empty(), "{:?}", report.errors);

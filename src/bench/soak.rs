@@ -210,11 +210,20 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
     let layout = CgroupLayout::detect().map_err(|e| BenchError::Unsupported(e.to_string()))?;
     let guard = BenchCgroups::new(&layout);
     let systemd = !args.cgroupfs_only && host_cgroups::host::SystemdInfo::detect().reachable;
-    // Both drivers alternate on every host with systemd, cgroup v1 included: the cgroupfs
-    // driver places this process in systemd's tracking hierarchy too (the hybrid cgroup2,
-    // or `name=systemd`), so systemd re-realizing the units around it (a `Delegate=yes`
-    // scope of the systemd cycles starting or stopping) no longer moves it out of its
-    // cgroupfs sandbox (docs/design.md, "cgroupfs paths on a systemd host (cgroup v1)").
+    // On cgroup v1, systemd re-realizing the cgroups next to a starting or stopping
+    // `Delegate=yes` scope migrates the processes of the units beside it back into their
+    // unit's cgroup in each hierarchy, this process included, even while it sits in a
+    // cgroupfs sandbox (seen in sd-v1: a vCPU found itself in `/` of blkio and was
+    // refused). Placing the process in systemd's tracking hierarchy as well (the fs
+    // driver does since) is not enough: the soak's mixed cycles still saw it in sd-v1
+    // (systemd 252, 2026-11-29). A runtime on such a host uses the systemd driver; so
+    // does the soak there.
+    let systemd_only = systemd && layout.version() == host_cgroups::host::CgroupVersion::V1;
+    if systemd_only {
+        crate::cli::progress(
+            "soak: cgroup v1 with systemd: systemd cycles only (cgroupfs sandboxes of this process would be undone by systemd's re-realization)"
+        );
+    }
     // `hcgsoak<random>.slice` holds the systemd sandboxes. No dash in the name: a dash
     // nests a slice in systemd (`a-b.slice` lives in `a.slice`), and this one must be a
     // top-level slice, so that its directory is its own name under the root and stopping
@@ -229,7 +238,7 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
     let mut sd_ms = Vec::new();
     for i in 1..=args.cycles {
         let id = format!("soak{i}");
-        let use_systemd = systemd && i % 2 == 0;
+        let use_systemd = systemd && (systemd_only || i % 2 == 0);
         let t = Instant::now();
         if use_systemd {
             systemd_cycle(
@@ -321,7 +330,7 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
         "machine": report::machine(),
         "cycles": args.cycles,
         "window": args.window,
-        "drivers": if systemd { vec!["cgroupfs", "systemd"] } else { vec!["cgroupfs"] },
+        "drivers": if systemd_only { vec!["systemd"] } else if systemd { vec!["cgroupfs", "systemd"] } else { vec!["cgroupfs"] },
         "backend": args.backend,
         "elapsed_s": elapsed,
         "load_start": load_start,
