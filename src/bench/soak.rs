@@ -214,10 +214,7 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
     // `Delegate=yes` scope migrates the processes of the units beside it back into their
     // unit's cgroup in each hierarchy, this process included, even while it sits in a
     // cgroupfs sandbox (seen in sd-v1: a vCPU found itself in `/` of blkio and was
-    // refused). Placing the process in systemd's tracking hierarchy as well (the fs
-    // driver does since) is not enough: the soak's mixed cycles still saw it in sd-v1
-    // (systemd 252, 2026-11-29). A runtime on such a host uses the systemd driver; so
-    // does the soak there.
+    // refused). A runtime on such a host uses the systemd driver; so does the soak there.
     let systemd_only = systemd && layout.version() == host_cgroups::host::CgroupVersion::V1;
     if systemd_only {
         crate::cli::progress(

@@ -1009,12 +1009,6 @@ impl Worker {
                 }
                 own.push(p);
             }
-            for p in m.extra_dirs() {
-                if let Some(root) = p.ancestors().nth(depth) {
-                    mounts.push(root.to_path_buf());
-                }
-                own.push(p);
-            }
             own.extend(m.created());
         }
         if let Some(c) = &self.child {

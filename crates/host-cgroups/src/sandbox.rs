@@ -457,7 +457,6 @@ impl Sandbox {
         };
         for m in std::iter::once(&sandbox).chain(overhead.as_ref()) {
             let mut dirs: Vec<PathBuf> = m.paths().into_values().collect();
-            dirs.extend(m.extra_dirs());
             dirs.extend(m.missing());
             dirs.sort();
             dirs.dedup();
@@ -1032,7 +1031,6 @@ fn destroy_all(
         };
         let state_less = dirs.is_empty();
         dirs.extend(m.paths().into_values());
-        dirs.extend(m.extra_dirs());
         if state_less && m.exists() {
             // Without a record of the parents the run made, every existing parent below
             // the hierarchy roots is watched: the driver removes the ones sandboxes made

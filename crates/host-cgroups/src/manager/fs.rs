@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 
 use super::{CgroupError, Manager, Stats};
 use crate::failpoint;
-use crate::host::{online_cpus, CgroupLayout, CgroupVersion, Hierarchy, V2_CONTROLLERS};
+use crate::host::{online_cpus, CgroupLayout, CgroupVersion, V2_CONTROLLERS};
 use crate::path::Driver;
 use crate::resources::{self, CpuList};
 
@@ -140,38 +140,6 @@ struct Hier {
     controllers: Vec<String>,
     /// `tasks` (v1) kept open, since placing threads one by one is the hot path.
     tasks: Option<File>,
-    /// The v1 host's process-tracking hierarchy ([`tracking_mount`]): no controllers;
-    /// whole-process moves only (`add_proc`, and back home at `destroy`), never a
-    /// single thread.
-    track: bool,
-}
-
-/// The hierarchy in which systemd, on a cgroup v1 host, looks up which processes
-/// belong to a unit: the cgroup2 mount of a hybrid host (`/sys/fs/cgroup/unified`),
-/// or the `name=systemd` hierarchy of a legacy one. `None` on cgroup v2 (the one
-/// hierarchy is the controllers' own) and on a legacy host without `name=systemd`.
-///
-/// The rule comes from systemd's cgroup handling (its docs/CGROUP_DELEGATION.md: on
-/// legacy hosts `name=systemd` is systemd's own hierarchy "for managing purposes", on
-/// hybrid hosts the cgroup2 one carries the core cgroup v2 functions; and the
-/// deb11-sd-v1 failure, where only the cgroup2 line still named the unit): when
-/// systemd realizes a unit's cgroups again
-/// (`daemon-reload`, a `Delegate=yes` scope starting or stopping next to it), it
-/// moves every process it finds in the unit's cgroup of the tracking hierarchy
-/// into the unit's cgroup of each v1 controller hierarchy. A process that left its
-/// unit only in the controller hierarchies is therefore moved back; one that also
-/// left the unit's tracking cgroup is no longer the unit's and stays. runc's fs
-/// driver joins `name=systemd`, and the cgroup2 in hybrid mode, likewise. See docs/design.md, "cgroupfs
-/// paths on a systemd host (cgroup v1)". The cgroupfs driver places the process
-/// there whether or not systemd runs: without systemd the hierarchy is a bare
-/// one (an empty cgroup2, or `name=systemd` mounted by hand) and the extra
-/// directory is harmless, and one rule is easier to check than two.
-pub fn tracking_mount(layout: &CgroupLayout) -> Option<PathBuf> {
-    match layout.hierarchy {
-        Hierarchy::Hybrid => layout.unified.clone(),
-        Hierarchy::Legacy => layout.mounts.get("name=systemd").cloned(),
-        Hierarchy::Unified => None,
-    }
 }
 
 impl Hier {
@@ -288,14 +256,7 @@ impl FsManager {
                     mount,
                     controllers,
                     tasks: None,
-                    track: false,
                 })
-                .chain(tracking_mount(layout).map(|mount| Hier {
-                    mount,
-                    controllers: Vec::new(),
-                    tasks: None,
-                    track: true,
-                }))
                 .collect(),
             CgroupVersion::V2 => layout
                 .unified
@@ -304,17 +265,12 @@ impl FsManager {
                     mount: u.clone(),
                     controllers: layout.v2_controllers.clone(),
                     tasks: None,
-                    track: false,
                 })
                 .collect(),
         };
         let mut home = BTreeMap::new();
         for h in &hiers {
             let key: String = match version {
-                CgroupVersion::V1 if h.track => match layout.hierarchy {
-                    Hierarchy::Hybrid => String::new(),
-                    _ => "name=systemd".to_string(),
-                },
                 CgroupVersion::V1 => h.controllers.first().cloned().unwrap_or_default(),
                 CgroupVersion::V2 => String::new(),
             };
@@ -356,8 +312,7 @@ impl FsManager {
 
     fn first_dir(&self) -> Result<PathBuf, CgroupError> {
         self.hiers
-            .iter()
-            .find(|h| !h.track)
+            .first()
             .map(|h| h.dir(&self.relative))
             .ok_or_else(|| CgroupError::NoController {
                 controller: "any".into(),
@@ -481,11 +436,6 @@ impl FsManager {
         let procs = read_ids(&dir.join("cgroup.procs"))?;
         if procs.contains(&me) {
             match self.version {
-                // The tracking hierarchy holds the process whole: it goes back whole.
-                _ if h.track => {
-                    count_migration_writes(1);
-                    write_file(&home.join("cgroup.procs"), &me.to_string())?;
-                }
                 CgroupVersion::V2 => {
                     count_migration_writes(1);
                     write_file(&home.join("cgroup.procs"), &me.to_string())?;
@@ -803,8 +753,7 @@ impl Manager for FsManager {
 
     fn paths(&self) -> BTreeMap<String, PathBuf> {
         let mut out = BTreeMap::new();
-        // The tracking hierarchy has no controllers: it is in `extra_dirs`, not here.
-        for h in self.hiers.iter().filter(|h| !h.track) {
+        for h in &self.hiers {
             for c in &h.controllers {
                 out.insert(c.clone(), h.dir(&self.relative));
             }
@@ -860,9 +809,7 @@ impl Manager for FsManager {
         }
         let value = tid.to_string();
         let relative = self.relative.clone();
-        // Not the tracking hierarchy: the process is placed there whole (a cgroup2 refuses
-        // one thread of a domain process), and its threads stay with it.
-        for h in self.hiers.iter_mut().filter(|h| !h.track) {
+        for h in &mut self.hiers {
             let path = h.dir(&relative).join("tasks");
             if h.tasks.is_none() {
                 let f = OpenOptions::new()
@@ -1015,18 +962,6 @@ impl Manager for FsManager {
 
     fn created(&self) -> Vec<PathBuf> {
         self.created.clone()
-    }
-
-    fn extra_dirs(&self) -> Vec<PathBuf> {
-        self.hiers
-            .iter()
-            .filter(|h| h.track)
-            .map(|h| h.dir(&self.relative))
-            .collect()
-    }
-
-    fn exists(&self) -> bool {
-        self.hiers.iter().any(|h| h.dir(&self.relative).is_dir())
     }
 
     fn missing(&self) -> Vec<PathBuf> {

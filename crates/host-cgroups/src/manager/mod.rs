@@ -174,12 +174,6 @@ pub trait Manager: Send {
     fn exists(&self) -> bool {
         self.paths().values().any(|p| p.is_dir())
     }
-    /// The cgroup's directories beyond [`Manager::paths`], which maps controllers: with
-    /// cgroupfs on cgroup v1, the one in the process-tracking hierarchy
-    /// ([`fs::tracking_mount`]), which holds the placed process but no controller.
-    fn extra_dirs(&self) -> Vec<PathBuf> {
-        Vec::new()
-    }
     /// Directories this manager created, outermost first (for state and crash cleanup).
     fn created(&self) -> Vec<PathBuf> {
         Vec::new()

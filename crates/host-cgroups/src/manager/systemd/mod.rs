@@ -27,7 +27,7 @@ use self::dbus::{Bus, BusError, NO_SUCH_UNIT, UNIT_EXISTS};
 use self::props::{UnitProperty, SYSTEMD_ATTACH, SYSTEMD_FREEZE};
 use super::fs::{read_file, write_file};
 use super::{CgroupError, FsManager, Manager, Stats};
-use crate::host::{CgroupLayout, CgroupVersion, Hierarchy};
+use crate::host::{CgroupLayout, CgroupVersion};
 use crate::metrics::{IncMetric, METRICS};
 use crate::path::{Driver, SystemdUnit};
 use crate::resources::{self, Write};
@@ -98,13 +98,6 @@ impl SystemdManager {
             let mut only = layout.clone();
             only.mounts
                 .retain(|c, _| UNMANAGED_V1.contains(&c.as_str()));
-            // systemd places the unit's processes in its tracking hierarchy itself (the
-            // hybrid cgroup2; `name=systemd` is gone with the line above): the cgroupfs
-            // rule of `fs::tracking_mount` is not for a unit's own cgroup.
-            if only.hierarchy == Hierarchy::Hybrid {
-                only.unified = None;
-                only.hierarchy = Hierarchy::Legacy;
-            }
             FsManager::adopt(&only, &relative, created)
         });
         SystemdManager {
