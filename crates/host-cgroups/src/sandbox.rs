@@ -377,15 +377,7 @@ impl Sandbox {
         if !config.vmm_in_process() {
             return Ok(Self::inactive(config, &plan.sandbox_id, opts.state_dir));
         }
-        let file = SandboxState::file(&opts.state_dir, &plan.sandbox_id);
-        if file.exists() {
-            return Err(SandboxError::AlreadyExists {
-                sandbox_id: plan.sandbox_id.clone(),
-                state_file: file,
-                state_dir: opts.state_dir.clone(),
-            });
-        }
-        refuse_shared_path(&plan, &opts.state_dir)?;
+        refuse_taken(&plan, &opts.state_dir)?;
         let copts = ControllerOptions {
             state_dir: Some(opts.state_dir.clone()),
             placement_timeout: opts.placement_timeout,
@@ -432,15 +424,7 @@ impl Sandbox {
     /// What `start` would refuse as bad input: state that exists for the id, a cgroups
     /// path another sandbox uses ([`SandboxError::PathInUse`]), resources the host refuses.
     pub fn preflight(plan: &SandboxPlan, opts: &SandboxOptions) -> Result<Preflight, SandboxError> {
-        let file = SandboxState::file(&opts.state_dir, &plan.sandbox_id);
-        if file.exists() {
-            return Err(SandboxError::AlreadyExists {
-                sandbox_id: plan.sandbox_id.clone(),
-                state_file: file,
-                state_dir: opts.state_dir.clone(),
-            });
-        }
-        refuse_shared_path(plan, &opts.state_dir)?;
+        refuse_taken(plan, &opts.state_dir)?;
         let sandbox = manager::build(&plan.sandbox.parsed, &plan.layout, Vec::new())?;
         if let Some(r) = &opts.sandbox_resources {
             crate::resources::validate(r).map_err(CgroupError::from)?;
@@ -887,6 +871,21 @@ fn refuse_running(state: &SandboxState) -> Result<(), SandboxError> {
         });
     }
     Ok(())
+}
+
+/// What makes `plan` a sandbox that may not start (both `start` and `preflight` check
+/// it, before anything is made): state that exists for its id, or a cgroups path another
+/// sandbox uses.
+fn refuse_taken(plan: &SandboxPlan, state_dir: &Path) -> Result<(), SandboxError> {
+    let file = SandboxState::file(state_dir, &plan.sandbox_id);
+    if file.exists() {
+        return Err(SandboxError::AlreadyExists {
+            sandbox_id: plan.sandbox_id.clone(),
+            state_file: file,
+            state_dir: state_dir.to_path_buf(),
+        });
+    }
+    refuse_shared_path(plan, state_dir)
 }
 
 /// Refuses a sandbox cgroups path that another sandbox uses (the rule of
