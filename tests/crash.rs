@@ -56,28 +56,30 @@ fn run_with(
     cfg: &str,
     state: &str,
 ) -> std::process::Output {
-    Command::new(BIN)
-        .args([
-            "run",
-            "--config",
-            cfg,
-            "--cgroups-path",
-            &format!("{prefix}/sb"),
-            "--sandbox-id",
-            id,
-            "--vcpus",
-            "3",
-            "--duration",
-            "0.2",
-            "--state-dir",
-            state,
-            "--resources",
-            r#"{"cpu":{"quota":50000,"period":100000}}"#,
-        ])
-        .env("HOST_CGROUPS_FAILPOINT", failpoint)
-        .output()
-        .expect("run")
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "run",
+        "--config",
+        cfg,
+        "--cgroups-path",
+        &format!("{prefix}/sb"),
+        "--sandbox-id",
+        id,
+        "--vcpus",
+        "3",
+        "--duration",
+        "0.2",
+        "--state-dir",
+        state,
+        "--resources",
+        r#"{"cpu":{"quota":50000,"period":100000}}"#,
+    ])
+    .env("HOST_CGROUPS_FAILPOINT", failpoint);
+    output_or_dump(&mut cmd, HANG, &format!("run with {failpoint}"))
 }
+
+/// A run here takes under a second (the VMM runs 0.2 s); one still going after this hangs.
+const HANG: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[test]
 fn sigkill_at_every_step_then_cleanup_leaves_nothing() {
@@ -139,6 +141,7 @@ fn sigkill_at_every_step_then_cleanup_leaves_nothing() {
     let before = foreign_tree();
     let mut killed = 0;
     for (i, point) in points.iter().enumerate() {
+        eprintln!("crash: {point}");
         let prefix = unique("crash");
         let guard = CgroupGuard::new(&prefix);
         let _overhead = CgroupGuard::new(&format!("kata_overhead/{prefix}"))
@@ -162,10 +165,11 @@ fn sigkill_at_every_step_then_cleanup_leaves_nothing() {
             continue;
         }
         killed += 1;
-        let c = Command::new(BIN)
-            .args(["cleanup", "--state-dir", &state, "--sandbox-id", &id])
-            .output()
-            .unwrap();
+        let c = output_or_dump(
+            Command::new(BIN).args(["cleanup", "--state-dir", &state, "--sandbox-id", &id]),
+            HANG,
+            &format!("cleanup after {point}"),
+        );
         let err = String::from_utf8_lossy(&c.stderr);
         // Killed after the state file was removed: the cgroups are already gone too.
         let no_state = err.contains("No such file");

@@ -195,3 +195,74 @@ pub fn read(p: impl AsRef<Path>) -> String {
         .trim()
         .to_string()
 }
+
+/// Runs `cmd` to completion like [`Command::output`], but a run still going after
+/// `limit` is a hang, not slowness (the limit is minutes for runs of under a second):
+/// every thread's state, kernel wait channel, kernel stack and cgroups are collected,
+/// the child (started here, killed by its pid) is killed, and the test panics with
+/// `what` and that dump, so a CI log says where it hung.
+pub fn output_or_dump(cmd: &mut Command, limit: Duration, what: &str) -> std::process::Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: spawn: {e}"));
+    let pump = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out_t = pump(Box::new(child.stdout.take().expect("stdout")));
+    let err_t = pump(Box::new(child.stderr.take().expect("stderr")));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if start.elapsed() > limit {
+            let dump = dump_tasks(child.id() as i32);
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned();
+            panic!(
+                "{what}: still running after {limit:?} (a hang); its threads:\n{dump}\nits stderr:\n{stderr}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    }
+}
+
+/// Each thread of `pid`: name, state, wait channel, kernel stack and cgroups (what /proc shows).
+pub fn dump_tasks(pid: i32) -> String {
+    let mut out = String::new();
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("/proc/{pid}/task unreadable\n");
+    };
+    for e in rd.flatten() {
+        let t = e.path();
+        let r = |f: &str| std::fs::read_to_string(t.join(f)).unwrap_or_else(|e| format!("({e})"));
+        let status = r("status");
+        let state = status
+            .lines()
+            .filter(|l| l.starts_with("Name:") || l.starts_with("State:"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        out.push_str(&format!(
+            "-- tid {} {state} wchan={}\n{}{}",
+            e.file_name().to_string_lossy(),
+            r("wchan"),
+            r("stack"),
+            r("cgroup")
+        ));
+    }
+    out
+}
