@@ -196,3 +196,29 @@ fn cpuset_outside_the_host_is_refused_before_writing() {
     }
     m.destroy().unwrap();
 }
+
+#[test]
+fn a_tree_lock_held_elsewhere_delays_but_does_not_hang() {
+    use std::os::fd::AsRawFd;
+    // Another holder of the node-wide tree lock that never lets go (a stopped process):
+    // creation and removal go on without it after the bounded wait.
+    let path = std::path::Path::new(host_cgroups::manager::fs::TREE_LOCK);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let held = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let layout = layout();
+    let prefix = unique("treelock");
+    let guard = CgroupGuard::new(&prefix);
+    let mut m = FsManager::new(&layout, &format!("{prefix}/sb"));
+    m.create().expect("create without the lock");
+    assert!(!guard.leftovers().is_empty());
+    m.destroy().expect("destroy without the lock");
+    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
+    drop(held);
+}

@@ -22,9 +22,36 @@ case "$MODE" in
       sleep 0.1
     done ;;
 esac
+# A payload still running shortly before the host's time limit is hung: print where every
+# user thread waits (state, kernel wait channel, top kernel stack frames), so that the console
+# tail the matrix and CI show names the stuck task. /hostcg/hangdump: seconds after boot.
+hang_dump() {
+  echo "=== hostcg: hang dump at $(cut -d' ' -f1 /proc/uptime)s (the host's time limit is near)"
+  for t in /proc/[0-9]*/task/[0-9]*; do
+    p=${t%/task/*}
+    cmd=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null | cut -c1-50)
+    [ -n "$cmd" ] || continue   # kernel threads
+    comm=$(cat "$t/comm" 2>/dev/null)
+    case "$comm" in systemd*|dbus*|\(sd-*|agetty|sleep) continue ;; esac
+    st=$(awk '/^State:/ {print $2}' "$t/status" 2>/dev/null)
+    wchan=$(cat "$t/wchan" 2>/dev/null)
+    stack=$(awk '{sub(/\+.*/, "", $2)} $2 !~ /^(do_syscall_64|entry_SYSCALL_64_after_hwframe)$/ {printf "%s<", $2}' "$t/stack" 2>/dev/null | cut -c1-110)
+    echo "hang: ${t#/proc/} $comm [$st] wchan=$wchan stack=$stack cmd=$cmd"
+  done
+  echo "=== hostcg: hang dump end"
+}
+WATCHDOG=
+if AT=$(cat /hostcg/hangdump 2>/dev/null) && [ "${AT:-0}" -gt 0 ]; then
+  NOW=$(cut -d. -f1 /proc/uptime)
+  if [ "$AT" -gt "$NOW" ]; then
+    ( sleep $((AT - NOW)) && hang_dump ) &
+    WATCHDOG=$!
+  fi
+fi
 echo "=== hostcg: $NAME up at $(cut -d' ' -f1 /proc/uptime)s, kernel $(uname -r), running payload"
 /bin/sh /hostcg/payload.sh
 RC=$?
+[ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
 echo "=== hostcg: payload exit code $RC at $(cut -d' ' -f1 /proc/uptime)s"
 echo "$RC" > "$SHARE/rc.tmp" && mv "$SHARE/rc.tmp" "$SHARE/rc"
 umount "$SHARE" 2>/dev/null

@@ -208,6 +208,13 @@ fn read_keyed(path: &Path) -> Result<BTreeMap<String, u64>, CgroupError> {
 /// Holds `TREE_LOCK` (shared for creation, exclusive for removing parents) until dropped.
 struct TreeLock(#[allow(dead_code)] Option<File>);
 
+/// How long `TreeLock::take` waits for the lock before going on without it. Holders keep it
+/// for a few `mkdir`s or `rmdir`s (microseconds); a holder that is stopped (SIGSTOP, a
+/// debugger) or stuck in the kernel must not hang every sandbox start and cleanup on the
+/// node. Without the lock, creation still survives a parent removed under it (ENOENT
+/// retries) and removal refuses a non-empty parent (EBUSY), so the cost is a retry.
+const TREE_LOCK_WAIT: Duration = Duration::from_secs(10);
+
 impl TreeLock {
     fn take(exclusive: bool) -> Self {
         let path = Path::new(TREE_LOCK);
@@ -221,25 +228,41 @@ impl TreeLock {
                 .write(true)
                 .open(path)
         };
-        match open() {
-            Ok(f) => {
-                let op = if exclusive {
-                    libc::LOCK_EX
-                } else {
-                    libc::LOCK_SH
-                };
-                // SAFETY: flock on a file descriptor we own; it cannot touch memory.
-                let rc = unsafe { libc::flock(f.as_raw_fd(), op) };
-                if rc != 0 {
-                    warn!(path = TREE_LOCK, "flock failed; relying on ENOENT retries");
-                }
-                TreeLock(Some(f))
-            }
+        let f = match open() {
+            Ok(f) => f,
             Err(e) => {
                 // Without the lock, creation still survives a vanished parent by retrying.
                 warn!(path = TREE_LOCK, error = %e, "cannot open the tree lock");
-                TreeLock(None)
+                return TreeLock(None);
             }
+        };
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        } | libc::LOCK_NB;
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(100);
+        loop {
+            // SAFETY: flock on a file descriptor we own; it cannot touch memory.
+            if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+                return TreeLock(Some(f));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                warn!(path = TREE_LOCK, error = %e, "flock failed; relying on ENOENT retries");
+                return TreeLock(None);
+            }
+            if start.elapsed() >= TREE_LOCK_WAIT {
+                warn!(
+                    path = TREE_LOCK,
+                    waited_ms = start.elapsed().as_millis() as u64,
+                    "tree lock still held by another process; going on without it (ENOENT retries)"
+                );
+                return TreeLock(None);
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
         }
     }
 }
