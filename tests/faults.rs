@@ -29,7 +29,7 @@ fn sandbox_cgroup_removed_from_outside_is_reported_and_teardown_succeeds() {
     let guard = CgroupGuard::new(&prefix);
     let mut config = RuntimeConfig::embedded().unwrap();
     config.sandbox_cgroup_only = true;
-    let plan = SandboxPlan::new(&config, &format!("{prefix}/sb"), "rm1", &layout, None).unwrap();
+    let plan = SandboxPlan::new(&config, "rm1", &format!("{prefix}/sb"), &layout, None).unwrap();
     let ctl = CgroupController::start(plan, ControllerOptions::default()).unwrap();
     let mut vmm = Vmm::new(
         VmmConfig {

@@ -208,8 +208,8 @@ fn nested_layout_threads_ancestors_and_memory() {
         let before = ancestors(&layout, &prefix);
         let plan = SandboxPlan::new(
             &RuntimeConfig::embedded().unwrap(),
-            &format!("{prefix}/plain"),
             "plain",
+            &format!("{prefix}/plain"),
             &layout,
             None,
         )
@@ -229,7 +229,7 @@ fn nested_layout_threads_ancestors_and_memory() {
         Vec::new()
     };
 
-    let plan = SandboxPlan::new(&nested_config(), &sandbox, "nest1", &layout, None).unwrap();
+    let plan = SandboxPlan::new(&nested_config(), "nest1", &sandbox, &layout, None).unwrap();
     assert_eq!(plan.vcpu_layout, VcpuLayout::Nested);
     let ctl = CgroupController::start(plan, ControllerOptions::default()).unwrap();
     let child = ctl.vcpus_paths().cloned().expect("a vCPU child");
@@ -339,7 +339,7 @@ fn half_cpu_quota_on_the_child_holds_vcpus_not_vmm_threads() {
     let prefix = unique("nquota");
     let guard = CgroupGuard::new(&prefix);
     let sandbox = format!("{prefix}/sb");
-    let plan = SandboxPlan::new(&nested_config(), &sandbox, "nquota", &layout, None).unwrap();
+    let plan = SandboxPlan::new(&nested_config(), "nquota", &sandbox, &layout, None).unwrap();
     let ctl = CgroupController::start(plan, ControllerOptions::default()).unwrap();
     let child = ctl.vcpus_paths().cloned().unwrap();
     // Two containers of a quarter CPU each: 0.5 CPU in all.
@@ -412,7 +412,7 @@ fn hotplug_unplug_and_restore_keep_vcpus_in_the_child() {
     let guard = CgroupGuard::new(&prefix);
     let sandbox = format!("{prefix}/sb");
     let dir = std::env::temp_dir().join(&prefix);
-    let plan = SandboxPlan::new(&nested_config(), &sandbox, "nhot", &layout, None).unwrap();
+    let plan = SandboxPlan::new(&nested_config(), "nhot", &sandbox, &layout, None).unwrap();
     let opts = ControllerOptions {
         state_dir: Some(dir.clone()),
         ..Default::default()

@@ -45,7 +45,7 @@ fn vcpus_pin_when_cpuset_size_matches_and_reset_when_not() {
     let guard = CgroupGuard::new(&prefix);
     let mut config = RuntimeConfig::embedded().unwrap();
     config.enable_vcpus_pinning = true;
-    let plan = SandboxPlan::new(&config, &format!("{prefix}/sb"), "pin1", &layout, None).unwrap();
+    let plan = SandboxPlan::new(&config, "pin1", &format!("{prefix}/sb"), &layout, None).unwrap();
     let ctl = CgroupController::start(
         plan,
         ControllerOptions {

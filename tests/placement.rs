@@ -132,8 +132,8 @@ fn default_mode_confirms_born_vcpus_without_a_cgroup_write() {
     let guard = CgroupGuard::new(&prefix);
     let plan = SandboxPlan::new(
         &config(true),
-        &format!("{prefix}/sb"),
         "born1",
+        &format!("{prefix}/sb"),
         &layout,
         None,
     )
@@ -189,8 +189,8 @@ fn split_mode_vcpus_are_in_their_target_when_the_hook_returns() {
         CgroupGuard::new(&format!("kata_overhead/{prefix}")).and_parent_if_empty("kata_overhead");
     let plan = SandboxPlan::new(
         &config(false),
-        &format!("{prefix}/sb"),
         "split1",
+        &format!("{prefix}/sb"),
         &layout,
         None,
     )
@@ -283,8 +283,8 @@ fn vcpu_in_the_wrong_cgroup_is_refused() {
     let guard = CgroupGuard::new(&prefix);
     let plan = SandboxPlan::new(
         &config(true),
-        &format!("{prefix}/sb"),
         "wrong1",
+        &format!("{prefix}/sb"),
         &layout,
         None,
     )
@@ -371,7 +371,7 @@ fn vcpus_are_pinned_when_their_hook_returns() {
     let guard = CgroupGuard::new(&prefix);
     let mut c = config(true);
     c.enable_vcpus_pinning = true;
-    let plan = SandboxPlan::new(&c, &format!("{prefix}/sb"), "pinhook1", &layout, None).unwrap();
+    let plan = SandboxPlan::new(&c, "pinhook1", &format!("{prefix}/sb"), &layout, None).unwrap();
     let ctl = CgroupController::start(
         plan,
         ControllerOptions {

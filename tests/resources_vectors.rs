@@ -392,7 +392,7 @@ fn apply_and_read_back(prefix: &str, json: &str) {
     let res = resources::from_json(json).unwrap();
     let cfg = RuntimeConfig::embedded().unwrap();
     let path = format!("{prefix}/sb");
-    let plan = SandboxPlan::new(&cfg, &path, "sb13", &layout, Some(&res)).unwrap();
+    let plan = SandboxPlan::new(&cfg, "sb13", &path, &layout, Some(&res)).unwrap();
     let mut m = manager::build(&plan.sandbox.parsed, &layout, Vec::new()).unwrap();
     m.check(&res).unwrap();
     m.create().unwrap();

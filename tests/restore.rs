@@ -24,7 +24,7 @@ fn restore_keeps_the_cpuset_union_and_teardown_removes_everything() {
     let guard = CgroupGuard::new(&prefix);
     let dir = std::env::temp_dir().join(&prefix);
     let config = RuntimeConfig::embedded().unwrap();
-    let plan = SandboxPlan::new(&config, &format!("{prefix}/sb"), "rs1", &layout, None).unwrap();
+    let plan = SandboxPlan::new(&config, "rs1", &format!("{prefix}/sb"), &layout, None).unwrap();
     let opts = ControllerOptions {
         state_dir: Some(dir.clone()),
         ..Default::default()

@@ -88,7 +88,7 @@ fn start_with_an_out_of_process_hypervisor_touches_nothing() {
     let guard = CgroupGuard::new(&prefix);
     let dir = TmpDir::new("oop-state");
     let (_, config) = qemu_config(&dir.0);
-    let plan = SandboxPlan::new(&config, &format!("{prefix}/sb"), &prefix, &layout, None).unwrap();
+    let plan = SandboxPlan::new(&config, &prefix, &format!("{prefix}/sb"), &layout, None).unwrap();
     let before = own_cgroups();
     let sb = Sandbox::start(&config, plan, SandboxOptions::default().state_dir(&dir.0)).unwrap();
     assert!(!sb.is_active(), "{:?}", sb.activation());
@@ -387,7 +387,7 @@ fn a_state_file_naming_the_same_systemd_unit_refuses_the_path() {
     let config = RuntimeConfig::embedded().unwrap();
     let tag = unique("sd");
     let path = format!("system.slice:{tag}:pod");
-    let plan = |id: &str| SandboxPlan::new(&config, &path, id, &layout, None).unwrap();
+    let plan = |id: &str| SandboxPlan::new(&config, id, &path, &layout, None).unwrap();
     let a = plan("sda");
     let state = SandboxState {
         sandbox_id: "sda".into(),
@@ -418,8 +418,8 @@ fn a_state_file_naming_the_same_systemd_unit_refuses_the_path() {
     // Another unit in the same slice is not the same cgroup.
     let other = SandboxPlan::new(
         &config,
-        &format!("system.slice:{tag}:pod2"),
         "sdb",
+        &format!("system.slice:{tag}:pod2"),
         &layout,
         None,
     )

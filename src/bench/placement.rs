@@ -292,8 +292,8 @@ fn one_run(
     let pin = pin_cpus.is_some() && mode.pins();
     let plan = SandboxPlan::new(
         &mode_config(mode, pin)?,
-        &format!("{}/{tag}", guard.name),
         tag,
+        &format!("{}/{tag}", guard.name),
         layout,
         None,
     )
@@ -774,8 +774,8 @@ pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
     // What split mode is on this host (side-effect free plan of a dummy sandbox).
     let split_plan = SandboxPlan::new(
         &config(true, false)?,
-        &format!("{}/split", guard.name),
         "split",
+        &format!("{}/split", guard.name),
         &layout,
         None,
     )

@@ -56,7 +56,7 @@ const VCPUS: u32 = 2;
 fn plan(layout: &CgroupLayout, guard: &BenchCgroups, tag: &str) -> Result<SandboxPlan, BenchError> {
     let mut cfg = RuntimeConfig::embedded().map_err(|e| BenchError::step("config", e))?;
     cfg.sandbox_cgroup_only = false;
-    let mut p = SandboxPlan::new(&cfg, &format!("{}/{tag}", guard.name), tag, layout, None)
+    let mut p = SandboxPlan::new(&cfg, tag, &format!("{}/{tag}", guard.name), layout, None)
         .map_err(|e| BenchError::step("plan", e))?;
     // Only the vCPU threads move: many sandboxes share this one process.
     p.overhead = None;

@@ -396,7 +396,7 @@ fn resolve(args: &ResolveArgs) -> Result<(), CliError> {
         .clone()
         .ok_or_else(|| bad("--sandbox-id is required"))?;
     let layout = layout_for(args.cgroup_version)?;
-    let mut plan = SandboxPlan::new(&config, &path, &id, &layout, res.as_ref()).map_err(bad)?;
+    let mut plan = SandboxPlan::new(&config, &id, &path, &layout, res.as_ref()).map_err(bad)?;
     plan.notes.extend(warnings);
     // For this host, `resolve` is the dry run of `run`: the same checks, no change.
     let host = match args.cgroup_version {

@@ -277,7 +277,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     max_vcpus = max_vcpus.max(vcpus);
     let layout = layout_for(None)?;
     let plan =
-        SandboxPlan::new(&config, &path, &sandbox_id, &layout, resources.as_ref()).map_err(bad)?;
+        SandboxPlan::new(&config, &sandbox_id, &path, &layout, resources.as_ref()).map_err(bad)?;
     let mut notes = plan.notes.clone();
     notes.extend(warnings);
     notes.extend(vcpus_note);

@@ -694,11 +694,24 @@ impl Worker {
                     METRICS.vcpus_placed.inc();
                     METRICS.placement_latency.record(us);
                 }
-                self.records.push(rec);
+                self.keep_record(rec);
                 self.started_at.insert(tid, at);
                 self.repin();
             }
             HookReport::Exited { index, tid } => self.mark_exited(index, tid),
+        }
+    }
+
+    /// Keeps the record of one vCPU start: a second start of the same vCPU on the same
+    /// thread (a hook called twice) replaces the first, so `vcpus()` lists each thread once.
+    fn keep_record(&mut self, rec: VcpuRecord) {
+        match self
+            .records
+            .iter_mut()
+            .find(|r| r.index == rec.index && r.tid == rec.tid)
+        {
+            Some(r) => *r = rec,
+            None => self.records.push(rec),
         }
     }
 
@@ -753,7 +766,7 @@ impl Worker {
                     }
                 };
                 debug!(index, tid, placed_after_us = ?rec.placed_after_us, "vCPU placed");
-                self.records.push(rec);
+                self.keep_record(rec);
                 self.started_at.insert(tid, at);
                 msg.confirm(reply);
                 self.repin();
@@ -1240,6 +1253,16 @@ mod tests {
         assert!(recs[1].placed_after_us.is_some());
         w.on_event(HookMessage::new(VcpuEvent::Exited { index: 2, tid: 77 }));
         assert!(w.records[1].exited);
+    }
+
+    #[test]
+    fn a_vcpu_started_twice_is_listed_once() {
+        let mut w = worker(0);
+        assert_eq!(started(&mut w, 0, 77), Ok(()));
+        assert_eq!(started(&mut w, 0, 77), Ok(()));
+        assert_eq!(started(&mut w, 1, 78), Ok(()));
+        let keys: Vec<_> = w.records.iter().map(|r| (r.index, r.tid)).collect();
+        assert_eq!(keys, vec![(0, 77), (1, 78)]);
     }
 
     #[test]

@@ -167,10 +167,11 @@ fn cgroup_plan(parsed: CgroupsPath, layout: &CgroupLayout) -> CgroupPlan {
 
 impl SandboxPlan {
     /// Plans sandbox `sandbox_id` at `cgroups_path` on `layout`, with optional resources.
+    /// The id comes before the path, as in [`crate::Sandbox::new`].
     pub fn new(
         config: &RuntimeConfig,
-        cgroups_path: &str,
         sandbox_id: &str,
+        cgroups_path: &str,
         layout: &CgroupLayout,
         resources: Option<&LinuxResources>,
     ) -> Result<Self, PlanError> {
@@ -379,8 +380,8 @@ mod tests {
     fn default_path_v1_and_v2() {
         let p = SandboxPlan::new(
             &cfg(true),
-            "",
             "sb1",
+            "",
             &nominal_layout(CgroupVersion::V1),
             None,
         )
@@ -395,8 +396,8 @@ mod tests {
         assert!(p.overhead.is_none());
         let p = SandboxPlan::new(
             &cfg(false),
-            "",
             "sb1",
+            "",
             &nominal_layout(CgroupVersion::V1),
             None,
         )
@@ -404,8 +405,8 @@ mod tests {
         assert_eq!(p.overhead.unwrap().path, "kata_overhead/sb1");
         let p = SandboxPlan::new(
             &cfg(false),
-            "/a/b",
             "sb1",
+            "/a/b",
             &nominal_layout(CgroupVersion::V2),
             None,
         )
@@ -435,7 +436,7 @@ mod tests {
         let r =
             resources::from_json(r#"{"cpu":{"quota":50000,"period":100000,"cpus":"0"}}"#).unwrap();
         let p =
-            SandboxPlan::new(&c, "x", "sb1", &nominal_layout(CgroupVersion::V1), Some(&r)).unwrap();
+            SandboxPlan::new(&c, "sb1", "x", &nominal_layout(CgroupVersion::V1), Some(&r)).unwrap();
         assert_eq!(p.vcpu_layout, VcpuLayout::Nested);
         assert!(p.overhead.is_none());
         let ch = p.vcpus_child.unwrap();
@@ -459,7 +460,7 @@ mod tests {
         );
         c.vcpu_cgroup_layout = Some(crate::placement::SplitChoice::Sibling);
         let e =
-            SandboxPlan::new(&c, "x", "sb1", &nominal_layout(CgroupVersion::V2), None).unwrap_err();
+            SandboxPlan::new(&c, "sb1", "x", &nominal_layout(CgroupVersion::V2), None).unwrap_err();
         assert!(e.to_string().contains("\"sibling\""), "{e}");
     }
 
@@ -491,7 +492,7 @@ mod tests {
         use CgroupVersion::{V1, V2};
         let plan = |only: bool, path: &str, v: CgroupVersion, json: &str| {
             let r = resources::from_json(json).unwrap();
-            SandboxPlan::new(&cfg(only), path, "sb1", &nominal_layout(v), Some(&r))
+            SandboxPlan::new(&cfg(only), "sb1", path, &nominal_layout(v), Some(&r))
         };
         // sandbox-only and nested (every host kind, both drivers): refused, naming the
         // field, the value, the floor and the cgroup.
@@ -553,8 +554,8 @@ mod tests {
     fn systemd_path() {
         let p = SandboxPlan::new(
             &cfg(true),
-            "kata-pods.slice:kata:sb1",
             "sb1",
+            "kata-pods.slice:kata:sb1",
             &nominal_layout(CgroupVersion::V2),
             None,
         )
@@ -570,8 +571,8 @@ mod tests {
         let r = resources::from_json(r#"{"cpu":{"shares":1024}}"#).unwrap();
         let p = SandboxPlan::new(
             &cfg(true),
-            "x",
             "sb1",
+            "x",
             &nominal_layout(CgroupVersion::V2),
             Some(&r),
         )

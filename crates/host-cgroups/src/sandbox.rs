@@ -39,7 +39,7 @@ use crate::controller::{
     CgroupController, ControllerError, ControllerOptions, TeardownReport, VcpuRecord,
 };
 use crate::host::{CgroupLayout, HostError};
-pub use crate::manager::gone_and_standing;
+use crate::manager::gone_and_standing;
 use crate::manager::{self, CgroupError, Stats};
 use crate::metrics::IncMetric;
 use crate::path::{validate_sandbox_id, CgroupsPath, PathError};
@@ -328,8 +328,8 @@ impl Sandbox {
         let layout = CgroupLayout::detect()?;
         let plan = SandboxPlan::new(
             config,
-            cgroups_path,
             sandbox_id,
+            cgroups_path,
             &layout,
             opts.sandbox_resources.as_ref(),
         )?;
@@ -482,8 +482,8 @@ impl Sandbox {
         let state = SandboxState::load(&opts.state_dir, sandbox_id, &layout.mount_points())?;
         let plan = SandboxPlan::new(
             config,
-            &state.sandbox.path.raw(),
             sandbox_id,
+            &state.sandbox.path.raw(),
             &layout,
             state.sandbox_resources.as_ref(),
         )?;
