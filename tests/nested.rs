@@ -979,3 +979,107 @@ fn systemd_sigkill_at_nested_steps_then_cleanup_leaves_nothing() {
     let _ = Command::new("systemctl").args(["stop", &top]).status();
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+#[test]
+fn inspect_shows_the_layout_and_the_vcpus_child_with_its_threads() {
+    let _g = serial();
+    let tmp = std::env::temp_dir().join(unique("ninsp"));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let cfg = tmp.join("c.toml");
+    std::fs::write(&cfg, NESTED_TOML).unwrap();
+    let state = tmp.join("state");
+    let prefix = unique("ninsp");
+    let guard = CgroupGuard::new(&prefix);
+    let mut child = ChildGuard(
+        Command::new(BIN)
+            .args(["run", "--cgroups-path", &format!("{prefix}/sb")])
+            .args(["--sandbox-id", &prefix, "--vcpus", "2", "--duration", "600"])
+            .args(["--backend", "thread", "--config"])
+            .arg(&cfg)
+            .arg("--state-dir")
+            .arg(&state)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The run says "running" once every boot vCPU is placed.
+    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains(" running: ") => break,
+            Some(Ok(l)) => seen.push(l),
+            _ => panic!("the run ended before running: {seen:#?}"),
+        }
+    }
+    let out = Command::new(BIN)
+        .args(["inspect", "--sandbox-id", &prefix, "--json", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["vcpu_layout"], "nested", "{v}");
+    assert_eq!(v["vmm"]["running"], true, "{v}");
+    let roles: Vec<&str> = v["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["sandbox", "vcpus"], "{v}");
+    let vcpus = &v["cgroups"][1];
+    assert_eq!(vcpus["cgroup"]["path"], format!("{prefix}/sb/vcpus"), "{v}");
+    assert_eq!(vcpus["exists"], true, "{v}");
+    // Every directory of the child holds both vCPU threads and nothing else.
+    for d in vcpus["directories"].as_array().unwrap() {
+        let mut names: Vec<&str> = d["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["db_vcpu0", "db_vcpu1"], "{d}");
+    }
+    // In the hierarchies of the child, the sandbox cgroup itself holds the VMM's other
+    // threads and no vCPU (on v1 the others, memory included, keep every thread).
+    let child_controllers: Vec<&serde_json::Value> = vcpus["directories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|d| d["controllers"].as_array().unwrap())
+        .collect();
+    for d in v["cgroups"][0]["directories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| {
+            d["controllers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| child_controllers.contains(&c))
+        })
+    {
+        assert!(
+            d["threads"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|t| t["role"] != "vcpu"),
+            "{d}"
+        );
+    }
+    // SIGTERM ends the run early and it cleans up (the process is ours, by pid).
+    // SAFETY: kill(2) on the pid of the child this test spawned.
+    unsafe { libc::kill(child.pid(), libc::SIGTERM) };
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status:?}: {seen:#?}");
+    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
+    std::fs::remove_dir_all(&tmp).unwrap();
+}

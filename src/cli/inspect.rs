@@ -12,6 +12,7 @@ use host_cgroups::host::{
     parse_proc_cgroup, task_cgroups, task_cpu_ns, thread_role, CgroupLayout, ThreadInfo,
 };
 use host_cgroups::manager;
+use host_cgroups::manager::child::VcpuChild;
 use host_cgroups::path::{validate_sandbox_id, CgroupsPath};
 use host_cgroups::plan::CgroupPlan;
 use host_cgroups::state::{SandboxState, StateError, DEFAULT_STATE_DIR};
@@ -117,7 +118,7 @@ struct Created {
 
 #[derive(Debug, Serialize)]
 struct CgroupReport {
-    /// `sandbox` or `overhead`.
+    /// `sandbox`, `overhead` or `vcpus` (the nested layout's vCPU child).
     role: &'static str,
     /// The cgroup, in the shape every command uses: {path, slice, unit, paths}.
     cgroup: CgroupPlan,
@@ -143,6 +144,9 @@ struct SandboxReport {
     driver: host_cgroups::path::Driver,
     cgroup_version: u8,
     placement: host_cgroups::placement::Placement,
+    /// `sandbox-only`, `sibling` or `nested`; `null` for a state file written before
+    /// the layout was recorded.
+    vcpu_layout: Option<host_cgroups::placement::VcpuLayout>,
     vmm: Vmm,
     cgroups: Vec<CgroupReport>,
 }
@@ -210,22 +214,43 @@ fn vmm_state(pid: i32, rel: &str) -> Vmm {
     }
 }
 
-fn cgroup_report(
-    role: &'static str,
+/// The sandbox or overhead cgroup at `parsed`, as its driver places it.
+fn cgroup_of(
     parsed: &CgroupsPath,
     created: &[PathBuf],
     layout: &CgroupLayout,
-    vmm: &Vmm,
-) -> Result<CgroupReport, CliError> {
+) -> Result<CgroupPlan, CliError> {
     let m = manager::build(parsed, layout, created.to_vec()).map_err(runtime)?;
-    let paths = m.paths();
-    let cgroup = CgroupPlan {
+    Ok(CgroupPlan {
         parsed: parsed.clone(),
         path: parsed.relative(),
         slice: parsed.unit().map(|u| u.slice.clone()),
         unit: parsed.unit().map(|u| u.unit.clone()),
-        paths: paths.clone(),
-    };
+        paths: m.paths(),
+    })
+}
+
+/// The nested layout's vCPU child of the sandbox cgroup `sandbox`: a plain directory
+/// below it in the vCPU hierarchies (no unit of its own, under either driver).
+fn vcpus_child_of(sandbox: &CgroupsPath, created: &[PathBuf], layout: &CgroupLayout) -> CgroupPlan {
+    let child = VcpuChild::adopt(layout, &sandbox.relative(), created.to_vec());
+    CgroupPlan {
+        parsed: sandbox.clone(),
+        path: child.relative().to_string(),
+        slice: None,
+        unit: None,
+        paths: child.paths(),
+    }
+}
+
+fn cgroup_report(
+    role: &'static str,
+    cgroup: CgroupPlan,
+    created: &[PathBuf],
+    layout: &CgroupLayout,
+    vmm: &Vmm,
+) -> Result<CgroupReport, CliError> {
+    let paths = cgroup.paths.clone();
     // One directory per hierarchy: controllers sharing a mount share it.
     let mut dirs: Vec<(PathBuf, Vec<String>)> = Vec::new();
     for (c, d) in &paths {
@@ -309,14 +334,20 @@ fn inspect_sandbox(id: &str, state_dir: &Path, json: bool) -> Result<(), CliErro
     let vmm = vmm_state(state.vmm_pid, &state.sandbox.path.relative());
     let mut cgroups = vec![cgroup_report(
         "sandbox",
-        &state.sandbox.path,
+        cgroup_of(&state.sandbox.path, &state.sandbox.created, &layout)?,
         &state.sandbox.created,
         &layout,
         &vmm,
     )?];
+    // The vCPU threads of a nested sandbox are in its child, not in the sandbox cgroup.
+    if let Some(v) = &state.vcpus {
+        let child = vcpus_child_of(&state.sandbox.path, &v.created, &layout);
+        cgroups.push(cgroup_report("vcpus", child, &v.created, &layout, &vmm)?);
+    }
     if let Some(o) = &state.overhead {
+        let cgroup = cgroup_of(&o.path, &o.created, &layout)?;
         cgroups.push(cgroup_report(
-            "overhead", &o.path, &o.created, &layout, &vmm,
+            "overhead", cgroup, &o.created, &layout, &vmm,
         )?);
     }
     let report = SandboxReport {
@@ -326,6 +357,7 @@ fn inspect_sandbox(id: &str, state_dir: &Path, json: bool) -> Result<(), CliErro
         driver: state.driver,
         cgroup_version: state.cgroup_version.number(),
         placement: state.placement,
+        vcpu_layout: state.vcpu_layout,
         vmm,
         cgroups,
     };
@@ -334,11 +366,14 @@ fn inspect_sandbox(id: &str, state_dir: &Path, json: bool) -> Result<(), CliErro
     }
     let mounts = layout.mount_points();
     println!(
-        "sandbox {}  driver {}  cgroup v{}  placement {}  state {}",
+        "sandbox {}  driver {}  cgroup v{}  placement {}  layout {}  state {}",
         report.sandbox_id,
         report.driver,
         report.cgroup_version,
         report.placement,
+        report
+            .vcpu_layout
+            .map_or_else(|| "-".to_string(), |l| l.to_string()),
         report.state_file.display()
     );
     println!(
