@@ -143,13 +143,26 @@ impl Drop for CgroupGuard {
 pub struct ChildGuard(pub Child);
 
 impl ChildGuard {
+    /// A `sleep 1000` that has exec'd: spawn returns once the child is forked, when it
+    /// still bears this thread's name; tests that read its name or place it wait for exec.
     pub fn sleep() -> Self {
-        ChildGuard(
+        let g = ChildGuard(
             Command::new("sleep")
                 .arg("1000")
                 .spawn()
                 .expect("spawn sleep"),
-        )
+        );
+        let comm = format!("/proc/{}/comm", g.pid());
+        let start = Instant::now();
+        while std::fs::read_to_string(&comm).map_or(true, |c| c.trim() != "sleep") {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "sleep child {} never exec'd",
+                g.pid()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        g
     }
     pub fn pid(&self) -> i32 {
         self.0.id() as i32
