@@ -8,9 +8,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{bad, print_json, runtime, CliError};
-use host_cgroups::host::{
-    parse_proc_cgroup, task_cgroups, task_cpu_ns, thread_role, CgroupLayout, ThreadInfo,
-};
+use host_cgroups::host::{task_cgroups, task_cpu_ns, thread_role, CgroupLayout, ThreadInfo};
 use host_cgroups::manager;
 use host_cgroups::manager::child::VcpuChild;
 use host_cgroups::path::{validate_sandbox_id, CgroupsPath};
@@ -172,7 +170,7 @@ fn comm(tid: i32) -> String {
 }
 
 /// Whether `pid` is alive and sits in `rel` (or below) in some hierarchy.
-fn vmm_state(pid: i32, rel: &str) -> Vmm {
+fn vmm_state(layout: &CgroupLayout, pid: i32, rel: &str) -> Vmm {
     if pid <= 0 {
         return Vmm {
             pid,
@@ -180,17 +178,13 @@ fn vmm_state(pid: i32, rel: &str) -> Vmm {
             detail: "no VMM pid recorded".into(),
         };
     }
-    match std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
-        Err(_) => Vmm {
+    match layout.pid_in(pid, rel) {
+        None => Vmm {
             pid,
             running: false,
             detail: format!("process {pid} is gone"),
         },
-        Ok(text) => {
-            let inside = parse_proc_cgroup(&text).values().any(|p| {
-                let p = p.trim_start_matches('/');
-                p == rel || p.starts_with(&format!("{rel}/"))
-            });
+        Some(inside) => {
             if inside {
                 Vmm {
                     pid,
@@ -331,7 +325,7 @@ fn inspect_sandbox(id: &str, state_dir: &Path, json: bool) -> Result<(), CliErro
         StateError::Untrusted { .. } | StateError::Corrupt { .. } => bad(e),
         e => runtime(e),
     })?;
-    let vmm = vmm_state(state.vmm_pid, &state.sandbox.path.relative());
+    let vmm = vmm_state(&layout, state.vmm_pid, &state.sandbox.path.relative());
     let mut cgroups = vec![cgroup_report(
         "sandbox",
         cgroup_of(&state.sandbox.path, &state.sandbox.created, &layout)?,

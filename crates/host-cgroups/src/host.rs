@@ -94,8 +94,18 @@ pub struct CgroupLayout {
     pub unified: Option<PathBuf>,
     /// v2 controllers available at the unified root (from `cgroup.controllers`).
     pub v2_controllers: Vec<String>,
-    /// This process's cgroup per controller (`""` key for v2), from /proc/self/cgroup.
+    /// This process's cgroup per controller (`""` key for v2), from /proc/self/cgroup,
+    /// as a path below the hierarchy's mount point (see [`CgroupLayout::roots`]).
     pub own: BTreeMap<String, String>,
+    /// The cgroup at each hierarchy's mount point, keyed like [`CgroupLayout::own`]
+    /// (mountinfo's `root` field): `/` on a host, and in a cgroup namespace (which
+    /// shows `/proc/<pid>/cgroup` relative to its own root); a subtree such as
+    /// `/docker/<id>` where only that subtree is bind-mounted (a container on a
+    /// cgroup v1 host without its own cgroup namespace). `/proc/<pid>/cgroup` paths
+    /// are relative to the real root, so they are `root` + the path below the mount.
+    /// Missing key: `/`.
+    #[serde(skip)]
+    pub roots: BTreeMap<String, String>,
 }
 
 impl CgroupLayout {
@@ -138,6 +148,15 @@ impl CgroupLayout {
             (true, false) => return None,
         };
         let mut map = BTreeMap::new();
+        let mut roots = BTreeMap::new();
+        // The last cgroup2 mount at the chosen point: the one on top.
+        if let Some(m) = v2s
+            .iter()
+            .rev()
+            .find(|m| Some(&m.mount_point) == unified.as_ref())
+        {
+            roots.insert(String::new(), m.root.clone());
+        }
         if hierarchy == Hierarchy::Unified {
             if let Some(u) = &unified {
                 map.insert("unified".to_string(), u.clone());
@@ -145,19 +164,78 @@ impl CgroupLayout {
         } else {
             for m in &v1 {
                 for c in &m.controllers {
-                    // The first mount of a hierarchy wins; later ones are bind mounts.
-                    map.entry(c.clone())
-                        .or_insert_with(|| m.mount_point.clone());
+                    // The first mount of a hierarchy wins; later ones elsewhere are bind
+                    // mounts. A later mount at the same point is on top of the first and
+                    // hides it (mountinfo lists mounts in the order they were made).
+                    if map.get(c).is_none_or(|p| *p == m.mount_point) {
+                        map.insert(c.clone(), m.mount_point.clone());
+                        roots.insert(c.clone(), m.root.clone());
+                    }
                 }
             }
         }
-        Some(CgroupLayout {
+        let mut layout = CgroupLayout {
             hierarchy,
             mounts: map,
             unified,
             v2_controllers: Vec::new(),
-            own: parse_proc_cgroup(proc_cgroup),
-        })
+            own: BTreeMap::new(),
+            roots,
+        };
+        layout.own = parse_proc_cgroup(proc_cgroup)
+            .into_iter()
+            .map(|(k, p)| {
+                let below = layout.below_mount(&k, &p).unwrap_or(&p).to_string();
+                (k, below)
+            })
+            .collect();
+        Some(layout)
+    }
+
+    /// The mount root of hierarchy `key` (a v1 controller, `""` for v2): `/` unless
+    /// only a subtree is mounted (see [`CgroupLayout::roots`]).
+    pub fn root_of(&self, key: &str) -> &str {
+        self.roots.get(key).map_or("/", String::as_str)
+    }
+
+    /// How `/proc/<pid>/cgroup` names the cgroup at `below` (a path below the mount
+    /// point of hierarchy `key`): the mount root joined with it, `/`-prefixed.
+    pub fn proc_path(&self, key: &str, below: &str) -> String {
+        let root = self.root_of(key).trim_matches('/');
+        let below = below.trim_matches('/');
+        match (root.is_empty(), below.is_empty()) {
+            (true, _) => format!("/{below}"),
+            (false, true) => format!("/{root}"),
+            (false, false) => format!("/{root}/{below}"),
+        }
+    }
+
+    /// The path below the mount point of hierarchy `key` of a `/proc/<pid>/cgroup`
+    /// path, `/`-prefixed; `None` when the cgroup is outside the mounted subtree.
+    pub fn below_mount<'a>(&self, key: &str, proc_path: &'a str) -> Option<&'a str> {
+        let root = self.root_of(key).trim_end_matches('/');
+        if root.is_empty() {
+            return Some(proc_path);
+        }
+        match proc_path.strip_prefix(root) {
+            Some("") => Some("/"),
+            Some(rest) if rest.starts_with('/') => Some(rest),
+            _ => None,
+        }
+    }
+
+    /// Whether process `pid` sits in the cgroup `relative` (below the mount points) or
+    /// below it, in any hierarchy; `None` when `/proc/<pid>/cgroup` cannot be read (it
+    /// is gone).
+    pub fn pid_in(&self, pid: i32, relative: &str) -> Option<bool> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let rel = relative.trim_matches('/');
+        Some(parse_proc_cgroup(&text).iter().any(|(k, p)| {
+            self.below_mount(k, p).is_some_and(|b| {
+                let b = b.trim_start_matches('/');
+                b == rel || b.strip_prefix(rel).is_some_and(|r| r.starts_with('/'))
+            })
+        }))
     }
 
     /// Every cgroup mount point of the layout (v1 hierarchies and the unified mount).
@@ -554,6 +632,40 @@ mod tests {
         assert_eq!(l.version(), CgroupVersion::V2);
         assert_eq!(l.own[""], "/user.slice");
         assert!(CgroupLayout::from_text("", "").is_none());
+    }
+
+    /// A container on a cgroup v1 host without its own cgroup namespace: only its
+    /// subtree is bind-mounted, and /proc shows paths from the real root.
+    #[test]
+    fn subtree_mounts_map_proc_paths_through_their_root() {
+        let mi = "\
+30 25 0:26 /docker/abc /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct
+31 25 0:27 /docker/abc /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
+32 25 0:28 / /sys/fs/cgroup/pids rw,nosuid - cgroup cgroup rw,pids
+";
+        let own = "5:cpu,cpuacct:/docker/abc/rt\n4:memory:/docker/abc\n3:pids:/rt\n";
+        let l = CgroupLayout::from_text(mi, own).unwrap();
+        assert_eq!(l.root_of("cpu"), "/docker/abc");
+        // The same subtree bound on top of the host's mount (a private mount namespace):
+        // the mount on top is the one paths resolve through.
+        let over =
+            format!("{mi}40 30 0:28 /docker/abc /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n");
+        let o = CgroupLayout::from_text(&over, "3:pids:/docker/abc/rt\n").unwrap();
+        assert_eq!(o.root_of("pids"), "/docker/abc");
+        assert_eq!(o.own["pids"], "/rt");
+        assert_eq!(l.root_of("pids"), "/");
+        // `own` is below the mount point: the directories the drivers use.
+        assert_eq!(l.own["cpu"], "/rt");
+        assert_eq!(l.own["memory"], "/");
+        assert_eq!(l.own["pids"], "/rt");
+        assert_eq!(l.proc_path("cpu", "hcg/sb"), "/docker/abc/hcg/sb");
+        assert_eq!(l.proc_path("cpu", ""), "/docker/abc");
+        assert_eq!(l.proc_path("pids", "/hcg/sb/"), "/hcg/sb");
+        assert_eq!(l.below_mount("cpu", "/docker/abc/hcg"), Some("/hcg"));
+        assert_eq!(l.below_mount("cpu", "/docker/abc"), Some("/"));
+        assert_eq!(l.below_mount("cpu", "/docker/abcd"), None);
+        assert_eq!(l.below_mount("cpu", "/other"), None);
+        assert_eq!(l.below_mount("pids", "/other"), Some("/other"));
     }
 
     #[test]

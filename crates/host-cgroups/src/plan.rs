@@ -124,6 +124,7 @@ pub fn nominal_layout(version: CgroupVersion) -> CgroupLayout {
             unified: Some(root.join("unified")),
             v2_controllers: Vec::new(),
             own: BTreeMap::new(),
+            roots: BTreeMap::new(),
         },
         CgroupVersion::V2 => CgroupLayout {
             hierarchy: Hierarchy::Unified,
@@ -131,6 +132,7 @@ pub fn nominal_layout(version: CgroupVersion) -> CgroupLayout {
             unified: Some(root),
             v2_controllers: V2_CONTROLLERS.iter().map(|c| c.to_string()).collect(),
             own: BTreeMap::new(),
+            roots: BTreeMap::new(),
         },
     }
 }

@@ -745,7 +745,7 @@ impl Sandbox {
             });
         }
         let state = SandboxState::load(state_dir, sandbox_id, &layout.mount_points())?;
-        refuse_running(&state)?;
+        refuse_running(&state, &layout)?;
         let mut report = CleanupReport {
             sandbox_id: sandbox_id.to_string(),
             source: file.display().to_string(),
@@ -851,20 +851,12 @@ impl Drop for Sandbox {
 
 /// Refuses to clean up a sandbox whose VMM process is alive and still in the
 /// sandbox cgroup (a reused pid elsewhere does not count).
-fn refuse_running(state: &SandboxState) -> Result<(), SandboxError> {
+fn refuse_running(state: &SandboxState, layout: &CgroupLayout) -> Result<(), SandboxError> {
     let pid = state.vmm_pid;
     if pid <= 0 || pid == std::process::id() as i32 {
         return Ok(());
     }
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
-        return Ok(());
-    };
-    let rel = state.sandbox.path.relative();
-    let inside = crate::host::parse_proc_cgroup(&text).values().any(|p| {
-        p.trim_start_matches('/') == rel
-            || p.trim_start_matches('/').starts_with(&format!("{rel}/"))
-    });
-    if inside {
+    if layout.pid_in(pid, &state.sandbox.path.relative()) == Some(true) {
         return Err(SandboxError::Running {
             sandbox_id: state.sandbox_id.clone(),
             pid,

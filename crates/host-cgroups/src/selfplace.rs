@@ -62,7 +62,8 @@ impl std::fmt::Display for PlacedBy {
 pub(crate) struct Expect {
     /// A controller of the v1 hierarchy, `""` for v2.
     pub hierarchy: String,
-    /// The cgroup as `/proc` shows it: `/` + the path below the mount.
+    /// The cgroup as `/proc` shows it: the mount's root + the path below the mount
+    /// ([`CgroupLayout::proc_path`]).
     pub path: String,
 }
 
@@ -122,8 +123,8 @@ impl Target {
                 })?;
             mounts_seen.push(mount);
             out.push(Expect {
+                path: layout.proc_path(&hierarchy, &rel.to_string_lossy()),
                 hierarchy,
-                path: format!("/{}", rel.to_string_lossy().trim_matches('/')),
             });
         }
         if out.is_empty() {
