@@ -2,6 +2,7 @@
 //! remove what a test made even when it fails, and /proc readers.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod skip;
 
 use std::collections::BTreeMap;
