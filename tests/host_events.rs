@@ -20,20 +20,20 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::skip::skip;
+use common::cli::{cleanup, cleanup_command, run_args};
+use common::systemd::{bus_answers, needs_systemd, unit_of, BusRestorer, SliceGuard};
 use common::*;
 use host_cgroups::host::{CgroupLayout, CgroupVersion};
 use host_cgroups::manager::{Manager, SystemdManager};
-use host_cgroups::path::{CgroupsPath, SystemdUnit};
+use host_cgroups::path::SystemdUnit;
 use host_cgroups::resources::from_json;
 use host_cgroups::state::SandboxState;
 
-const BIN: &str = env!("CARGO_BIN_EXE_host-cgroups");
 /// Generous: the test hosts are emulated (TCG) and slow, and reexec takes a while there.
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -165,27 +165,25 @@ fn entries(dir: &Path) -> Vec<String> {
 }
 
 fn run_cmd(path: &str, id: &str, state: &Path, duration: &str) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(["run", "--cgroups-path", path, "--sandbox-id", id])
-        .args([
-            "--vcpus",
-            "2",
-            "--backend",
-            "thread",
-            "--duration",
-            duration,
-        ])
-        .arg("--state-dir")
-        .arg(state);
-    c
+    run_args(path, id, state)
+        .vcpus(2)
+        .backend("thread")
+        .duration(duration)
+        .command()
 }
 
-fn cleanup(id: &str, state: &Path) -> Output {
-    Command::new(BIN)
-        .args(["cleanup", "--sandbox-id", id, "--state-dir"])
-        .arg(state)
+/// Runs `cmd` with the failpoint `failpoint` (`<name>=kill`) and asserts that it killed it.
+fn assert_killed_at(mut cmd: Command, failpoint: &str) {
+    let out = cmd
+        .env("HOST_CGROUPS_FAILPOINT", failpoint)
         .output()
-        .expect("run cleanup")
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGKILL),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 fn text(b: &[u8]) -> String {
@@ -257,82 +255,6 @@ impl Drop for Bg {
 
 // --- systemd helpers (the style of tests/systemd.rs) ---
 
-fn systemd_host() -> bool {
-    Path::new("/run/systemd/system").is_dir()
-        && std::fs::read_to_string("/proc/1/comm").is_ok_and(|c| c.trim() == "systemd")
-}
-
-fn needs_systemd(test: &str) -> bool {
-    if systemd_host() {
-        return true;
-    }
-    skip(test, "systemd is not PID 1 on this host");
-    false
-}
-
-/// A unique nested slice `hcg<hex>-pods.slice`; stops its top slice on drop.
-struct SliceGuard {
-    tag: String,
-    slice: String,
-    top: String,
-    _cg: CgroupGuard,
-}
-
-impl SliceGuard {
-    fn new() -> Self {
-        let tag = format!("hcg{:08x}", rand::random::<u32>());
-        SliceGuard {
-            slice: format!("{tag}-pods.slice"),
-            top: format!("{tag}.slice"),
-            _cg: CgroupGuard::new(&format!("{tag}.slice")),
-            tag,
-        }
-    }
-
-    fn path(&self, id: &str) -> String {
-        format!("{}:kata:{id}", self.slice)
-    }
-
-    /// Scope directories below the top slice in every hierarchy.
-    fn scope_dirs_left(&self, layout: &CgroupLayout) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for m in mounts(layout) {
-            let mut stack = vec![m.join(&self.top)];
-            while let Some(d) = stack.pop() {
-                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        let p = e.path();
-                        if p.to_string_lossy().ends_with(".scope") {
-                            out.push(p.clone());
-                        }
-                        stack.push(p);
-                    }
-                }
-            }
-        }
-        out
-    }
-}
-
-impl Drop for SliceGuard {
-    fn drop(&mut self) {
-        if systemd_host() {
-            let _ = Command::new("systemctl").args(["stop", &self.top]).status();
-            let _ = Command::new("systemctl")
-                .args(["reset-failed", &format!("{}*", self.tag)])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-fn unit_of(path: &str, id: &str) -> SystemdUnit {
-    match CgroupsPath::parse(path, id).expect("parse") {
-        CgroupsPath::Systemd(u) => u,
-        other => panic!("not a systemd path: {other:?}"),
-    }
-}
-
 fn systemctl(args: &[&str]) -> bool {
     Command::new("systemctl")
         .args(args)
@@ -388,37 +310,6 @@ fn listed(unit: &str) -> bool {
         .output()
         .expect("systemctl list-units");
     text(&out.stdout).contains(unit)
-}
-
-/// Whether PID 1 answers on the system bus.
-fn bus_answers() -> bool {
-    Command::new("busctl")
-        .args([
-            "get-property",
-            "org.freedesktop.systemd1",
-            "/org/freedesktop/systemd1",
-            "org.freedesktop.systemd1.Manager",
-            "Version",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Starts the bus again on drop if a test left it down, and waits until systemd answers.
-struct BusRestorer;
-
-impl Drop for BusRestorer {
-    fn drop(&mut self) {
-        let _ = Command::new("systemctl")
-            .args(["start", "dbus.socket", "dbus.service"])
-            .status();
-        let start = Instant::now();
-        while !bus_answers() && start.elapsed() < WAIT {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
 }
 
 /// Asserts that nothing of `unit` is left: not loaded, no cgroup directory, no state.
@@ -841,15 +732,9 @@ fn sigkill_while_waiting_for_the_start_job_then_cleanup() {
     let id = unique("killstart");
     let unit = unit_of(&g.path(&id), &id);
     let state = std::env::temp_dir().join(unique("state"));
-    let out = run_cmd(&g.path(&id), &id, &state, "0")
-        .env("HOST_CGROUPS_FAILPOINT", "systemd-start-job=kill")
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGKILL),
-        "{}",
-        text(&out.stderr)
+    assert_killed_at(
+        run_cmd(&g.path(&id), &id, &state, "0"),
+        "systemd-start-job=kill",
     );
     assert!(
         SandboxState::file(&state, &id).exists(),
@@ -873,15 +758,9 @@ fn sigkill_while_waiting_for_the_stop_job_then_cleanup() {
     // 1. The run's own teardown: killed right after its StopUnit was sent.
     let id = unique("killstop");
     let unit = unit_of(&g.path(&id), &id);
-    let out = run_cmd(&g.path(&id), &id, &state, "0")
-        .env("HOST_CGROUPS_FAILPOINT", "systemd-stop-job=kill")
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGKILL),
-        "{}",
-        text(&out.stderr)
+    assert_killed_at(
+        run_cmd(&g.path(&id), &id, &state, "0"),
+        "systemd-stop-job=kill",
     );
     assert!(SandboxState::file(&state, &id).exists(), "state lost");
     let out = cleanup(&id, &state);
@@ -915,18 +794,7 @@ fn sigkill_while_waiting_for_the_stop_job_then_cleanup() {
     let (status, err) = bg.signal_and_wait(libc::SIGTERM);
     assert!(status.success(), "{status:?}\n{err}");
     assert_eq!(show(&unit.unit, "ActiveState"), "active");
-    let out = Command::new(BIN)
-        .args(["cleanup", "--sandbox-id", &id, "--state-dir"])
-        .arg(&state)
-        .env("HOST_CGROUPS_FAILPOINT", "systemd-stop-job=kill")
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGKILL),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_killed_at(cleanup_command(&id, &state), "systemd-stop-job=kill");
     assert!(SandboxState::file(&state, &id).exists(), "state lost");
     let out = cleanup(&id, &state);
     assert!(out.status.success(), "{}", text(&out.stderr));

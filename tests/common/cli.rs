@@ -131,11 +131,17 @@ impl RunArgs {
     }
 }
 
-/// `host-cgroups cleanup --sandbox-id <id> --state-dir <state_dir>`, run to the end.
+/// `host-cgroups cleanup --sandbox-id <id> --state-dir <state_dir>`.
+pub fn cleanup_command(id: &str, state_dir: impl AsRef<Path>) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["cleanup", "--sandbox-id", id, "--state-dir"])
+        .arg(state_dir.as_ref());
+    c
+}
+
+/// [`cleanup_command`], run to the end.
 pub fn cleanup(id: &str, state_dir: impl AsRef<Path>) -> Output {
-    Command::new(BIN)
-        .args(["cleanup", "--sandbox-id", id, "--state-dir"])
-        .arg(state_dir.as_ref())
+    cleanup_command(id, state_dir)
         .output()
         .expect("run host-cgroups cleanup")
 }

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod skip;
+pub mod systemd;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
