@@ -33,15 +33,10 @@ pub struct RunArgs(Vec<String>);
 
 /// `run --cgroups-path <path> --sandbox-id <id> --state-dir <state_dir>`.
 pub fn run_args(path: &str, id: &str, state_dir: impl AsRef<Path>) -> RunArgs {
-    RunArgs(vec![
-        "run".into(),
-        "--cgroups-path".into(),
-        path.into(),
-        "--sandbox-id".into(),
-        id.into(),
-        "--state-dir".into(),
-        arg(state_dir),
-    ])
+    RunArgs(vec!["run".to_string()])
+        .opt("--cgroups-path", path)
+        .opt("--sandbox-id", id)
+        .opt("--state-dir", arg(state_dir))
 }
 
 impl RunArgs {
