@@ -722,6 +722,21 @@ fn dbus_restart_while_a_sandbox_runs() {
 // ---------------------------------------------------------------------------------------
 // d. SIGKILL while waiting for a systemd job.
 
+/// After a kill: the state of `id` is there (else panics with `lost`), and `cleanup` from
+/// it succeeds and leaves nothing of `unit`.
+fn cleanup_after_kill(
+    layout: &CgroupLayout,
+    unit: &SystemdUnit,
+    id: &str,
+    state: &Path,
+    lost: &str,
+) {
+    assert!(SandboxState::file(state, id).exists(), "{lost}");
+    let out = cleanup(id, state);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_unit_gone(layout, unit, state);
+}
+
 #[test]
 fn sigkill_while_waiting_for_the_start_job_then_cleanup() {
     if !needs_systemd("sigkill_while_waiting_for_the_start_job_then_cleanup") {
@@ -736,13 +751,7 @@ fn sigkill_while_waiting_for_the_start_job_then_cleanup() {
         run_cmd(&g.path(&id), &id, &state, "0"),
         "systemd-start-job=kill",
     );
-    assert!(
-        SandboxState::file(&state, &id).exists(),
-        "no state to clean up from"
-    );
-    let out = cleanup(&id, &state);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_unit_gone(&layout, &unit, &state);
+    cleanup_after_kill(&layout, &unit, &id, &state, "no state to clean up from");
     let _ = std::fs::remove_dir_all(&state);
 }
 
@@ -762,10 +771,7 @@ fn sigkill_while_waiting_for_the_stop_job_then_cleanup() {
         run_cmd(&g.path(&id), &id, &state, "0"),
         "systemd-stop-job=kill",
     );
-    assert!(SandboxState::file(&state, &id).exists(), "state lost");
-    let out = cleanup(&id, &state);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_unit_gone(&layout, &unit, &state);
+    cleanup_after_kill(&layout, &unit, &id, &state, "state lost");
 
     // 2. `cleanup` killed while it waits for its StopUnit job (the unit still holds a
     //    process, so the job is real), then `cleanup` again.
@@ -795,10 +801,7 @@ fn sigkill_while_waiting_for_the_stop_job_then_cleanup() {
     assert!(status.success(), "{status:?}\n{err}");
     assert_eq!(show(&unit.unit, "ActiveState"), "active");
     assert_killed_at(cleanup_command(&id, &state), "systemd-stop-job=kill");
-    assert!(SandboxState::file(&state, &id).exists(), "state lost");
-    let out = cleanup(&id, &state);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_unit_gone(&layout, &unit, &state);
+    cleanup_after_kill(&layout, &unit, &id, &state, "state lost");
     drop(sleeper);
     let _ = std::fs::remove_dir_all(&state);
 }
