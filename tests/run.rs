@@ -11,8 +11,8 @@ use common::*;
 use host_cgroups::host::{CgroupLayout, CgroupVersion};
 use serde_json::Value;
 
-/// `db_vcpu*` threads of `pid`: (tid, name).
-fn vcpu_threads(pid: i32) -> Vec<(i32, String)> {
+/// Threads of `pid`, (tid, name): the `db_vcpu*` ones (`vcpu`) or all others.
+fn threads(pid: i32, vcpu: bool) -> Vec<(i32, String)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(format!("/proc/{pid}/task"))
         .expect("task dir")
@@ -20,26 +20,17 @@ fn vcpu_threads(pid: i32) -> Vec<(i32, String)> {
     {
         let tid: i32 = e.file_name().to_string_lossy().parse().unwrap();
         let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        if name.starts_with("db_vcpu") {
+        if name.starts_with("db_vcpu") == vcpu {
             out.push((tid, name.trim().to_string()));
         }
     }
-    out.sort();
     out
 }
 
-fn other_threads(pid: i32) -> Vec<(i32, String)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("task dir")
-        .flatten()
-    {
-        let tid: i32 = e.file_name().to_string_lossy().parse().unwrap();
-        let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        if !name.starts_with("db_vcpu") {
-            out.push((tid, name.trim().to_string()));
-        }
-    }
+/// `db_vcpu*` threads of `pid`, in tid order.
+fn vcpu_threads(pid: i32) -> Vec<(i32, String)> {
+    let mut out = threads(pid, true);
+    out.sort();
     out
 }
 
@@ -129,7 +120,7 @@ fn place_and_check(vcpus: u32, sandbox_cgroup_only: bool) {
     }
     // The overhead cgroup is named after the sandbox id (here the unique prefix).
     let overhead = format!("kata_overhead/{}", fx.prefix);
-    for (tid, name) in other_threads(pid) {
+    for (tid, name) in threads(pid, false) {
         let want = if !sandbox_cgroup_only && placement_v1_fs {
             &overhead
         } else {
