@@ -334,6 +334,25 @@ fn assert_unit_gone(layout: &CgroupLayout, unit: &SystemdUnit, state: &Path) {
 // ---------------------------------------------------------------------------------------
 // a. The state directory on a full filesystem, and on a read-only remount of it.
 
+/// No cgroup below the guard's prefix and no file in `state` is left.
+fn assert_nothing_left(guard: &CgroupGuard, state: &Path) {
+    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
+    assert!(entries(state).is_empty(), "{:?}", entries(state));
+}
+
+/// A run of sandbox `id` at `path` fails at its first state save: exit 1 naming the state
+/// file and `cause`, and no cgroup is made.
+fn assert_first_save_fails(guard: &CgroupGuard, path: &str, id: &str, state: &Path, cause: &str) {
+    let out = run_cmd(path, id, state, "0").output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("{id}.json")) && err.contains(cause),
+        "{err}"
+    );
+    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
+}
+
 #[test]
 fn state_directory_on_a_full_filesystem() {
     let layout = layout();
@@ -346,17 +365,14 @@ fn state_directory_on_a_full_filesystem() {
     // 1. Full before the run: the first state save fails, exit 1 naming the state file
     //    and ENOSPC; no cgroup is made and no file (not even a temp file) is left.
     let fill = fs.fill();
-    let out = run_cmd(&format!("{prefix}/a"), "fulla", &state, "0")
-        .output()
-        .unwrap();
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("fulla.json") && err.contains("No space left on device"),
-        "{err}"
+    assert_first_save_fails(
+        &guard,
+        &format!("{prefix}/a"),
+        "fulla",
+        &state,
+        "No space left on device",
     );
-    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
-    assert!(entries(&state).is_empty(), "{:?}", entries(&state));
+    assert_nothing_left(&guard, &state);
 
     // 2. The disk fills while a sandbox runs: it keeps running, its state file is intact,
     //    and the teardown (SIGTERM) on the full disk succeeds and leaves nothing.
@@ -375,8 +391,7 @@ fn state_directory_on_a_full_filesystem() {
         status.success(),
         "teardown on a full disk: {status:?}\n{err}"
     );
-    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
-    assert!(entries(&state).is_empty(), "{:?}", entries(&state));
+    assert_nothing_left(&guard, &state);
 
     // 3. SIGKILLed while the disk is full: the state is intact, and `cleanup` on the
     //    still-full disk removes everything.
@@ -394,8 +409,7 @@ fn state_directory_on_a_full_filesystem() {
     );
     let out = cleanup("fullc", &state);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
-    assert!(entries(&state).is_empty(), "{:?}", entries(&state));
+    assert_nothing_left(&guard, &state);
 }
 
 #[test]
@@ -408,16 +422,13 @@ fn state_directory_remounted_read_only() {
 
     // 1. Read-only before the run: exit 1 naming the state file and EROFS; nothing made.
     fs.remount(true);
-    let out = run_cmd(&format!("{prefix}/a"), "roa", &state, "0")
-        .output()
-        .unwrap();
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("roa.json") && err.contains("Read-only file system"),
-        "{err}"
+    assert_first_save_fails(
+        &guard,
+        &format!("{prefix}/a"),
+        "roa",
+        &state,
+        "Read-only file system",
     );
-    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
     fs.remount(false);
     assert!(entries(&state).is_empty(), "{:?}", entries(&state));
 
@@ -449,8 +460,7 @@ fn state_directory_remounted_read_only() {
     fs.remount(false);
     let out = cleanup("rob", &state);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
-    assert!(entries(&state).is_empty(), "{:?}", entries(&state));
+    assert_nothing_left(&guard, &state);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -904,8 +914,7 @@ fn parent_removed_and_recreated_between_two_sandboxes() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
     remove_parent();
-    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
-    assert!(entries(&state).is_empty(), "{:?}", entries(&state));
+    assert_nothing_left(&guard, &state);
     let _ = std::fs::remove_dir_all(&state);
 }
 
