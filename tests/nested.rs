@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::cli::{cleanup, run_args, BIN};
+use common::cli::{cleanup, run_args, success_json, BIN};
 use common::skip::skip;
 use common::systemd::{listed, systemd_host, wait_until, SliceGuard};
 use common::*;
@@ -622,12 +622,7 @@ fn bad_layout_values_and_refused_hosts_exit_2() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plan = success_json(&out);
     assert_eq!(plan["vcpu_layout"], "nested");
     assert!(plan["vcpu_layout_reason"]
         .as_str()
@@ -696,12 +691,7 @@ fn run_json_has_the_layout_and_the_child_per_thread() {
         .json()
         .config(&cfg)
         .output();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = success_json(&out);
     assert_eq!(r["vcpu_layout"], "nested");
     assert_eq!(r["vcpus_path"], format!("{prefix}/sb/vcpus"));
     let key = if layout().version() == CgroupVersion::V1 {

@@ -11,7 +11,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cli::{cleanup, run_args, BIN};
+use common::cli::{cleanup, run_args, success_json, BIN};
 use common::skip::skip;
 use common::systemd::{
     bus_answers, listed, needs_systemd, systemd_host, unit_of, wait_until, BusRestorer, SliceGuard,
@@ -516,12 +516,7 @@ fn resolve_prints_unit_properties() {
             ])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = success_json(&out);
         let props = v["properties"].as_array().expect("properties");
         for (name, value) in want {
             let got = props.iter().find(|p| p["name"] == name);

@@ -237,3 +237,14 @@ impl Drop for RunChild {
         }
     }
 }
+
+/// Asserts that `out` is of a command that succeeded (else panics with its stderr) and
+/// returns its stdout parsed as JSON.
+pub fn success_json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
