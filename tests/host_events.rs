@@ -849,32 +849,30 @@ fn parent_removed_and_recreated_between_two_sandboxes() {
             std::fs::remove_dir(r.join(&parent)).expect("manager rmdir parent");
         }
     };
+    // A run of sandbox `id` at `<parent>/<leaf>` succeeds, and the parent is not the
+    // sandbox's: it stays.
+    let run_in_parent = |leaf: &str, id: &str| {
+        let out = run_cmd(&format!("{parent}/{leaf}"), id, &state, "0")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        for r in driver_roots(&layout) {
+            assert!(
+                r.join(&parent).is_dir(),
+                "the run removed the manager's parent"
+            );
+        }
+    };
     make_parent();
-    let out = run_cmd(&format!("{parent}/a"), "pra", &state, "0")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    // The parent is not the sandbox's: it stays, empty.
+    run_in_parent("a", "pra");
+    // The parent stays empty.
     for r in driver_roots(&layout) {
-        assert!(
-            r.join(&parent).is_dir(),
-            "the run removed the manager's parent"
-        );
         assert!(!r.join(&parent).join("a").exists());
     }
     // The manager cleans up and makes the parent again, then the next sandbox comes.
     remove_parent();
     make_parent();
-    let out = run_cmd(&format!("{parent}/b"), "prb", &state, "0")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    for r in driver_roots(&layout) {
-        assert!(
-            r.join(&parent).is_dir(),
-            "the run removed the manager's parent"
-        );
-    }
+    run_in_parent("b", "prb");
     // A sandbox's stale state (it was killed) whose parent the manager removed and made
     // again while another sandbox runs there: its cleanup leaves that sandbox alone.
     let killed = Bg::spawn(run_cmd(&format!("{parent}/c"), "prc", &state, "600"));
