@@ -8,6 +8,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::cli::cleanup;
 use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_host-cgroups");
@@ -253,16 +254,7 @@ fn forged_state_is_refused_by_cleanup() {
             "overhead": null, "containers": {}, "sandbox_resources": null
         });
         std::fs::write(tmp.join(format!("{id}.json")), body.to_string()).unwrap();
-        let out = Command::new(BIN)
-            .args([
-                "cleanup",
-                "--state-dir",
-                &tmp.to_string_lossy(),
-                "--sandbox-id",
-                &id,
-            ])
-            .output()
-            .unwrap();
+        let out = cleanup(&id, &tmp);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{created}: {err}");
         assert!(
@@ -273,16 +265,7 @@ fn forged_state_is_refused_by_cleanup() {
     // A symlinked state directory is not followed.
     let link = tmp.with_extension("link");
     std::os::unix::fs::symlink(&tmp, &link).unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "cleanup",
-            "--state-dir",
-            &link.to_string_lossy(),
-            "--sandbox-id",
-            "forged0",
-        ])
-        .output()
-        .unwrap();
+    let out = cleanup("forged0", &link);
     assert_eq!(
         out.status.code(),
         Some(2),
@@ -304,8 +287,9 @@ fn resolve_refuses_a_memory_limit_the_vmm_cannot_live_in() {
     let tmp = std::env::temp_dir().join(&prefix);
     let before = tree(&prefix);
     let path = format!("{prefix}/sb");
-    for limit in ["4096", "1"] {
-        let out = Command::new(BIN)
+    // `resolve` of the sandbox with a memory limit of `limit` bytes.
+    let resolve = |limit: &str| {
+        Command::new(BIN)
             .args([
                 "resolve",
                 "--cgroups-path",
@@ -318,7 +302,10 @@ fn resolve_refuses_a_memory_limit_the_vmm_cannot_live_in() {
                 &format!(r#"{{"memory":{{"limit":{limit}}}}}"#),
             ])
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    for limit in ["4096", "1"] {
+        let out = resolve(limit);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{limit}: {err}");
         for needle in [limit, "6291456", path.as_str()] {
@@ -326,20 +313,7 @@ fn resolve_refuses_a_memory_limit_the_vmm_cannot_live_in() {
         }
     }
     // At the floor it plans.
-    let out = Command::new(BIN)
-        .args([
-            "resolve",
-            "--cgroups-path",
-            &path,
-            "--sandbox-id",
-            "memfloor1",
-            "--state-dir",
-            &tmp.to_string_lossy(),
-            "--resources",
-            r#"{"memory":{"limit":6291456}}"#,
-        ])
-        .output()
-        .unwrap();
+    let out = resolve("6291456");
     assert_eq!(
         out.status.code(),
         Some(0),

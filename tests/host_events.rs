@@ -20,20 +20,20 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::skip::skip;
+use common::cli::{cleanup, cleanup_command, run_args};
+use common::systemd::{bus_answers, needs_systemd, unit_of, BusRestorer, SliceGuard};
 use common::*;
 use host_cgroups::host::{CgroupLayout, CgroupVersion};
 use host_cgroups::manager::{Manager, SystemdManager};
-use host_cgroups::path::{CgroupsPath, SystemdUnit};
+use host_cgroups::path::SystemdUnit;
 use host_cgroups::resources::from_json;
 use host_cgroups::state::SandboxState;
 
-const BIN: &str = env!("CARGO_BIN_EXE_host-cgroups");
 /// Generous: the test hosts are emulated (TCG) and slow, and reexec takes a while there.
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -165,27 +165,25 @@ fn entries(dir: &Path) -> Vec<String> {
 }
 
 fn run_cmd(path: &str, id: &str, state: &Path, duration: &str) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(["run", "--cgroups-path", path, "--sandbox-id", id])
-        .args([
-            "--vcpus",
-            "2",
-            "--backend",
-            "thread",
-            "--duration",
-            duration,
-        ])
-        .arg("--state-dir")
-        .arg(state);
-    c
+    run_args(path, id, state)
+        .vcpus(2)
+        .backend("thread")
+        .duration(duration)
+        .command()
 }
 
-fn cleanup(id: &str, state: &Path) -> Output {
-    Command::new(BIN)
-        .args(["cleanup", "--sandbox-id", id, "--state-dir"])
-        .arg(state)
+/// Runs `cmd` with the failpoint `failpoint` (`<name>=kill`) and asserts that it killed it.
+fn assert_killed_at(mut cmd: Command, failpoint: &str) {
+    let out = cmd
+        .env("HOST_CGROUPS_FAILPOINT", failpoint)
         .output()
-        .expect("run cleanup")
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGKILL),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 fn text(b: &[u8]) -> String {
@@ -257,82 +255,6 @@ impl Drop for Bg {
 
 // --- systemd helpers (the style of tests/systemd.rs) ---
 
-fn systemd_host() -> bool {
-    Path::new("/run/systemd/system").is_dir()
-        && std::fs::read_to_string("/proc/1/comm").is_ok_and(|c| c.trim() == "systemd")
-}
-
-fn needs_systemd(test: &str) -> bool {
-    if systemd_host() {
-        return true;
-    }
-    skip(test, "systemd is not PID 1 on this host");
-    false
-}
-
-/// A unique nested slice `hcg<hex>-pods.slice`; stops its top slice on drop.
-struct SliceGuard {
-    tag: String,
-    slice: String,
-    top: String,
-    _cg: CgroupGuard,
-}
-
-impl SliceGuard {
-    fn new() -> Self {
-        let tag = format!("hcg{:08x}", rand::random::<u32>());
-        SliceGuard {
-            slice: format!("{tag}-pods.slice"),
-            top: format!("{tag}.slice"),
-            _cg: CgroupGuard::new(&format!("{tag}.slice")),
-            tag,
-        }
-    }
-
-    fn path(&self, id: &str) -> String {
-        format!("{}:kata:{id}", self.slice)
-    }
-
-    /// Scope directories below the top slice in every hierarchy.
-    fn scope_dirs_left(&self, layout: &CgroupLayout) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for m in mounts(layout) {
-            let mut stack = vec![m.join(&self.top)];
-            while let Some(d) = stack.pop() {
-                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        let p = e.path();
-                        if p.to_string_lossy().ends_with(".scope") {
-                            out.push(p.clone());
-                        }
-                        stack.push(p);
-                    }
-                }
-            }
-        }
-        out
-    }
-}
-
-impl Drop for SliceGuard {
-    fn drop(&mut self) {
-        if systemd_host() {
-            let _ = Command::new("systemctl").args(["stop", &self.top]).status();
-            let _ = Command::new("systemctl")
-                .args(["reset-failed", &format!("{}*", self.tag)])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-fn unit_of(path: &str, id: &str) -> SystemdUnit {
-    match CgroupsPath::parse(path, id).expect("parse") {
-        CgroupsPath::Systemd(u) => u,
-        other => panic!("not a systemd path: {other:?}"),
-    }
-}
-
 fn systemctl(args: &[&str]) -> bool {
     Command::new("systemctl")
         .args(args)
@@ -390,37 +312,6 @@ fn listed(unit: &str) -> bool {
     text(&out.stdout).contains(unit)
 }
 
-/// Whether PID 1 answers on the system bus.
-fn bus_answers() -> bool {
-    Command::new("busctl")
-        .args([
-            "get-property",
-            "org.freedesktop.systemd1",
-            "/org/freedesktop/systemd1",
-            "org.freedesktop.systemd1.Manager",
-            "Version",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Starts the bus again on drop if a test left it down, and waits until systemd answers.
-struct BusRestorer;
-
-impl Drop for BusRestorer {
-    fn drop(&mut self) {
-        let _ = Command::new("systemctl")
-            .args(["start", "dbus.socket", "dbus.service"])
-            .status();
-        let start = Instant::now();
-        while !bus_answers() && start.elapsed() < WAIT {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
 /// Asserts that nothing of `unit` is left: not loaded, no cgroup directory, no state.
 fn assert_unit_gone(layout: &CgroupLayout, unit: &SystemdUnit, state: &Path) {
     wait_until_or(
@@ -443,6 +334,25 @@ fn assert_unit_gone(layout: &CgroupLayout, unit: &SystemdUnit, state: &Path) {
 // ---------------------------------------------------------------------------------------
 // a. The state directory on a full filesystem, and on a read-only remount of it.
 
+/// No cgroup below the guard's prefix and no file in `state` is left.
+fn assert_nothing_left(guard: &CgroupGuard, state: &Path) {
+    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
+    assert!(entries(state).is_empty(), "{:?}", entries(state));
+}
+
+/// A run of sandbox `id` at `path` fails at its first state save: exit 1 naming the state
+/// file and `cause`, and no cgroup is made.
+fn assert_first_save_fails(guard: &CgroupGuard, path: &str, id: &str, state: &Path, cause: &str) {
+    let out = run_cmd(path, id, state, "0").output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("{id}.json")) && err.contains(cause),
+        "{err}"
+    );
+    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
+}
+
 #[test]
 fn state_directory_on_a_full_filesystem() {
     let layout = layout();
@@ -455,17 +365,14 @@ fn state_directory_on_a_full_filesystem() {
     // 1. Full before the run: the first state save fails, exit 1 naming the state file
     //    and ENOSPC; no cgroup is made and no file (not even a temp file) is left.
     let fill = fs.fill();
-    let out = run_cmd(&format!("{prefix}/a"), "fulla", &state, "0")
-        .output()
-        .unwrap();
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("fulla.json") && err.contains("No space left on device"),
-        "{err}"
+    assert_first_save_fails(
+        &guard,
+        &format!("{prefix}/a"),
+        "fulla",
+        &state,
+        "No space left on device",
     );
-    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
-    assert!(entries(&state).is_empty(), "{:?}", entries(&state));
+    assert_nothing_left(&guard, &state);
 
     // 2. The disk fills while a sandbox runs: it keeps running, its state file is intact,
     //    and the teardown (SIGTERM) on the full disk succeeds and leaves nothing.
@@ -484,8 +391,7 @@ fn state_directory_on_a_full_filesystem() {
         status.success(),
         "teardown on a full disk: {status:?}\n{err}"
     );
-    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
-    assert!(entries(&state).is_empty(), "{:?}", entries(&state));
+    assert_nothing_left(&guard, &state);
 
     // 3. SIGKILLed while the disk is full: the state is intact, and `cleanup` on the
     //    still-full disk removes everything.
@@ -503,8 +409,7 @@ fn state_directory_on_a_full_filesystem() {
     );
     let out = cleanup("fullc", &state);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
-    assert!(entries(&state).is_empty(), "{:?}", entries(&state));
+    assert_nothing_left(&guard, &state);
 }
 
 #[test]
@@ -517,16 +422,13 @@ fn state_directory_remounted_read_only() {
 
     // 1. Read-only before the run: exit 1 naming the state file and EROFS; nothing made.
     fs.remount(true);
-    let out = run_cmd(&format!("{prefix}/a"), "roa", &state, "0")
-        .output()
-        .unwrap();
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("roa.json") && err.contains("Read-only file system"),
-        "{err}"
+    assert_first_save_fails(
+        &guard,
+        &format!("{prefix}/a"),
+        "roa",
+        &state,
+        "Read-only file system",
     );
-    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
     fs.remount(false);
     assert!(entries(&state).is_empty(), "{:?}", entries(&state));
 
@@ -558,8 +460,7 @@ fn state_directory_remounted_read_only() {
     fs.remount(false);
     let out = cleanup("rob", &state);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
-    assert!(entries(&state).is_empty(), "{:?}", entries(&state));
+    assert_nothing_left(&guard, &state);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -831,6 +732,21 @@ fn dbus_restart_while_a_sandbox_runs() {
 // ---------------------------------------------------------------------------------------
 // d. SIGKILL while waiting for a systemd job.
 
+/// After a kill: the state of `id` is there (else panics with `lost`), and `cleanup` from
+/// it succeeds and leaves nothing of `unit`.
+fn cleanup_after_kill(
+    layout: &CgroupLayout,
+    unit: &SystemdUnit,
+    id: &str,
+    state: &Path,
+    lost: &str,
+) {
+    assert!(SandboxState::file(state, id).exists(), "{lost}");
+    let out = cleanup(id, state);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_unit_gone(layout, unit, state);
+}
+
 #[test]
 fn sigkill_while_waiting_for_the_start_job_then_cleanup() {
     if !needs_systemd("sigkill_while_waiting_for_the_start_job_then_cleanup") {
@@ -841,23 +757,11 @@ fn sigkill_while_waiting_for_the_start_job_then_cleanup() {
     let id = unique("killstart");
     let unit = unit_of(&g.path(&id), &id);
     let state = std::env::temp_dir().join(unique("state"));
-    let out = run_cmd(&g.path(&id), &id, &state, "0")
-        .env("HOST_CGROUPS_FAILPOINT", "systemd-start-job=kill")
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGKILL),
-        "{}",
-        text(&out.stderr)
+    assert_killed_at(
+        run_cmd(&g.path(&id), &id, &state, "0"),
+        "systemd-start-job=kill",
     );
-    assert!(
-        SandboxState::file(&state, &id).exists(),
-        "no state to clean up from"
-    );
-    let out = cleanup(&id, &state);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_unit_gone(&layout, &unit, &state);
+    cleanup_after_kill(&layout, &unit, &id, &state, "no state to clean up from");
     let _ = std::fs::remove_dir_all(&state);
 }
 
@@ -873,20 +777,11 @@ fn sigkill_while_waiting_for_the_stop_job_then_cleanup() {
     // 1. The run's own teardown: killed right after its StopUnit was sent.
     let id = unique("killstop");
     let unit = unit_of(&g.path(&id), &id);
-    let out = run_cmd(&g.path(&id), &id, &state, "0")
-        .env("HOST_CGROUPS_FAILPOINT", "systemd-stop-job=kill")
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGKILL),
-        "{}",
-        text(&out.stderr)
+    assert_killed_at(
+        run_cmd(&g.path(&id), &id, &state, "0"),
+        "systemd-stop-job=kill",
     );
-    assert!(SandboxState::file(&state, &id).exists(), "state lost");
-    let out = cleanup(&id, &state);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_unit_gone(&layout, &unit, &state);
+    cleanup_after_kill(&layout, &unit, &id, &state, "state lost");
 
     // 2. `cleanup` killed while it waits for its StopUnit job (the unit still holds a
     //    process, so the job is real), then `cleanup` again.
@@ -915,22 +810,8 @@ fn sigkill_while_waiting_for_the_stop_job_then_cleanup() {
     let (status, err) = bg.signal_and_wait(libc::SIGTERM);
     assert!(status.success(), "{status:?}\n{err}");
     assert_eq!(show(&unit.unit, "ActiveState"), "active");
-    let out = Command::new(BIN)
-        .args(["cleanup", "--sandbox-id", &id, "--state-dir"])
-        .arg(&state)
-        .env("HOST_CGROUPS_FAILPOINT", "systemd-stop-job=kill")
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGKILL),
-        "{}",
-        text(&out.stderr)
-    );
-    assert!(SandboxState::file(&state, &id).exists(), "state lost");
-    let out = cleanup(&id, &state);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_unit_gone(&layout, &unit, &state);
+    assert_killed_at(cleanup_command(&id, &state), "systemd-stop-job=kill");
+    cleanup_after_kill(&layout, &unit, &id, &state, "state lost");
     drop(sleeper);
     let _ = std::fs::remove_dir_all(&state);
 }
@@ -968,32 +849,30 @@ fn parent_removed_and_recreated_between_two_sandboxes() {
             std::fs::remove_dir(r.join(&parent)).expect("manager rmdir parent");
         }
     };
+    // A run of sandbox `id` at `<parent>/<leaf>` succeeds, and the parent is not the
+    // sandbox's: it stays.
+    let run_in_parent = |leaf: &str, id: &str| {
+        let out = run_cmd(&format!("{parent}/{leaf}"), id, &state, "0")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        for r in driver_roots(&layout) {
+            assert!(
+                r.join(&parent).is_dir(),
+                "the run removed the manager's parent"
+            );
+        }
+    };
     make_parent();
-    let out = run_cmd(&format!("{parent}/a"), "pra", &state, "0")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    // The parent is not the sandbox's: it stays, empty.
+    run_in_parent("a", "pra");
+    // The parent stays empty.
     for r in driver_roots(&layout) {
-        assert!(
-            r.join(&parent).is_dir(),
-            "the run removed the manager's parent"
-        );
         assert!(!r.join(&parent).join("a").exists());
     }
     // The manager cleans up and makes the parent again, then the next sandbox comes.
     remove_parent();
     make_parent();
-    let out = run_cmd(&format!("{parent}/b"), "prb", &state, "0")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    for r in driver_roots(&layout) {
-        assert!(
-            r.join(&parent).is_dir(),
-            "the run removed the manager's parent"
-        );
-    }
+    run_in_parent("b", "prb");
     // A sandbox's stale state (it was killed) whose parent the manager removed and made
     // again while another sandbox runs there: its cleanup leaves that sandbox alone.
     let killed = Bg::spawn(run_cmd(&format!("{parent}/c"), "prc", &state, "600"));
@@ -1033,8 +912,7 @@ fn parent_removed_and_recreated_between_two_sandboxes() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
     remove_parent();
-    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
-    assert!(entries(&state).is_empty(), "{:?}", entries(&state));
+    assert_nothing_left(&guard, &state);
     let _ = std::fs::remove_dir_all(&state);
 }
 

@@ -9,13 +9,15 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use common::cli::{cleanup, run_args, success_json, BIN};
 use common::skip::skip;
+use common::systemd::{listed, systemd_host, wait_until, SliceGuard};
 use common::*;
 use demo_vmm::{BackendChoice, Vmm, VmmConfig};
 use host_cgroups::config::RuntimeConfig;
@@ -26,8 +28,6 @@ use host_cgroups::plan::SandboxPlan;
 use host_cgroups::resources::from_json;
 use host_cgroups::selfplace::PlacedBy;
 use host_cgroups::state::SandboxState;
-
-const BIN: &str = env!("CARGO_BIN_EXE_host-cgroups");
 
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -509,22 +509,13 @@ fn sigkill_at_every_nested_step_then_cleanup_leaves_nothing() {
         let prefix = unique("ncrash");
         let guard = CgroupGuard::new(&prefix);
         let id = format!("{prefix}-{i}");
-        let out = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .args([
-                "--cgroups-path",
-                &format!("{prefix}/sb"),
-                "--sandbox-id",
-                &id,
-            ])
-            .args(["--vcpus", "2", "--duration", "0.2", "--backend", "thread"])
-            .arg("--state-dir")
-            .arg(&state)
-            .args([
-                "--container-resources",
-                r#"{"cpu":{"quota":50000,"period":100000}}"#,
-            ])
+        let out = run_args(&format!("{prefix}/sb"), &id, &state)
+            .config(&cfg)
+            .vcpus(2)
+            .duration("0.2")
+            .backend("thread")
+            .container_resources(r#"{"cpu":{"quota":50000,"period":100000}}"#)
+            .command()
             .env("HOST_CGROUPS_FAILPOINT", format!("{point}=kill"))
             .output()
             .unwrap();
@@ -542,11 +533,7 @@ fn sigkill_at_every_nested_step_then_cleanup_leaves_nothing() {
             continue;
         }
         killed += 1;
-        let c = Command::new(BIN)
-            .args(["cleanup", "--sandbox-id", &id, "--state-dir"])
-            .arg(&state)
-            .output()
-            .unwrap();
+        let c = cleanup(&id, &state);
         let err = String::from_utf8_lossy(&c.stderr);
         assert!(
             c.status.success() || err.contains("no state") || err.contains("No such file"),
@@ -635,12 +622,7 @@ fn bad_layout_values_and_refused_hosts_exit_2() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plan = success_json(&out);
     assert_eq!(plan["vcpu_layout"], "nested");
     assert!(plan["vcpu_layout_reason"]
         .as_str()
@@ -671,20 +653,11 @@ fn bad_layout_values_and_refused_hosts_exit_2() {
         let other = root.join(&prefix).join("sb").join("other");
         std::fs::create_dir_all(&other).unwrap();
         let state = tmp.join("state");
-        let out = Command::new(BIN)
-            .args([
-                "run",
-                "--cgroups-path",
-                &format!("{prefix}/sb"),
-                "--sandbox-id",
-                "ndom",
-            ])
-            .args(["--duration", "0", "--backend", "thread", "--config"])
-            .arg(&cfg)
-            .arg("--state-dir")
-            .arg(&state)
-            .output()
-            .unwrap();
+        let out = run_args(&format!("{prefix}/sb"), "ndom", &state)
+            .duration("0")
+            .backend("thread")
+            .config(&cfg)
+            .output();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(err.contains("other"), "{err}");
@@ -711,35 +684,14 @@ fn run_json_has_the_layout_and_the_child_per_thread() {
     std::fs::write(&cfg, NESTED_TOML).unwrap();
     let prefix = unique("njson");
     let guard = CgroupGuard::new(&prefix);
-    let out = Command::new(BIN)
-        .args([
-            "run",
-            "--cgroups-path",
-            &format!("{prefix}/sb"),
-            "--sandbox-id",
-            &prefix,
-        ])
-        .args([
-            "--vcpus",
-            "2",
-            "--duration",
-            "0.3",
-            "--backend",
-            "thread",
-            "--json",
-        ])
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--state-dir")
-        .arg(tmp.join("state"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = run_args(&format!("{prefix}/sb"), &prefix, tmp.join("state"))
+        .vcpus(2)
+        .duration("0.3")
+        .backend("thread")
+        .json()
+        .config(&cfg)
+        .output();
+    let r = success_json(&out);
     assert_eq!(r["vcpu_layout"], "nested");
     assert_eq!(r["vcpus_path"], format!("{prefix}/sb/vcpus"));
     let key = if layout().version() == CgroupVersion::V1 {
@@ -759,30 +711,6 @@ fn run_json_has_the_layout_and_the_child_per_thread() {
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 
-fn systemd_host() -> bool {
-    Path::new("/run/systemd/system").is_dir()
-        && std::fs::read_to_string("/proc/1/comm").is_ok_and(|c| c.trim() == "systemd")
-}
-
-fn listed(unit: &str) -> bool {
-    let out = Command::new("systemctl")
-        .args(["list-units", "--all", "--no-legend", "--plain"])
-        .output()
-        .expect("systemctl list-units");
-    String::from_utf8_lossy(&out.stdout).contains(unit)
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting until {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// systemd: vCPUs in the child inside the scope, the rest in the scope; then the
 /// scope stops (its process exits with the child present, `--keep`) and afterwards
 /// no unit and, after `cleanup` of the driver's own v1 directories, no directory.
@@ -796,12 +724,9 @@ fn systemd_scope_with_child_runs_and_stops_leaving_nothing() {
         );
     }
     let layout = layout();
-    let tag = format!("hcg{:08x}", rand::random::<u32>());
-    let top = format!("{tag}.slice");
-    let _cg = CgroupGuard::new(&top);
-    let slice = format!("{tag}-pods.slice");
+    let g = SliceGuard::new();
     let id = unique("nsd");
-    let path = format!("{slice}:kata:{id}");
+    let path = g.path(&id);
     let parsed = host_cgroups::path::CgroupsPath::parse(&path, &id).unwrap();
     let rel = parsed.relative();
     let unit = format!("kata-{id}.scope");
@@ -810,26 +735,15 @@ fn systemd_scope_with_child_runs_and_stops_leaving_nothing() {
     let cfg = tmp.join("c.toml");
     std::fs::write(&cfg, NESTED_TOML).unwrap();
     let state = tmp.join("state");
-    let mut child = Command::new(BIN)
-        .args(["run", "--cgroups-path", &path, "--sandbox-id", &id])
-        .args([
-            "--vcpus",
-            "2",
-            "--duration",
-            "1",
-            "--backend",
-            "thread",
-            "--json",
-            "--keep",
-        ])
-        .args([
-            "--container-resources",
-            r#"{"cpu":{"quota":50000,"period":100000}}"#,
-        ])
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--state-dir")
-        .arg(&state)
+    let mut child = run_args(&path, &id, &state)
+        .vcpus(2)
+        .duration("1")
+        .backend("thread")
+        .json()
+        .keep()
+        .container_resources(r#"{"cpu":{"quota":50000,"period":100000}}"#)
+        .config(&cfg)
+        .command()
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -887,17 +801,13 @@ fn systemd_scope_with_child_runs_and_stops_leaving_nothing() {
         wait_until("the scope's cgroup is gone", || !d.exists());
     }
     // What the driver made itself (v1 cpuset) goes with cleanup, child first.
-    let c = Command::new(BIN)
-        .args(["cleanup", "--sandbox-id", &id, "--state-dir"])
-        .arg(&state)
-        .output()
-        .unwrap();
+    let c = cleanup(&id, &state);
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
     assert!(!listed(&unit));
     for m in mounts(&layout) {
         assert!(!m.join(&rel).exists(), "{} left", m.join(&rel).display());
     }
-    let _ = Command::new("systemctl").args(["stop", &top]).status();
+    let _ = Command::new("systemctl").args(["stop", &g.top]).status();
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 
@@ -914,10 +824,7 @@ fn systemd_sigkill_at_nested_steps_then_cleanup_leaves_nothing() {
         );
     }
     let layout = layout();
-    let tag = format!("hcg{:08x}", rand::random::<u32>());
-    let top = format!("{tag}.slice");
-    let _cg = CgroupGuard::new(&top);
-    let slice = format!("{tag}-pods.slice");
+    let g = SliceGuard::new();
     let tmp = std::env::temp_dir().join(unique("nsdkill"));
     std::fs::create_dir_all(&tmp).unwrap();
     let cfg = tmp.join("c.toml");
@@ -932,28 +839,23 @@ fn systemd_sigkill_at_nested_steps_then_cleanup_leaves_nothing() {
         "vcpus-removed",
     ] {
         let id = unique("nsdk");
-        let path = format!("{slice}:kata:{id}");
+        let path = g.path(&id);
         let rel = host_cgroups::path::CgroupsPath::parse(&path, &id)
             .unwrap()
             .relative();
         let unit = format!("kata-{id}.scope");
-        let out = Command::new(BIN)
-            .args(["run", "--cgroups-path", &path, "--sandbox-id", &id])
-            .args(["--vcpus", "2", "--duration", "0.2", "--backend", "thread"])
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--state-dir")
-            .arg(&state)
+        let out = run_args(&path, &id, &state)
+            .vcpus(2)
+            .duration("0.2")
+            .backend("thread")
+            .config(&cfg)
+            .command()
             .env("HOST_CGROUPS_FAILPOINT", format!("{point}=kill"))
             .output()
             .unwrap();
         if out.status.signal() == Some(libc::SIGKILL) {
             killed += 1;
-            let c = Command::new(BIN)
-                .args(["cleanup", "--sandbox-id", &id, "--state-dir"])
-                .arg(&state)
-                .output()
-                .unwrap();
+            let c = cleanup(&id, &state);
             let err = String::from_utf8_lossy(&c.stderr);
             assert!(
                 c.status.success() || err.contains("no state"),
@@ -976,7 +878,7 @@ fn systemd_sigkill_at_nested_steps_then_cleanup_leaves_nothing() {
         );
     }
     assert!(killed >= 4, "only {killed} points were reached");
-    let _ = Command::new("systemctl").args(["stop", &top]).status();
+    let _ = Command::new("systemctl").args(["stop", &g.top]).status();
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 

@@ -9,17 +9,12 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::{channel, Receiver};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
+use common::cli::{run_args, RunArgs, BIN};
 use common::*;
 use host_cgroups::host::CgroupVersion;
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_host-cgroups");
-/// Generous: a loaded machine is slow, and slowness must not fail a test.
-const WAIT: Duration = Duration::from_secs(120);
 
 fn hc(args: &[&str]) -> Output {
     Command::new(BIN)
@@ -96,20 +91,21 @@ impl Fx {
         out
     }
 
+    /// `run` of sandbox `id` at `path`, with this test's state directory.
+    fn run(&self, id: &str, path: &str) -> RunArgs {
+        run_args(path, id, self.state_dir())
+    }
+
     /// `run --keep` of sandbox `id` at `path`, ending at once.
     fn run_keep(&self, id: &str, path: &str) -> Output {
-        hc(&[
-            "run",
-            "--keep",
-            "--duration",
-            "0",
-            "--cgroups-path",
-            path,
-            "--sandbox-id",
-            id,
-            "--state-dir",
-            self.state_dir(),
-        ])
+        self.run(id, path).keep().duration("0").output()
+    }
+
+    /// `<command> --sandbox-id <id> --state-dir <this test's>` and `extra`, run to the end.
+    fn by_id(&self, command: &str, id: &str, extra: &[&str]) -> Output {
+        let mut args = vec![command, "--sandbox-id", id, "--state-dir", self.state_dir()];
+        args.extend_from_slice(extra);
+        hc(&args)
     }
 }
 
@@ -172,13 +168,7 @@ fn same_sandbox_id_is_refused_and_the_first_record_stays() {
     assert_eq!(std::fs::read(&file).unwrap(), state_before);
     assert_eq!(fx.walk(), cgroups_before, "the refused run changed cgroups");
 
-    ok(&hc(&[
-        "cleanup",
-        "--sandbox-id",
-        id,
-        "--state-dir",
-        fx.state_dir(),
-    ]));
+    ok(&fx.by_id("cleanup", id, &[]));
     assert!(fx.walk().is_empty(), "left: {:?}", fx.walk());
     assert!(!file.exists());
 }
@@ -224,14 +214,7 @@ fn cleanup_from_state_lists_exactly_what_existed() {
     ok(&fx.run_keep("sb1", &path));
     let before = fx.walk();
     assert!(before.contains(&path) && before.contains(&fx.prefix));
-    let v = json(&hc(&[
-        "cleanup",
-        "--sandbox-id",
-        "sb1",
-        "--state-dir",
-        fx.state_dir(),
-        "--json",
-    ]));
+    let v = json(&fx.by_id("cleanup", "sb1", &["--json"]));
     let after = fx.walk();
     let gone: BTreeSet<String> = before.difference(&after).cloned().collect();
     assert_eq!(strings(&v["removed"]), gone, "{v}");
@@ -255,14 +238,7 @@ fn cleanup_keeps_a_parent_that_holds_another_cgroup() {
     let sibling = format!("{}/a/other", fx.prefix);
     std::fs::create_dir(m.join(&sibling)).unwrap();
     let before = fx.walk();
-    let v = json(&hc(&[
-        "cleanup",
-        "--sandbox-id",
-        "sb1",
-        "--state-dir",
-        fx.state_dir(),
-        "--json",
-    ]));
+    let v = json(&fx.by_id("cleanup", "sb1", &["--json"]));
     let after = fx.walk();
     let gone: BTreeSet<String> = before.difference(&after).cloned().collect();
     assert_eq!(strings(&v["removed"]), gone, "{v}");
@@ -285,16 +261,7 @@ fn cleanup_by_path_uses_the_state_file_when_there_is_one() {
     let path = format!("{}/a/b", fx.prefix);
     ok(&fx.run_keep("sb1", &path));
     let before = fx.walk();
-    let v = json(&hc(&[
-        "cleanup",
-        "--sandbox-id",
-        "sb1",
-        "--state-dir",
-        fx.state_dir(),
-        "--cgroups-path",
-        &path,
-        "--json",
-    ]));
+    let v = json(&fx.by_id("cleanup", "sb1", &["--cgroups-path", &path, "--json"]));
     assert!(
         v["source"]
             .as_str()
@@ -313,16 +280,7 @@ fn cleanup_by_path_without_state_reports_absent_and_kept_truthfully() {
     let fx = Fx::new("cleanpath");
     let path = format!("{}/a/b", fx.prefix);
     // Nothing exists: everything absent, nothing removed or kept.
-    let v = json(&hc(&[
-        "cleanup",
-        "--sandbox-id",
-        "sb1",
-        "--state-dir",
-        fx.state_dir(),
-        "--cgroups-path",
-        &path,
-        "--json",
-    ]));
+    let v = json(&fx.by_id("cleanup", "sb1", &["--cgroups-path", &path, "--json"]));
     assert!(strings(&v["removed"]).is_empty(), "{v}");
     assert!(strings(&v["kept"]).is_empty(), "{v}");
     assert_eq!(
@@ -342,16 +300,7 @@ fn cleanup_by_path_without_state_reports_absent_and_kept_truthfully() {
     ok(&fx.run_keep("sb1", &path));
     std::fs::remove_file(fx.state_file("sb1")).unwrap();
     let before = fx.walk();
-    let v = json(&hc(&[
-        "cleanup",
-        "--sandbox-id",
-        "sb1",
-        "--state-dir",
-        fx.state_dir(),
-        "--cgroups-path",
-        &path,
-        "--json",
-    ]));
+    let v = json(&fx.by_id("cleanup", "sb1", &["--cgroups-path", &path, "--json"]));
     let after = fx.walk();
     let gone: BTreeSet<String> = before.difference(&after).cloned().collect();
     assert_eq!(strings(&v["removed"]), gone, "{v}");
@@ -366,98 +315,16 @@ fn cleanup_by_path_without_state_reports_absent_and_kept_truthfully() {
     );
 }
 
-/// A `host-cgroups run` child; killed (by pid) and reaped on drop.
-struct RunChild {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl RunChild {
-    fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn host-cgroups");
-        let err = child.stderr.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        RunChild {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn wait_for(&mut self, needle: &str) {
-        let start = Instant::now();
-        while start.elapsed() < WAIT {
-            match self.lines.recv_timeout(Duration::from_millis(200)) {
-                Ok(l) => {
-                    let hit = l.contains(needle);
-                    self.seen.push(l);
-                    if hit {
-                        return;
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(_) => {}
-            }
-        }
-        panic!("no line with {needle:?}; stderr: {:#?}", self.seen);
-    }
-
-    /// SIGTERM (the run cleans up) and wait.
-    fn stop(&mut self) -> std::process::ExitStatus {
-        // SAFETY: signalling our own child by its pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for RunChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn cleanup_of_a_live_sandbox_is_refused() {
     let fx = Fx::new("cleanlive");
     let path = format!("{}/sb", fx.prefix);
-    let mut run = RunChild::spawn(&[
-        "run",
-        "--duration",
-        "600",
-        "--cgroups-path",
-        &path,
-        "--sandbox-id",
-        "sb1",
-        "--state-dir",
-        fx.state_dir(),
-    ]);
+    let mut run = fx.run("sb1", &path).duration("600").spawn();
     run.wait_for("running");
-    let pid = run.child.id();
+    let pid = run.pid();
     let before = fx.walk();
     for extra in [&[][..], &["--cgroups-path", path.as_str()][..]] {
-        let mut args = vec![
-            "cleanup",
-            "--sandbox-id",
-            "sb1",
-            "--state-dir",
-            fx.state_dir(),
-        ];
-        args.extend_from_slice(extra);
-        let out = hc(&args);
+        let out = fx.by_id("cleanup", "sb1", extra);
         assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
         assert!(
             text(&out.stderr).contains(&format!("sandbox sb1 is still running (pid {pid})")),
@@ -649,19 +516,7 @@ fn vcpu_counts_are_checked_both_ways_and_backends_are_listed() {
         (vec!["--backend", "quantum"], "quantum"),
     ] {
         let path = format!("{}/sb", fx.prefix);
-        let mut all = vec![
-            "run",
-            "--cgroups-path",
-            &path,
-            "--sandbox-id",
-            "sb1",
-            "--state-dir",
-            fx.state_dir(),
-            "--duration",
-            "0",
-        ];
-        all.extend(args.iter().copied());
-        let out = hc(&all);
+        let out = fx.run("sb1", &path).duration("0").extra(&args).output();
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
@@ -713,15 +568,7 @@ fn run_with(fx: &Fx, env: &[(&str, &str)], global: &[&str], extra: &[&str]) -> O
     let path = format!("{}/sb", fx.prefix);
     let mut c = Command::new(BIN);
     c.args(global)
-        .args([
-            "run",
-            "--cgroups-path",
-            &path,
-            "--sandbox-id",
-            "sb1",
-            "--state-dir",
-            fx.state_dir(),
-        ])
+        .args(fx.run("sb1", &path).to_vec())
         .args(extra)
         .env_remove("HOST_CGROUPS_LOG")
         .env_remove("HOST_CGROUPS_FAILPOINT")
@@ -912,14 +759,7 @@ fn version_names_the_commit() {
 }
 
 fn inspect_json(fx: &Fx, id: &str) -> Value {
-    json(&hc(&[
-        "inspect",
-        "--sandbox-id",
-        id,
-        "--state-dir",
-        fx.state_dir(),
-        "--json",
-    ]))
+    json(&fx.by_id("inspect", id, &["--json"]))
 }
 
 /// Every task listed in the sandbox cgroup's directories.
@@ -969,34 +809,14 @@ fn inspect_a_kept_sandbox() {
     assert_eq!(v["cgroups"][0]["directories"][0]["procs"][0], child.pid());
     drop(child);
     // The text form says the same.
-    let out = ok(&hc(&[
-        "inspect",
-        "--sandbox-id",
-        "sb1",
-        "--state-dir",
-        fx.state_dir(),
-    ]))
-    .stdout
-    .clone();
+    let out = ok(&fx.by_id("inspect", "sb1", &[])).stdout.clone();
     let s = text(&out);
     assert!(s.contains("not running"), "{s}");
     assert!(s.contains(&format!("sandbox cgroup {path}: exists")), "{s}");
 
-    ok(&hc(&[
-        "cleanup",
-        "--sandbox-id",
-        "sb1",
-        "--state-dir",
-        fx.state_dir(),
-    ]));
+    ok(&fx.by_id("cleanup", "sb1", &[]));
     // No state: exit 2, naming the directory searched.
-    let out = hc(&[
-        "inspect",
-        "--sandbox-id",
-        "sb1",
-        "--state-dir",
-        fx.state_dir(),
-    ]);
+    let out = fx.by_id("inspect", "sb1", &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains(fx.state_dir()),
@@ -1009,19 +829,9 @@ fn inspect_a_kept_sandbox() {
 fn inspect_a_running_sandbox_and_a_plain_process() {
     let fx = Fx::new("insplive");
     let path = format!("{}/sb", fx.prefix);
-    let mut run = RunChild::spawn(&[
-        "run",
-        "--duration",
-        "600",
-        "--cgroups-path",
-        &path,
-        "--sandbox-id",
-        "sb1",
-        "--state-dir",
-        fx.state_dir(),
-    ]);
+    let mut run = fx.run("sb1", &path).duration("600").spawn();
     run.wait_for("running");
-    let pid = run.child.id() as i64;
+    let pid = run.pid() as i64;
     let v = inspect_json(&fx, "sb1");
     assert_eq!(v["vmm"]["running"], true, "{v}");
     assert_eq!(v["vmm"]["pid"], pid);
@@ -1115,19 +925,7 @@ fn every_json_output_has_the_documented_fields() {
     check("cgroup object", &v["sandbox"]);
     assert!(v["cgroup_version"].is_u64());
 
-    let v = json(&hc(&[
-        "run",
-        "--keep",
-        "--json",
-        "--duration",
-        "0",
-        "--cgroups-path",
-        &path,
-        "--sandbox-id",
-        "sb1",
-        "--state-dir",
-        fx.state_dir(),
-    ]));
+    let v = json(&fx.run("sb1", &path).keep().json().duration("0").output());
     check("run --json", &v);
     check("cgroup object", &v["sandbox"]);
     check("thread object", &v["threads"][0]);
@@ -1142,27 +940,13 @@ fn every_json_output_has_the_documented_fields() {
     assert!(state["cgroup_version"].is_u64(), "{state}");
 
     let child = ChildGuard::sleep();
-    let v = json(&hc(&[
-        "inspect",
-        "--sandbox-id",
-        "sb1",
-        "--state-dir",
-        fx.state_dir(),
-        "--json",
-    ]));
+    let v = json(&fx.by_id("inspect", "sb1", &["--json"]));
     check("inspect --sandbox-id --json", &v);
     check("cgroup object", &v["cgroups"][0]["cgroup"]);
     assert!(v["cgroup_version"].is_u64());
     let dir = PathBuf::from(v["cgroups"][0]["directories"][0]["dir"].as_str().unwrap());
     std::fs::write(dir.join("cgroup.procs"), child.pid().to_string()).unwrap();
-    let v = json(&hc(&[
-        "inspect",
-        "--sandbox-id",
-        "sb1",
-        "--state-dir",
-        fx.state_dir(),
-        "--json",
-    ]));
+    let v = json(&fx.by_id("inspect", "sb1", &["--json"]));
     let mut task = tasks(&v)[0].clone();
     assert_eq!(
         task.as_object_mut().unwrap().remove("pid"),
@@ -1180,14 +964,7 @@ fn every_json_output_has_the_documented_fields() {
     check("thread object", &v["threads"][0]);
     drop(child);
 
-    let v = json(&hc(&[
-        "cleanup",
-        "--sandbox-id",
-        "sb1",
-        "--state-dir",
-        fx.state_dir(),
-        "--json",
-    ]));
+    let v = json(&fx.by_id("cleanup", "sb1", &["--json"]));
     check("cleanup --json", &v);
     assert!(fx.walk().is_empty());
 
@@ -1238,18 +1015,10 @@ fn every_json_output_has_the_documented_fields() {
 fn a_closed_stderr_does_not_leave_a_sandbox_behind() {
     let fx = Fx::new("epipe");
     let path = format!("{}/sb", fx.prefix);
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--duration",
-            "3",
-            "--cgroups-path",
-            &path,
-            "--sandbox-id",
-            "sb1",
-            "--state-dir",
-            fx.state_dir(),
-        ])
+    let mut child = fx
+        .run("sb1", &path)
+        .duration("3")
+        .command()
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -1279,18 +1048,7 @@ fn run_reports_every_cgroup_its_teardown_removed() {
     let sibling = format!("{}/a/other", fx.prefix);
     std::fs::create_dir_all(m.join(&sibling)).unwrap();
     let before = fx.walk();
-    let v = json(&hc(&[
-        "run",
-        "--json",
-        "--duration",
-        "0",
-        "--cgroups-path",
-        &path,
-        "--sandbox-id",
-        "sb1",
-        "--state-dir",
-        fx.state_dir(),
-    ]));
+    let v = json(&fx.run("sb1", &path).json().duration("0").output());
     let after = fx.walk();
     assert_eq!(after, before, "the run did not put back what was there");
     // Only the leaf is gone everywhere. On cgroup v1 the run also made the parents in
@@ -1316,18 +1074,7 @@ fn run_reports_every_cgroup_its_teardown_removed() {
     assert!(fx.walk().is_empty());
 
     // Without a sibling every created directory goes, and each is listed.
-    let v = json(&hc(&[
-        "run",
-        "--json",
-        "--duration",
-        "0",
-        "--cgroups-path",
-        &path,
-        "--sandbox-id",
-        "sb1",
-        "--state-dir",
-        fx.state_dir(),
-    ]));
+    let v = json(&fx.run("sb1", &path).json().duration("0").output());
     assert_eq!(
         strings(&v["cleanup"]["removed"]),
         BTreeSet::from([fx.prefix.clone(), format!("{}/a", fx.prefix), path.clone()]),

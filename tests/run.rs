@@ -3,106 +3,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
+use common::cli::{cleanup, run_args, WAIT};
 use common::*;
 use host_cgroups::host::{CgroupLayout, CgroupVersion};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_host-cgroups");
-/// Generous: a loaded or emulated machine is slow, and slowness must not fail a test.
-const WAIT: Duration = Duration::from_secs(120);
-
-/// A `host-cgroups run` child with its stderr lines streamed to the test.
-struct RunChild {
-    child: Option<Child>,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl RunChild {
-    fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .arg("run")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn host-cgroups run");
-        let err = child.stderr.take().expect("stderr");
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        RunChild {
-            child: Some(child),
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
-    }
-
-    /// Waits for a stderr line containing `needle`.
-    fn wait_for(&mut self, needle: &str) {
-        let start = Instant::now();
-        while start.elapsed() < WAIT {
-            match self.lines.recv_timeout(Duration::from_millis(200)) {
-                Ok(l) => {
-                    let hit = l.contains(needle);
-                    self.seen.push(l);
-                    if hit {
-                        return;
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(_) => {}
-            }
-        }
-        panic!("no line with {needle:?}; stderr so far: {:#?}", self.seen);
-    }
-
-    /// Waits for exit; returns status and stdout parsed as JSON (Null if not JSON).
-    fn finish(mut self) -> (ExitStatus, Value, Vec<String>) {
-        let mut child = self.child.take().expect("child");
-        let mut out = String::new();
-        if let Some(mut o) = child.stdout.take() {
-            let _ = o.read_to_string(&mut out);
-        }
-        let status = child.wait().expect("wait");
-        // The reader thread sends the last lines after the exit: wait for its end (EOF).
-        let start = Instant::now();
-        while start.elapsed() < WAIT {
-            match self.lines.recv_timeout(Duration::from_millis(200)) {
-                Ok(l) => self.seen.push(l),
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(_) => {}
-            }
-        }
-        let v = serde_json::from_str(&out).unwrap_or(Value::Null);
-        (status, v, std::mem::take(&mut self.seen))
-    }
-}
-
-impl Drop for RunChild {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// `db_vcpu*` threads of `pid`: (tid, name).
-fn vcpu_threads(pid: i32) -> Vec<(i32, String)> {
+/// Threads of `pid`, (tid, name): the `db_vcpu*` ones (`vcpu`) or all others.
+fn threads(pid: i32, vcpu: bool) -> Vec<(i32, String)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(format!("/proc/{pid}/task"))
         .expect("task dir")
@@ -110,26 +20,17 @@ fn vcpu_threads(pid: i32) -> Vec<(i32, String)> {
     {
         let tid: i32 = e.file_name().to_string_lossy().parse().unwrap();
         let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        if name.starts_with("db_vcpu") {
+        if name.starts_with("db_vcpu") == vcpu {
             out.push((tid, name.trim().to_string()));
         }
     }
-    out.sort();
     out
 }
 
-fn other_threads(pid: i32) -> Vec<(i32, String)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("task dir")
-        .flatten()
-    {
-        let tid: i32 = e.file_name().to_string_lossy().parse().unwrap();
-        let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        if !name.starts_with("db_vcpu") {
-            out.push((tid, name.trim().to_string()));
-        }
-    }
+/// `db_vcpu*` threads of `pid`, in tid order.
+fn vcpu_threads(pid: i32) -> Vec<(i32, String)> {
+    let mut out = threads(pid, true);
+    out.sort();
     out
 }
 
@@ -194,22 +95,12 @@ fn place_and_check(vcpus: u32, sandbox_cgroup_only: bool) {
     let layout = layout();
     let fx = Fixture::new("run", sandbox_cgroup_only);
     let (cfg, rel, state) = (fx.cfg.clone(), fx.rel.clone(), fx.state.clone());
-    let n = vcpus.to_string();
-    let mut run = RunChild::spawn(&[
-        "--config",
-        &cfg,
-        "--cgroups-path",
-        &rel,
-        "--sandbox-id",
-        &fx.prefix,
-        "--vcpus",
-        &n,
-        "--duration",
-        "600",
-        "--state-dir",
-        &state,
-        "--json",
-    ]);
+    let mut run = run_args(&rel, &fx.prefix, &state)
+        .config(&cfg)
+        .vcpus(vcpus)
+        .duration("600")
+        .json()
+        .spawn();
     run.wait_for("running");
     let pid = run.pid();
     let vcpu = vcpu_threads(pid);
@@ -229,7 +120,7 @@ fn place_and_check(vcpus: u32, sandbox_cgroup_only: bool) {
     }
     // The overhead cgroup is named after the sandbox id (here the unique prefix).
     let overhead = format!("kata_overhead/{}", fx.prefix);
-    for (tid, name) in other_threads(pid) {
+    for (tid, name) in threads(pid, false) {
         let want = if !sandbox_cgroup_only && placement_v1_fs {
             &overhead
         } else {
@@ -290,26 +181,14 @@ fn hotplug_places_new_threads_and_unplug_records_exits() {
         return;
     }
     let (top, low) = (host.min(4), host.min(4) / 2);
-    let (top_s, low_s) = (top.to_string(), low.to_string());
-    let mut run = RunChild::spawn(&[
-        "--config",
-        &cfg,
-        "--cgroups-path",
-        &rel,
-        "--sandbox-id",
-        "hp",
-        "--vcpus",
-        "1",
-        "--hotplug",
-        &top_s,
-        "--unplug-to",
-        &low_s,
-        "--duration",
-        "600",
-        "--state-dir",
-        &state,
-        "--json",
-    ]);
+    let mut run = run_args(&rel, "hp", &state)
+        .config(&cfg)
+        .vcpus(1)
+        .hotplug(top)
+        .unplug_to(low)
+        .duration("600")
+        .json()
+        .spawn();
     run.wait_for(&format!("hotplugged to {top}"));
     let pid = run.pid();
     let vcpu = vcpu_threads(pid);
@@ -343,23 +222,11 @@ fn usage_run(prefix: &str, resources: Option<&str>) -> Value {
     let dir = tmp("state");
     let rel = format!("{prefix}/sb");
     let state = dir.to_string_lossy().into_owned();
-    let mut args = vec![
-        "--cgroups-path",
-        rel.as_str(),
-        "--sandbox-id",
-        "q",
-        "--vcpus",
-        "2",
-        "--duration",
-        "3",
-        "--state-dir",
-        state.as_str(),
-        "--json",
-    ];
+    let mut args = run_args(&rel, "q", &state).vcpus(2).duration("3").json();
     if let Some(r) = resources {
-        args.extend(["--resources", r]);
+        args = args.resources(r);
     }
-    let (status, v, err) = RunChild::spawn(&args).finish();
+    let (status, v, err) = args.spawn().finish();
     assert!(status.success(), "{status:?} {err:#?}");
     std::fs::remove_dir_all(&dir).unwrap();
     v
@@ -400,20 +267,11 @@ fn killed_run_is_cleaned_up_by_cleanup() {
         fx.state.clone(),
     );
     let dir = fx.dir.clone();
-    let mut run = RunChild::spawn(&[
-        "--config",
-        &cfg,
-        "--cgroups-path",
-        &rel,
-        "--sandbox-id",
-        "crash1",
-        "--vcpus",
-        "2",
-        "--duration",
-        "600",
-        "--state-dir",
-        &state,
-    ]);
+    let mut run = run_args(&rel, "crash1", &state)
+        .config(&cfg)
+        .vcpus(2)
+        .duration("600")
+        .spawn();
     run.wait_for("running");
     let pid = run.pid();
     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -423,10 +281,7 @@ fn killed_run_is_cleaned_up_by_cleanup() {
         !fx.guard.leftovers().is_empty(),
         "the killed run should have left its cgroups"
     );
-    let out = Command::new(BIN)
-        .args(["cleanup", "--state-dir", &state, "--sandbox-id", "crash1"])
-        .output()
-        .unwrap();
+    let out = cleanup("crash1", &state);
     assert!(
         out.status.success(),
         "{}",
@@ -453,24 +308,14 @@ fn container_fields_not_applied_are_noted() {
     for (only, tag) in [(true, "ctrnote"), (false, "ctrnotesib")] {
         let fx = Fixture::new(tag, only);
         let run = |res: &str| {
-            let args = [
-                "--config",
-                fx.cfg.as_str(),
-                "--cgroups-path",
-                fx.rel.as_str(),
-                "--sandbox-id",
-                fx.prefix.as_str(),
-                "--vcpus",
-                "1",
-                "--duration",
-                "0",
-                "--state-dir",
-                fx.state.as_str(),
-                "--container-resources",
-                res,
-                "--json",
-            ];
-            let (status, v, err) = RunChild::spawn(&args).finish();
+            let (status, v, err) = run_args(&fx.rel, &fx.prefix, &fx.state)
+                .config(&fx.cfg)
+                .vcpus(1)
+                .duration("0")
+                .container_resources(res)
+                .json()
+                .spawn()
+                .finish();
             assert!(status.success(), "{status:?} {err:#?}");
             v
         };
@@ -509,22 +354,12 @@ fn vcpus_above_the_maximum_boot_with_a_note() {
     let fx = Fixture::new("vcpumax", true);
     let host = host_cgroups::host::online_cpus().unwrap().len();
     let n = (host + 1).to_string();
-    let base = [
-        "--config",
-        fx.cfg.as_str(),
-        "--cgroups-path",
-        fx.rel.as_str(),
-        "--sandbox-id",
-        fx.prefix.as_str(),
-        "--duration",
-        "0",
-        "--state-dir",
-        fx.state.as_str(),
-        "--json",
-        "--vcpus",
-        n.as_str(),
-    ];
-    let (status, v, err) = RunChild::spawn(&base).finish();
+    let base = run_args(&fx.rel, &fx.prefix, &fx.state)
+        .config(&fx.cfg)
+        .duration("0")
+        .json()
+        .vcpus(&n);
+    let (status, v, err) = base.spawn().finish();
     assert!(status.success(), "{status:?} {err:#?}");
     assert_eq!(v["vcpus"].as_array().unwrap().len(), host + 1, "{v}");
     let note = v["notes"]
@@ -542,9 +377,7 @@ fn vcpus_above_the_maximum_boot_with_a_note() {
     assert!(note.contains(&format!("raised to {n}")), "{note}");
 
     let more = (host + 2).to_string();
-    let mut args = base.to_vec();
-    args.extend(["--hotplug", more.as_str()]);
-    let (status, _, err) = RunChild::spawn(&args).finish();
+    let (status, _, err) = base.hotplug(&more).spawn().finish();
     assert_eq!(status.code(), Some(2), "{err:#?}");
     let err = err.join("\n");
     assert!(

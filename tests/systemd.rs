@@ -8,75 +8,22 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::cli::{cleanup, run_args, success_json, BIN};
 use common::skip::skip;
+use common::systemd::{
+    bus_answers, listed, needs_systemd, systemd_host, unit_of, wait_until, BusRestorer, SliceGuard,
+};
 use common::*;
 use host_cgroups::host::{CgroupLayout, CgroupVersion};
 use host_cgroups::manager::{Manager, SystemdManager};
-use host_cgroups::path::CgroupsPath;
 use host_cgroups::resources::from_json;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_host-cgroups");
 /// Generous: the test hosts are emulated (TCG) and slow.
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Whether systemd is PID 1 here (the sd-* test hosts).
-fn systemd_host() -> bool {
-    Path::new("/run/systemd/system").is_dir()
-        && std::fs::read_to_string("/proc/1/comm").is_ok_and(|c| c.trim() == "systemd")
-}
-
-fn needs_systemd(test: &str) -> bool {
-    if systemd_host() {
-        return true;
-    }
-    skip(test, "systemd is not PID 1 on this host");
-    false
-}
-
-/// A unique nested slice; stops it (and so every unit below it) and resets failed units on drop.
-struct SliceGuard {
-    /// `hcg<hex>-pods.slice`
-    slice: String,
-    /// `hcg<hex>.slice`, its parent.
-    top: String,
-    /// Removes cgroupfs leftovers below the top slice (v1 cpuset/freezer).
-    _cg: CgroupGuard,
-}
-
-impl SliceGuard {
-    fn new() -> Self {
-        let tag = format!("hcg{:08x}", rand::random::<u32>());
-        SliceGuard {
-            slice: format!("{tag}-pods.slice"),
-            top: format!("{tag}.slice"),
-            _cg: CgroupGuard::new(&format!("{tag}.slice")),
-        }
-    }
-
-    fn path(&self, id: &str) -> String {
-        format!("{}:kata:{id}", self.slice)
-    }
-}
-
-impl Drop for SliceGuard {
-    fn drop(&mut self) {
-        if systemd_host() {
-            let _ = Command::new("systemctl").args(["stop", &self.top]).status();
-            let _ = Command::new("systemctl")
-                .args([
-                    "reset-failed",
-                    &format!("{}*", self.top.trim_end_matches(".slice")),
-                ])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
 
 fn systemctl_show(unit: &str, props: &[&str]) -> std::collections::BTreeMap<String, String> {
     let out = Command::new("systemctl")
@@ -88,23 +35,6 @@ fn systemctl_show(unit: &str, props: &[&str]) -> std::collections::BTreeMap<Stri
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-/// Whether `systemctl list-units --all` still lists `unit`.
-fn listed(unit: &str) -> bool {
-    let out = Command::new("systemctl")
-        .args(["list-units", "--all", "--no-legend", "--plain"])
-        .output()
-        .expect("systemctl list-units");
-    String::from_utf8_lossy(&out.stdout).contains(unit)
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < WAIT, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A child with several threads: this test binary re-run as `helper_threads`.
@@ -147,13 +77,6 @@ fn tids(pid: i32) -> Vec<i32> {
         .expect("read task dir")
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect()
-}
-
-fn unit_of(path: &str, id: &str) -> host_cgroups::path::SystemdUnit {
-    match CgroupsPath::parse(path, id).expect("parse") {
-        CgroupsPath::Systemd(u) => u,
-        other => panic!("not a systemd path: {other:?}"),
-    }
 }
 
 /// Asserts that `tid` of `pid` is in the unit's cgroup in every hierarchy but v1 `devices`:
@@ -449,24 +372,13 @@ fn run_survives_stopping_its_own_scope() {
     let unit = unit_of(&path, &id);
     let rel = unit.cgroup_path();
     let state = std::env::temp_dir().join(unique("state"));
-    let out = Command::new(BIN)
-        .args([
-            "run",
-            "--cgroups-path",
-            &path,
-            "--sandbox-id",
-            &id,
-            "--duration",
-            "1",
-            "--vcpus",
-            "2",
-            "--backend",
-            "thread",
-            "--json",
-            "--state-dir",
-        ])
-        .arg(&state)
-        .args(["--resources", r#"{"cpu":{"quota":50000,"period":100000}}"#])
+    let out = run_args(&path, &id, &state)
+        .duration("1")
+        .vcpus(2)
+        .backend("thread")
+        .json()
+        .resources(r#"{"cpu":{"quota":50000,"period":100000}}"#)
+        .command()
         .env("HOST_CGROUPS_LOG", "info")
         .output()
         .expect("run host-cgroups run");
@@ -539,22 +451,10 @@ fn unreachable_systemd_is_a_plain_error_and_leaves_nothing() {
     let _cg = CgroupGuard::new(&format!("{tag}.slice"));
     let id = unique("unreach");
     let state = std::env::temp_dir().join(unique("state"));
-    let out = Command::new(BIN)
-        .args([
-            "run",
-            "--cgroups-path",
-            &format!("{tag}.slice:kata:{id}"),
-            "--sandbox-id",
-            &id,
-            "--duration",
-            "0",
-            "--backend",
-            "thread",
-            "--state-dir",
-        ])
-        .arg(&state)
-        .output()
-        .unwrap();
+    let out = run_args(&format!("{tag}.slice:kata:{id}"), &id, &state)
+        .duration("0")
+        .backend("thread")
+        .output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -616,12 +516,7 @@ fn resolve_prints_unit_properties() {
             ])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = success_json(&out);
         let props = v["properties"].as_array().expect("properties");
         for (name, value) in want {
             let got = props.iter().find(|p| p["name"] == name);
@@ -641,37 +536,6 @@ fn resolve_prints_unit_properties() {
     }
 }
 
-/// Restores the system bus on drop (a test stopped it), and waits until systemd answers on it again.
-struct BusRestorer;
-
-fn bus_answers() -> bool {
-    Command::new("busctl")
-        .args([
-            "get-property",
-            "org.freedesktop.systemd1",
-            "/org/freedesktop/systemd1",
-            "org.freedesktop.systemd1.Manager",
-            "Version",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-impl Drop for BusRestorer {
-    fn drop(&mut self) {
-        // systemctl talks to PID 1 over its private socket, so it works without the bus.
-        let _ = Command::new("systemctl")
-            .args(["start", "dbus.socket", "dbus.service"])
-            .status();
-        let start = Instant::now();
-        while !bus_answers() && start.elapsed() < Duration::from_secs(120) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
 #[test]
 fn bus_going_away_mid_run_is_reported_and_cleanup_finishes_later() {
     if !needs_systemd("bus_going_away_mid_run_is_reported_and_cleanup_finishes_later") {
@@ -683,22 +547,11 @@ fn bus_going_away_mid_run_is_reported_and_cleanup_finishes_later() {
     let path = g.path(&id);
     let unit = unit_of(&path, &id);
     let state = std::env::temp_dir().join(unique("state"));
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--cgroups-path",
-            &path,
-            "--sandbox-id",
-            &id,
-            "--duration",
-            "600",
-            "--vcpus",
-            "1",
-            "--backend",
-            "thread",
-            "--state-dir",
-        ])
-        .arg(&state)
+    let mut child = run_args(&path, &id, &state)
+        .duration("600")
+        .vcpus(1)
+        .backend("thread")
+        .command()
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -743,11 +596,7 @@ fn bus_going_away_mid_run_is_reported_and_cleanup_finishes_later() {
 
     // The bus comes back: `cleanup` finishes the job from the state.
     drop(_restore);
-    let out = Command::new(BIN)
-        .args(["cleanup", "--sandbox-id", &id, "--state-dir"])
-        .arg(&state)
-        .output()
-        .expect("cleanup");
+    let out = cleanup(&id, &state);
     assert!(
         out.status.success(),
         "{}",

@@ -2,7 +2,9 @@
 //! remove what a test made even when it fails, and /proc readers.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod skip;
+pub mod systemd;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
