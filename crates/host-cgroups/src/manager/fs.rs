@@ -181,10 +181,41 @@ pub fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
 }
 
 /// Reads a cgroup file, trimmed.
+///
+/// # Errors
+/// [`CgroupError::Io`] naming `path` when it cannot be opened or read, or does not hold
+/// UTF-8 (`ErrorKind::InvalidData`).
 pub fn read_file(path: &Path) -> Result<String, CgroupError> {
-    std::fs::read_to_string(path)
+    read_whole(path)
         .map(|s| s.trim().to_string())
         .map_err(|e| io_err("read", path, e))
+}
+
+/// Size of one `read(2)` of [`read_whole`]: one page, what cgroupfs and sysfs hand out per
+/// read at most for most files, and far more than a limit, a cpuset or a short pid list.
+const READ_CHUNK: usize = 4096;
+
+/// The whole content of a cgroupfs, sysfs or procfs file, without asking its size:
+/// these files report a size of 0 or 4096 whatever they hold, so `read_to_string`'s
+/// `statx` buys nothing. Small files take `openat`, one `read`, the `read` that returns 0,
+/// `close`. Reads go on until one returns 0, never stopping at a short read: cgroup files
+/// are `seq_file`s, which hand out at most their internal buffer (a page at first) per
+/// `read`, so a short read is not the end of a `tasks` or `cgroup.procs` holding
+/// thousands of ids.
+pub(crate) fn read_whole(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut f = File::open(path)?;
+    let mut out = Vec::new();
+    let mut chunk = [0u8; READ_CHUNK];
+    loop {
+        match f.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(out).map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))
 }
 
 fn read_ids(path: &Path) -> Result<Vec<i32>, CgroupError> {
@@ -625,7 +656,7 @@ impl FsManager {
                 CgroupVersion::V1 => parent.join(name),
                 CgroupVersion::V2 => parent.join(format!("{name}.effective")),
             };
-            match std::fs::read_to_string(&f) {
+            match read_whole(&f) {
                 Ok(s) => Ok(Some(CpuList::parse("cpus", s.trim())?)),
                 Err(_) => Ok(None),
             }
