@@ -225,6 +225,15 @@ fn read_ids(path: &Path) -> Result<Vec<i32>, CgroupError> {
         .collect())
 }
 
+/// This process's thread ids, from `/proc/self/task`.
+fn own_threads() -> Result<Vec<i32>, CgroupError> {
+    let task = Path::new("/proc/self/task");
+    Ok(std::fs::read_dir(task)
+        .map_err(|e| io_err("read", task, e))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect())
+}
+
 /// Parses `key value` lines (`cpu.stat`, `memory.stat`).
 fn read_keyed(path: &Path) -> Result<BTreeMap<String, u64>, CgroupError> {
     Ok(read_file(path)?
@@ -364,6 +373,17 @@ impl FsManager {
         Ok(self.hier_of(controller)?.dir(&self.relative))
     }
 
+    /// Whether the cgroup has parents of its own between it and the hierarchy roots
+    /// (`a/b`, not `b`), or this manager holds created directories other than its leaves
+    /// (restored by [`Self::adopt`]): only then is there a parent to make or remove.
+    fn has_parents(&self) -> bool {
+        self.relative.contains('/')
+            || self
+                .created
+                .iter()
+                .any(|d| !self.hiers.iter().any(|h| h.dir(&self.relative) == *d))
+    }
+
     fn first_dir(&self) -> Result<PathBuf, CgroupError> {
         self.hiers
             .first()
@@ -475,9 +495,105 @@ impl FsManager {
         }
     }
 
-    /// Moves our own threads out of `dir` (back home), and reports foreign pids.
-    fn evacuate_self(&self, h: &Hier, dir: &Path) -> Result<Vec<i32>, CgroupError> {
-        let me = std::process::id() as i32;
+    /// Removes the leaf `dir` of hierarchy `h`, moving this process's own threads out
+    /// first (home) and never a foreign one; a foreign process inside stops the removal
+    /// (`Busy`, naming it).
+    ///
+    /// The first `cgroup.procs` read decides: it also tells that the cgroup is gone
+    /// (ENOENT, nothing to do; no separate existence check), and when it lists only this
+    /// process no second read is made before `rmdir`. A process that joins after that read
+    /// is caught by the kernel itself: `rmdir` of a populated cgroup fails with EBUSY, and
+    /// every EBUSY reads `cgroup.procs` again, so the joiner is named in `Busy` (never
+    /// moved); a thread of ours born in the meantime is moved out and `rmdir` retried. An
+    /// EBUSY with nobody inside is the kernel's moment after the last task leaves: retried
+    /// for [`RMDIR_RETRY`], then `StillBusy`.
+    fn remove_leaf(
+        &self,
+        h: &Hier,
+        dir: &Path,
+        me: i32,
+        own: &mut Option<Vec<i32>>,
+    ) -> Result<(), CgroupError> {
+        let procs_file = dir.join("cgroup.procs");
+        let read_procs = || -> Result<Option<Vec<i32>>, CgroupError> {
+            match read_ids(&procs_file) {
+                Ok(p) => Ok(Some(p)),
+                Err(CgroupError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let Some(procs) = read_procs()? else {
+            return Ok(());
+        };
+        if procs.contains(&me) {
+            self.evacuate_self(h, dir, me, own)?;
+        }
+        if procs.iter().any(|p| *p != me) {
+            // Read again once ours are out, to name only the foreign ones still inside.
+            let foreign: Vec<i32> = read_procs()?
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| *p != me)
+                .collect();
+            if !foreign.is_empty() {
+                return Err(CgroupError::Busy {
+                    path: dir.into(),
+                    pids: foreign,
+                });
+            }
+        }
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match std::fs::remove_dir(dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == ErrorKind::NotFound => break,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    let Some(procs) = read_procs()? else { break };
+                    let foreign: Vec<i32> = procs.iter().copied().filter(|p| *p != me).collect();
+                    if !foreign.is_empty() {
+                        return Err(CgroupError::Busy {
+                            path: dir.into(),
+                            pids: foreign,
+                        });
+                    }
+                    if procs.contains(&me) {
+                        // A thread of ours born since the list was taken: list again.
+                        *own = None;
+                        self.evacuate_self(h, dir, me, own)?;
+                    }
+                    if start.elapsed() >= RMDIR_RETRY {
+                        return Err(CgroupError::StillBusy {
+                            path: dir.into(),
+                            waited_ms: start.elapsed().as_millis() as u64,
+                        });
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(e) => return Err(io_err("rmdir", dir, e)),
+            }
+        }
+        failpoint::hit("fs-rmdir").map_err(|e| injected(dir, e))
+    }
+
+    /// Moves this process's own threads out of `dir` (back home); foreign ones stay.
+    /// `own` is this process's thread list, taken at the first need and kept for the
+    /// whole `destroy` (listing `/proc/self/task` costs five calls, and with many threads
+    /// — vCPUs of other sandboxes in this process — it is what destroy costs most). A
+    /// thread born after the list was taken is not in it; `remove_leaf` lists again when
+    /// `rmdir` meets one. A listed thread that has exited since is skipped (ESRCH); its
+    /// tid could be reused by a foreign thread only after the kernel's cyclic pid
+    /// allocator wraps round `pid_max`, as with a list taken per hierarchy.
+    fn evacuate_self(
+        &self,
+        h: &Hier,
+        dir: &Path,
+        me: i32,
+        own: &mut Option<Vec<i32>>,
+    ) -> Result<(), CgroupError> {
         let home = h
             .mount
             .join(self.home.get(&h.mount).map(String::as_str).unwrap_or(""));
@@ -487,40 +603,32 @@ impl FsManager {
         } else {
             home
         };
-        let procs = read_ids(&dir.join("cgroup.procs"))?;
-        if procs.contains(&me) {
-            match self.version {
-                CgroupVersion::V2 => {
-                    count_migration_writes(1);
-                    write_file(&home.join("cgroup.procs"), &me.to_string())?;
+        match self.version {
+            CgroupVersion::V2 => {
+                count_migration_writes(1);
+                write_file(&home.join("cgroup.procs"), &me.to_string())?;
+            }
+            CgroupVersion::V1 => {
+                if own.is_none() {
+                    *own = Some(own_threads()?);
                 }
-                CgroupVersion::V1 => {
-                    // Listed only when needed: with many threads (vCPUs of other
-                    // sandboxes in this process) the scan is what destroy costs most.
-                    let own: Vec<i32> = std::fs::read_dir("/proc/self/task")
-                        .map_err(|e| io_err("read", Path::new("/proc/self/task"), e))?
-                        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                        .collect();
-                    // Threads, not the process: other threads may sit elsewhere by design.
-                    for tid in read_ids(&dir.join("tasks"))? {
-                        if own.contains(&tid) {
-                            count_migration_writes(1);
-                            let r = write_file(&home.join("tasks"), &tid.to_string());
-                            if let Err(e) = r {
-                                if !matches!(e, CgroupError::Io { ref source, .. } if source.raw_os_error() == Some(libc::ESRCH))
-                                {
-                                    return Err(e);
-                                }
+                let own = own.as_deref().unwrap_or_default();
+                // Threads, not the process: other threads may sit elsewhere by design.
+                for tid in read_ids(&dir.join("tasks"))? {
+                    if own.contains(&tid) {
+                        count_migration_writes(1);
+                        let r = write_file(&home.join("tasks"), &tid.to_string());
+                        if let Err(e) = r {
+                            if !matches!(e, CgroupError::Io { ref source, .. } if source.raw_os_error() == Some(libc::ESRCH))
+                            {
+                                return Err(e);
                             }
                         }
                     }
                 }
             }
         }
-        Ok(read_ids(&dir.join("cgroup.procs"))?
-            .into_iter()
-            .filter(|p| *p != me)
-            .collect())
+        Ok(())
     }
 
     fn set_inner(
@@ -960,20 +1068,16 @@ impl Manager for FsManager {
             h.tasks = None;
         }
         // Leaves first, in every hierarchy; refuse if a stranger is inside.
+        let me = std::process::id() as i32;
+        let mut own = None;
         for h in &self.hiers {
-            let dir = h.dir(&self.relative);
-            if !dir.exists() {
-                continue;
-            }
-            let foreign = self.evacuate_self(h, &dir)?;
-            if !foreign.is_empty() {
-                return Err(CgroupError::Busy {
-                    path: dir,
-                    pids: foreign,
-                });
-            }
-            Self::rmdir_retry(&dir)?;
-            failpoint::hit("fs-rmdir").map_err(|e| injected(&dir, e))?;
+            self.remove_leaf(h, &h.dir(&self.relative), me, &mut own)?;
+        }
+        // A cgroup right below the hierarchy roots has no parent to remove (the roots are
+        // never removed): then neither the lock nor the marks are needed.
+        if !self.has_parents() {
+            self.created.clear();
+            return Ok(());
         }
         // Then the parents this manager made, deepest first, while no sibling is being created.
         let _lock = TreeLock::take(true);
