@@ -259,14 +259,23 @@ impl TreeLock {
     fn take(exclusive: bool) -> Self {
         let path = Path::new(TREE_LOCK);
         let open = || -> std::io::Result<File> {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
+            let open = || {
+                OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(path)
+            };
+            match open() {
+                // The directory is made once per boot (/run is a tmpfs): only then.
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    open()
+                }
+                r => r,
             }
-            OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(path)
         };
         let f = match open() {
             Ok(f) => f,
@@ -927,7 +936,9 @@ impl Manager for FsManager {
     }
 
     fn create(&mut self) -> Result<(), CgroupError> {
-        let _lock = TreeLock::take(false);
+        // The lock keeps a parent from being removed while a cgroup is made below it; right
+        // below the hierarchy roots there is no such parent (the roots are never removed).
+        let _lock = self.has_parents().then(|| TreeLock::take(false));
         let mut made = Vec::new();
         let mut result = Ok(());
         for h in &self.hiers {
