@@ -157,6 +157,10 @@ pub struct FsManager {
     /// Our own cgroup per hierarchy mount, to move ourselves back to before rmdir.
     home: BTreeMap<PathBuf, String>,
     created: Vec<PathBuf>,
+    /// Values of files in the leaves the last `create` made, known without reading them
+    /// (see [`new_cgroup_values`]): `set` records these for rollback instead of reading
+    /// each file before its first write. An entry goes once its file is written.
+    initial: BTreeMap<PathBuf, String>,
     /// The layout, for probing what the kernel offers.
     layout: CgroupLayout,
 }
@@ -356,6 +360,7 @@ impl FsManager {
             hiers,
             home,
             created: Vec::new(),
+            initial: BTreeMap::new(),
             layout: layout.clone(),
         }
     }
@@ -404,7 +409,13 @@ impl FsManager {
     }
 
     /// Creates the cgroup in one hierarchy, level by level, recording what it made.
-    fn create_in(&self, h: &Hier, made: &mut Vec<PathBuf>) -> Result<(), CgroupError> {
+    /// Values known without reading for the leaf, when this call made it, go to `known`.
+    fn create_in(
+        &self,
+        h: &Hier,
+        made: &mut Vec<PathBuf>,
+        known: &mut Vec<(PathBuf, String)>,
+    ) -> Result<(), CgroupError> {
         let is_cpuset =
             self.version == CgroupVersion::V1 && h.controllers.iter().any(|c| c == "cpuset");
         'attempt: for attempt in 0..CREATE_ATTEMPTS {
@@ -415,11 +426,14 @@ impl FsManager {
                 }
                 let parent = dir.clone();
                 dir.push(comp);
+                let leaf = dir == h.dir(&self.relative);
+                let mut just_made = false;
                 match std::fs::create_dir(&dir) {
                     Ok(()) => {
+                        just_made = true;
                         debug!(dir = %dir.display(), "created cgroup");
                         made.push(dir.clone());
-                        if dir != h.dir(&self.relative) {
+                        if !leaf {
                             marks::add(&dir);
                         }
                         failpoint::hit("fs-mkdir").map_err(|e| injected(&dir, e))?;
@@ -437,7 +451,13 @@ impl FsManager {
                     Err(e) => return Err(io_err("mkdir", &dir, e)),
                 }
                 if is_cpuset {
-                    fill_cpuset(&parent, &dir)?;
+                    let filled = fill_cpuset(&parent, &dir, just_made)?;
+                    if leaf && just_made {
+                        known.extend(filled);
+                    }
+                }
+                if leaf && just_made && self.version == CgroupVersion::V1 {
+                    known.extend(new_cgroup_values(&h.controllers, &dir));
                 }
             }
             if self.version == CgroupVersion::V2 {
@@ -648,7 +668,10 @@ impl FsManager {
         let mut writes = resources::plan_for(res, self.version, &self.support())?;
         self.check_cpuset(res)?;
         self.order_memory(&mut writes)?;
-        self.apply_writes(&writes, undo)
+        let mut known = std::mem::take(&mut self.initial);
+        let r = self.apply_writes_known(&writes, undo, &mut known);
+        self.initial = known;
+        r
     }
 
     /// What this host's kernel offers, probed from the hierarchy roots.
@@ -678,12 +701,27 @@ impl FsManager {
         Ok(())
     }
 
-    /// Writes each of `writes` in order, recording the previous values in `undo`.
+    /// Writes each of `writes` in order, recording the previous values (read from each
+    /// file before its write) in `undo`.
     /// On v2 every file lives in the one directory (OCI `unified` keys too).
     pub(crate) fn apply_writes(
         &self,
         writes: &[resources::Write],
         undo: &mut Vec<(PathBuf, String)>,
+    ) -> Result<(), CgroupError> {
+        self.apply_writes_known(writes, undo, &mut BTreeMap::new())
+    }
+
+    /// [`Self::apply_writes`], where a file listed in `known` is not read: its value there
+    /// is recorded instead, and the entry dropped once the file is written. `set` passes
+    /// the values a leaf the last `create` made was made with (the parent's cpuset as
+    /// filled, the kernel's defaults of [`new_cgroup_values`]), so rollback restores the
+    /// cgroup as made; a value another process wrote there in between is not kept.
+    fn apply_writes_known(
+        &self,
+        writes: &[resources::Write],
+        undo: &mut Vec<(PathBuf, String)>,
+        known: &mut BTreeMap<PathBuf, String>,
     ) -> Result<(), CgroupError> {
         for w in writes {
             let dir = match self.version {
@@ -691,8 +729,12 @@ impl FsManager {
                 CgroupVersion::V1 => self.dir_of(w.controller)?,
             };
             let path = dir.join(&w.file);
-            let old = read_file(&path)?;
+            let old = match known.get(&path) {
+                Some(v) => v.clone(),
+                None => read_file(&path)?,
+            };
             write_file(&path, &w.value)?;
+            known.remove(&path);
             undo.push((path, restore_value(&w.file, &old)));
         }
         Ok(())
@@ -897,16 +939,44 @@ fn enable_subtree(dir: &Path, wanted: &[String]) -> Result<(), CgroupError> {
 }
 
 /// v1 cpuset: a cgroup with empty `cpuset.cpus`/`mems` refuses tasks, so copy the parent's.
-fn fill_cpuset(parent: &Path, dir: &Path) -> Result<(), CgroupError> {
+/// A cgroup this call has `just_made` is not read first: the kernel makes it empty, or a
+/// copy of the parent's when the parent has `cgroup.clone_children` set, and writing the
+/// parent's value gives the same in both cases. Returns the files written and their values.
+fn fill_cpuset(
+    parent: &Path,
+    dir: &Path,
+    just_made: bool,
+) -> Result<Vec<(PathBuf, String)>, CgroupError> {
+    let mut filled = Vec::new();
     for f in ["cpuset.cpus", "cpuset.mems"] {
-        if read_file(&dir.join(f))?.is_empty() {
+        if just_made || read_file(&dir.join(f))?.is_empty() {
             let v = read_file(&parent.join(f))?;
             if !v.is_empty() {
                 write_file(&dir.join(f), &v)?;
             }
+            filled.push((dir.join(f), v));
         }
     }
-    Ok(())
+    Ok(filled)
+}
+
+/// v1: what a new cgroup's files hold, by the kernel's rule, for the files `set` most
+/// often writes: a new `cpu` group has `cpu.shares` 1024 (`NICE_0_LOAD`), no quota
+/// (`cpu.cfs_quota_us` -1, `RUNTIME_INF`) and a period of 100 ms (`cpu.cfs_period_us`,
+/// `default_cfs_period()`), whatever its parent has (kernel/sched: `sched_create_group`,
+/// `init_cfs_bandwidth`). Rollback of a `set` on a cgroup the manager has just made
+/// restores these without reading them first; any other file is read before its write.
+fn new_cgroup_values(controllers: &[String], dir: &Path) -> Vec<(PathBuf, String)> {
+    const DEFAULTS: [(&str, &str, &str); 3] = [
+        ("cpu", "cpu.shares", "1024"),
+        ("cpu", "cpu.cfs_quota_us", "-1"),
+        ("cpu", "cpu.cfs_period_us", "100000"),
+    ];
+    DEFAULTS
+        .iter()
+        .filter(|(c, _, _)| controllers.iter().any(|x| x == c))
+        .map(|(_, f, v)| (dir.join(f), (*v).to_string()))
+        .collect()
 }
 
 impl Manager for FsManager {
@@ -940,9 +1010,10 @@ impl Manager for FsManager {
         // below the hierarchy roots there is no such parent (the roots are never removed).
         let _lock = self.has_parents().then(|| TreeLock::take(false));
         let mut made = Vec::new();
+        let mut known = Vec::new();
         let mut result = Ok(());
         for h in &self.hiers {
-            result = self.create_in(h, &mut made);
+            result = self.create_in(h, &mut made, &mut known);
             if result.is_err() {
                 break;
             }
@@ -964,6 +1035,7 @@ impl Manager for FsManager {
                 self.created.push(d);
             }
         }
+        self.initial = known.into_iter().collect();
         Ok(())
     }
 
@@ -1088,6 +1160,7 @@ impl Manager for FsManager {
         // never removed): then neither the lock nor the marks are needed.
         if !self.has_parents() {
             self.created.clear();
+            self.initial.clear();
             return Ok(());
         }
         // Then the parents this manager made, deepest first, while no sibling is being created.
@@ -1126,6 +1199,7 @@ impl Manager for FsManager {
             }
         }
         self.created.clear();
+        self.initial.clear();
         Ok(())
     }
 
