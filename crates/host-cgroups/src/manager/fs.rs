@@ -15,6 +15,7 @@ use std::io::{ErrorKind, Write as _};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use oci_spec::runtime::LinuxResources;
@@ -32,6 +33,12 @@ const RMDIR_RETRY: Duration = Duration::from_secs(3);
 const CREATE_ATTEMPTS: usize = 10;
 /// Lock serialising the removal of shared parents against creation below them.
 pub const TREE_LOCK: &str = "/run/host-cgroups/tree.lock";
+
+/// The hierarchies a probe was made on: v1 mounts and the unified mount.
+type SupportKey = (BTreeMap<String, PathBuf>, Option<PathBuf>);
+
+/// The last [`resources::HostSupport`] probed by this driver, and where (see `FsManager::plan`).
+static SUPPORT: Mutex<Option<(SupportKey, resources::HostSupport)>> = Mutex::new(None);
 
 /// Writes of a pid, a tid or `0` to a `tasks`, `cgroup.procs` or `cgroup.threads` file
 /// made by this process through the library (the manager's and the vCPU hooks').
@@ -665,7 +672,7 @@ impl FsManager {
         res: &LinuxResources,
         undo: &mut Vec<(PathBuf, String)>,
     ) -> Result<(), CgroupError> {
-        let mut writes = resources::plan_for(res, self.version, &self.support())?;
+        let mut writes = self.plan(res)?;
         self.check_cpuset(res)?;
         self.order_memory(&mut writes)?;
         let mut known = std::mem::take(&mut self.initial);
@@ -674,9 +681,38 @@ impl FsManager {
         r
     }
 
-    /// What this host's kernel offers, probed from the hierarchy roots.
-    fn support(&self) -> resources::HostSupport {
-        resources::HostSupport::probe(&self.layout)
+    /// The writes `res` needs on this host ([`resources::plan_for`]), against what the
+    /// kernel offers. Probing that costs some twenty calls (a `statx` per feature file,
+    /// the huge page sizes), so it is kept per process and hierarchy set and reused; what
+    /// it finds is fixed at boot (kernel build, `swapaccount`, huge page sizes, mounts)
+    /// except a block I/O scheduler module loaded or unloaded later. A refusal is never
+    /// made on a kept probe: the host is probed again and the plan made again, so a
+    /// feature that appeared since is seen. A feature gone since shows as the failed
+    /// write naming its file.
+    fn plan(&self, res: &LinuxResources) -> Result<Vec<resources::Write>, CgroupError> {
+        if let Some(kept) = self.kept_support() {
+            if let Ok(w) = resources::plan_for(res, self.version, &kept) {
+                return Ok(w);
+            }
+        }
+        let fresh = resources::HostSupport::probe(&self.layout);
+        let r = resources::plan_for(res, self.version, &fresh);
+        if let Ok(mut kept) = SUPPORT.lock() {
+            *kept = Some((self.support_key(), fresh));
+        }
+        Ok(r?)
+    }
+
+    fn support_key(&self) -> SupportKey {
+        (self.layout.mounts.clone(), self.layout.unified.clone())
+    }
+
+    fn kept_support(&self) -> Option<resources::HostSupport> {
+        let kept = SUPPORT.lock().ok()?;
+        match kept.as_ref() {
+            Some((k, s)) if *k == self.support_key() => Some(s.clone()),
+            _ => None,
+        }
     }
 
     /// v1: orders the memory limit and memory+swap writes by the kernel's rule
@@ -1087,7 +1123,7 @@ impl Manager for FsManager {
     }
 
     fn check(&self, res: &LinuxResources) -> Result<(), CgroupError> {
-        resources::plan_for(res, self.version, &self.support())?;
+        self.plan(res)?;
         self.check_rt(res)?;
         self.check_cpuset(res)
     }
