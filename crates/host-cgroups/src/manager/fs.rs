@@ -1257,3 +1257,36 @@ impl Manager for FsManager {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_whole_reads_past_the_first_chunk() {
+        // Longer than several chunks, as a `tasks` file with thousands of tids is.
+        let want: String = (100_000..108_000).map(|t| format!("{t}\n")).collect();
+        assert!(want.len() > 10 * READ_CHUNK);
+        let dir = std::env::temp_dir().join(format!("hcg-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let f = dir.join("tasks");
+        std::fs::write(&f, &want).expect("write");
+        let got = read_whole(&f);
+        let ids = read_ids(&f);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(got.expect("read"), want);
+        assert_eq!(ids.expect("ids").len(), 8000);
+    }
+
+    #[test]
+    fn read_file_names_a_missing_file() {
+        let p = Path::new("/proc/self/no-such-file");
+        match read_file(p) {
+            Err(CgroupError::Io { path, source, .. }) => {
+                assert_eq!(path, p);
+                assert_eq!(source.kind(), ErrorKind::NotFound);
+            }
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
+    }
+}
