@@ -222,3 +222,108 @@ fn a_tree_lock_held_elsewhere_delays_but_does_not_hang() {
     assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
     drop(held);
 }
+
+#[test]
+fn rollback_on_a_cgroup_just_made_restores_the_values_it_was_made_with() {
+    // `set` right after `create` does not read the files first: rollback restores what
+    // the kernel (and the cpuset fill) gave the new cgroup. Checked against the files
+    // themselves, read here before `set`.
+    let layout = layout();
+    if layout.version() != CgroupVersion::V1 {
+        eprintln!("skipped: the values a new cgroup is made with are kept on cgroup v1 only");
+        return;
+    }
+    let prefix = unique("fresh");
+    let guard = CgroupGuard::new(&prefix);
+    let mut m = FsManager::new(&layout, &format!("{prefix}/sb"));
+    m.create().unwrap();
+    let p = m.paths();
+    let files = [
+        p["cpu"].join("cpu.shares"),
+        p["cpu"].join("cpu.cfs_period_us"),
+        p["cpu"].join("cpu.cfs_quota_us"),
+        p["cpuset"].join("cpuset.cpus"),
+        p["cpuset"].join("cpuset.mems"),
+    ];
+    let made: Vec<String> = files.iter().map(read).collect();
+    // The cpu and cpuset writes come before block I/O; a throttle on a device that does
+    // not exist fails in the kernel (ENODEV) after them.
+    let res = from_json(
+        r#"{"cpu":{"shares":512,"period":50000,"quota":20000,"cpus":"0","mems":"0"},
+            "blockIO":{"throttleReadBpsDevice":[{"major":250,"minor":4095,"rate":1000}]}}"#,
+    )
+    .unwrap();
+    let err = m.set(&res).unwrap_err();
+    assert!(err.to_string().contains("blkio.throttle"), "{err}");
+    let after: Vec<String> = files.iter().map(read).collect();
+    assert_eq!(after, made, "files: {files:?}");
+
+    // Once written, a file is read before the next write: the rollback of a second
+    // failed set restores the first set's values, not the creation's.
+    let first = from_json(r#"{"cpu":{"shares":256,"period":40000,"quota":30000}}"#).unwrap();
+    m.set(&first).unwrap();
+    let set_once: Vec<String> = files.iter().map(read).collect();
+    assert_eq!(set_once[0], "256");
+    assert!(m.set(&res).is_err());
+    let after: Vec<String> = files.iter().map(read).collect();
+    assert_eq!(after, set_once, "files: {files:?}");
+    m.destroy().unwrap();
+    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
+}
+
+#[test]
+fn a_tasks_file_longer_than_a_page_is_read_whole() {
+    // cgroup files are seq_files handing out at most a page per read: `threads` must
+    // keep reading past it. 1000 tids of up to 6 bytes each fill more than 4 KiB.
+    let layout = layout();
+    if layout.version() != CgroupVersion::V1 {
+        eprintln!("skipped: single threads are placed on cgroup v1 only");
+        return;
+    }
+    let prefix = unique("long");
+    let guard = CgroupGuard::new(&prefix);
+    let mut m = FsManager::new(&layout, &format!("{prefix}/sb"));
+    m.create().unwrap();
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let (placed_tx, placed_rx) = mpsc::channel::<()>();
+    // One thread placed in the cgroup; the threads it spawns are born there.
+    let parent = std::thread::spawn(move || {
+        tid_tx.send(vcpu_hooks::gettid()).unwrap();
+        placed_rx.recv().unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let done_rx = std::sync::Arc::new(std::sync::Mutex::new(done_rx));
+        let mut kids = Vec::new();
+        let mut tids = Vec::new();
+        for _ in 0..1000 {
+            let (t_tx, t_rx) = mpsc::channel();
+            let done = done_rx.clone();
+            kids.push(std::thread::spawn(move || {
+                t_tx.send(vcpu_hooks::gettid()).unwrap();
+                let _ = done.lock().map(|d| d.recv());
+            }));
+            tids.push(t_rx.recv().unwrap());
+        }
+        (tids, done_tx, kids)
+    });
+    let tid = tid_rx.recv().unwrap();
+    m.add_thread(tid).unwrap();
+    placed_tx.send(()).unwrap();
+    // The placing thread has ended; the 1000 it spawned stay in the cgroup.
+    let (tids, done_tx, kids) = parent.join().unwrap();
+    let listed = m.threads().unwrap();
+    let bytes: usize = listed.iter().map(|t| t.to_string().len() + 1).sum();
+    assert!(bytes > 4096, "only {bytes} bytes listed");
+    let missing: Vec<_> = tids.iter().filter(|t| !listed.contains(t)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} tids not listed: {missing:?}",
+        missing.len(),
+        tids.len()
+    );
+    drop(done_tx);
+    for k in kids {
+        k.join().unwrap();
+    }
+    m.destroy().unwrap();
+    assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
+}

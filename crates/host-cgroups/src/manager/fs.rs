@@ -15,6 +15,7 @@ use std::io::{ErrorKind, Write as _};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use oci_spec::runtime::LinuxResources;
@@ -32,6 +33,12 @@ const RMDIR_RETRY: Duration = Duration::from_secs(3);
 const CREATE_ATTEMPTS: usize = 10;
 /// Lock serialising the removal of shared parents against creation below them.
 pub const TREE_LOCK: &str = "/run/host-cgroups/tree.lock";
+
+/// The hierarchies a probe was made on: v1 mounts and the unified mount.
+type SupportKey = (BTreeMap<String, PathBuf>, Option<PathBuf>);
+
+/// The last [`resources::HostSupport`] probed by this driver, and where (see `FsManager::plan`).
+static SUPPORT: Mutex<Option<(SupportKey, resources::HostSupport)>> = Mutex::new(None);
 
 /// Writes of a pid, a tid or `0` to a `tasks`, `cgroup.procs` or `cgroup.threads` file
 /// made by this process through the library (the manager's and the vCPU hooks').
@@ -157,6 +164,10 @@ pub struct FsManager {
     /// Our own cgroup per hierarchy mount, to move ourselves back to before rmdir.
     home: BTreeMap<PathBuf, String>,
     created: Vec<PathBuf>,
+    /// Values of files in the leaves the last `create` made, known without reading them
+    /// (see [`new_cgroup_values`]): `set` records these for rollback instead of reading
+    /// each file before its first write. An entry goes once its file is written.
+    initial: BTreeMap<PathBuf, String>,
     /// The layout, for probing what the kernel offers.
     layout: CgroupLayout,
 }
@@ -181,16 +192,56 @@ pub fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
 }
 
 /// Reads a cgroup file, trimmed.
+///
+/// # Errors
+/// [`CgroupError::Io`] naming `path` when it cannot be opened or read, or does not hold
+/// UTF-8 (`ErrorKind::InvalidData`).
 pub fn read_file(path: &Path) -> Result<String, CgroupError> {
-    std::fs::read_to_string(path)
+    read_whole(path)
         .map(|s| s.trim().to_string())
         .map_err(|e| io_err("read", path, e))
+}
+
+/// Size of one `read(2)` of [`read_whole`]: one page, what cgroupfs and sysfs hand out per
+/// read at most for most files, and far more than a limit, a cpuset or a short pid list.
+const READ_CHUNK: usize = 4096;
+
+/// The whole content of a cgroupfs, sysfs or procfs file, without asking its size:
+/// these files report a size of 0 or 4096 whatever they hold, so `read_to_string`'s
+/// `statx` buys nothing. Small files take `openat`, one `read`, the `read` that returns 0,
+/// `close`. Reads go on until one returns 0, never stopping at a short read: cgroup files
+/// are `seq_file`s, which hand out at most their internal buffer (a page at first) per
+/// `read`, so a short read is not the end of a `tasks` or `cgroup.procs` holding
+/// thousands of ids.
+pub(crate) fn read_whole(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut f = File::open(path)?;
+    let mut out = Vec::new();
+    let mut chunk = [0u8; READ_CHUNK];
+    loop {
+        match f.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(out).map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))
 }
 
 fn read_ids(path: &Path) -> Result<Vec<i32>, CgroupError> {
     Ok(read_file(path)?
         .lines()
         .filter_map(|l| l.trim().parse().ok())
+        .collect())
+}
+
+/// This process's thread ids, from `/proc/self/task`.
+fn own_threads() -> Result<Vec<i32>, CgroupError> {
+    let task = Path::new("/proc/self/task");
+    Ok(std::fs::read_dir(task)
+        .map_err(|e| io_err("read", task, e))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect())
 }
 
@@ -219,14 +270,23 @@ impl TreeLock {
     fn take(exclusive: bool) -> Self {
         let path = Path::new(TREE_LOCK);
         let open = || -> std::io::Result<File> {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
+            let open = || {
+                OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(path)
+            };
+            match open() {
+                // The directory is made once per boot (/run is a tmpfs): only then.
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    open()
+                }
+                r => r,
             }
-            OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(path)
         };
         let f = match open() {
             Ok(f) => f,
@@ -307,6 +367,7 @@ impl FsManager {
             hiers,
             home,
             created: Vec::new(),
+            initial: BTreeMap::new(),
             layout: layout.clone(),
         }
     }
@@ -333,6 +394,17 @@ impl FsManager {
         Ok(self.hier_of(controller)?.dir(&self.relative))
     }
 
+    /// Whether the cgroup has parents of its own between it and the hierarchy roots
+    /// (`a/b`, not `b`), or this manager holds created directories other than its leaves
+    /// (restored by [`Self::adopt`]): only then is there a parent to make or remove.
+    fn has_parents(&self) -> bool {
+        self.relative.contains('/')
+            || self
+                .created
+                .iter()
+                .any(|d| !self.hiers.iter().any(|h| h.dir(&self.relative) == *d))
+    }
+
     fn first_dir(&self) -> Result<PathBuf, CgroupError> {
         self.hiers
             .first()
@@ -344,7 +416,13 @@ impl FsManager {
     }
 
     /// Creates the cgroup in one hierarchy, level by level, recording what it made.
-    fn create_in(&self, h: &Hier, made: &mut Vec<PathBuf>) -> Result<(), CgroupError> {
+    /// Values known without reading for the leaf, when this call made it, go to `known`.
+    fn create_in(
+        &self,
+        h: &Hier,
+        made: &mut Vec<PathBuf>,
+        known: &mut Vec<(PathBuf, String)>,
+    ) -> Result<(), CgroupError> {
         let is_cpuset =
             self.version == CgroupVersion::V1 && h.controllers.iter().any(|c| c == "cpuset");
         'attempt: for attempt in 0..CREATE_ATTEMPTS {
@@ -355,11 +433,14 @@ impl FsManager {
                 }
                 let parent = dir.clone();
                 dir.push(comp);
+                let leaf = dir == h.dir(&self.relative);
+                let mut just_made = false;
                 match std::fs::create_dir(&dir) {
                     Ok(()) => {
+                        just_made = true;
                         debug!(dir = %dir.display(), "created cgroup");
                         made.push(dir.clone());
-                        if dir != h.dir(&self.relative) {
+                        if !leaf {
                             marks::add(&dir);
                         }
                         failpoint::hit("fs-mkdir").map_err(|e| injected(&dir, e))?;
@@ -377,7 +458,13 @@ impl FsManager {
                     Err(e) => return Err(io_err("mkdir", &dir, e)),
                 }
                 if is_cpuset {
-                    fill_cpuset(&parent, &dir)?;
+                    let filled = fill_cpuset(&parent, &dir, just_made)?;
+                    if leaf && just_made {
+                        known.extend(filled);
+                    }
+                }
+                if leaf && just_made && self.version == CgroupVersion::V1 {
+                    known.extend(new_cgroup_values(&h.controllers, &dir));
                 }
             }
             if self.version == CgroupVersion::V2 {
@@ -444,9 +531,105 @@ impl FsManager {
         }
     }
 
-    /// Moves our own threads out of `dir` (back home), and reports foreign pids.
-    fn evacuate_self(&self, h: &Hier, dir: &Path) -> Result<Vec<i32>, CgroupError> {
-        let me = std::process::id() as i32;
+    /// Removes the leaf `dir` of hierarchy `h`, moving this process's own threads out
+    /// first (home) and never a foreign one; a foreign process inside stops the removal
+    /// (`Busy`, naming it).
+    ///
+    /// The first `cgroup.procs` read decides: it also tells that the cgroup is gone
+    /// (ENOENT, nothing to do; no separate existence check), and when it lists only this
+    /// process no second read is made before `rmdir`. A process that joins after that read
+    /// is caught by the kernel itself: `rmdir` of a populated cgroup fails with EBUSY, and
+    /// every EBUSY reads `cgroup.procs` again, so the joiner is named in `Busy` (never
+    /// moved); a thread of ours born in the meantime is moved out and `rmdir` retried. An
+    /// EBUSY with nobody inside is the kernel's moment after the last task leaves: retried
+    /// for [`RMDIR_RETRY`], then `StillBusy`.
+    fn remove_leaf(
+        &self,
+        h: &Hier,
+        dir: &Path,
+        me: i32,
+        own: &mut Option<Vec<i32>>,
+    ) -> Result<(), CgroupError> {
+        let procs_file = dir.join("cgroup.procs");
+        let read_procs = || -> Result<Option<Vec<i32>>, CgroupError> {
+            match read_ids(&procs_file) {
+                Ok(p) => Ok(Some(p)),
+                Err(CgroupError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let Some(procs) = read_procs()? else {
+            return Ok(());
+        };
+        if procs.contains(&me) {
+            self.evacuate_self(h, dir, me, own)?;
+        }
+        if procs.iter().any(|p| *p != me) {
+            // Read again once ours are out, to name only the foreign ones still inside.
+            let foreign: Vec<i32> = read_procs()?
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| *p != me)
+                .collect();
+            if !foreign.is_empty() {
+                return Err(CgroupError::Busy {
+                    path: dir.into(),
+                    pids: foreign,
+                });
+            }
+        }
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match std::fs::remove_dir(dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == ErrorKind::NotFound => break,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    let Some(procs) = read_procs()? else { break };
+                    let foreign: Vec<i32> = procs.iter().copied().filter(|p| *p != me).collect();
+                    if !foreign.is_empty() {
+                        return Err(CgroupError::Busy {
+                            path: dir.into(),
+                            pids: foreign,
+                        });
+                    }
+                    if procs.contains(&me) {
+                        // A thread of ours born since the list was taken: list again.
+                        *own = None;
+                        self.evacuate_self(h, dir, me, own)?;
+                    }
+                    if start.elapsed() >= RMDIR_RETRY {
+                        return Err(CgroupError::StillBusy {
+                            path: dir.into(),
+                            waited_ms: start.elapsed().as_millis() as u64,
+                        });
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(e) => return Err(io_err("rmdir", dir, e)),
+            }
+        }
+        failpoint::hit("fs-rmdir").map_err(|e| injected(dir, e))
+    }
+
+    /// Moves this process's own threads out of `dir` (back home); foreign ones stay.
+    /// `own` is this process's thread list, taken at the first need and kept for the
+    /// whole `destroy` (listing `/proc/self/task` costs five calls, and with many threads
+    /// — vCPUs of other sandboxes in this process — it is what destroy costs most). A
+    /// thread born after the list was taken is not in it; `remove_leaf` lists again when
+    /// `rmdir` meets one. A listed thread that has exited since is skipped (ESRCH); its
+    /// tid could be reused by a foreign thread only after the kernel's cyclic pid
+    /// allocator wraps round `pid_max`, as with a list taken per hierarchy.
+    fn evacuate_self(
+        &self,
+        h: &Hier,
+        dir: &Path,
+        me: i32,
+        own: &mut Option<Vec<i32>>,
+    ) -> Result<(), CgroupError> {
         let home = h
             .mount
             .join(self.home.get(&h.mount).map(String::as_str).unwrap_or(""));
@@ -456,40 +639,32 @@ impl FsManager {
         } else {
             home
         };
-        let procs = read_ids(&dir.join("cgroup.procs"))?;
-        if procs.contains(&me) {
-            match self.version {
-                CgroupVersion::V2 => {
-                    count_migration_writes(1);
-                    write_file(&home.join("cgroup.procs"), &me.to_string())?;
+        match self.version {
+            CgroupVersion::V2 => {
+                count_migration_writes(1);
+                write_file(&home.join("cgroup.procs"), &me.to_string())?;
+            }
+            CgroupVersion::V1 => {
+                if own.is_none() {
+                    *own = Some(own_threads()?);
                 }
-                CgroupVersion::V1 => {
-                    // Listed only when needed: with many threads (vCPUs of other
-                    // sandboxes in this process) the scan is what destroy costs most.
-                    let own: Vec<i32> = std::fs::read_dir("/proc/self/task")
-                        .map_err(|e| io_err("read", Path::new("/proc/self/task"), e))?
-                        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                        .collect();
-                    // Threads, not the process: other threads may sit elsewhere by design.
-                    for tid in read_ids(&dir.join("tasks"))? {
-                        if own.contains(&tid) {
-                            count_migration_writes(1);
-                            let r = write_file(&home.join("tasks"), &tid.to_string());
-                            if let Err(e) = r {
-                                if !matches!(e, CgroupError::Io { ref source, .. } if source.raw_os_error() == Some(libc::ESRCH))
-                                {
-                                    return Err(e);
-                                }
+                let own = own.as_deref().unwrap_or_default();
+                // Threads, not the process: other threads may sit elsewhere by design.
+                for tid in read_ids(&dir.join("tasks"))? {
+                    if own.contains(&tid) {
+                        count_migration_writes(1);
+                        let r = write_file(&home.join("tasks"), &tid.to_string());
+                        if let Err(e) = r {
+                            if !matches!(e, CgroupError::Io { ref source, .. } if source.raw_os_error() == Some(libc::ESRCH))
+                            {
+                                return Err(e);
                             }
                         }
                     }
                 }
             }
         }
-        Ok(read_ids(&dir.join("cgroup.procs"))?
-            .into_iter()
-            .filter(|p| *p != me)
-            .collect())
+        Ok(())
     }
 
     fn set_inner(
@@ -497,15 +672,47 @@ impl FsManager {
         res: &LinuxResources,
         undo: &mut Vec<(PathBuf, String)>,
     ) -> Result<(), CgroupError> {
-        let mut writes = resources::plan_for(res, self.version, &self.support())?;
+        let mut writes = self.plan(res)?;
         self.check_cpuset(res)?;
         self.order_memory(&mut writes)?;
-        self.apply_writes(&writes, undo)
+        let mut known = std::mem::take(&mut self.initial);
+        let r = self.apply_writes_known(&writes, undo, &mut known);
+        self.initial = known;
+        r
     }
 
-    /// What this host's kernel offers, probed from the hierarchy roots.
-    fn support(&self) -> resources::HostSupport {
-        resources::HostSupport::probe(&self.layout)
+    /// The writes `res` needs on this host ([`resources::plan_for`]), against what the
+    /// kernel offers. Probing that costs some twenty calls (a `statx` per feature file,
+    /// the huge page sizes), so it is kept per process and hierarchy set and reused; what
+    /// it finds is fixed at boot (kernel build, `swapaccount`, huge page sizes, mounts)
+    /// except a block I/O scheduler module loaded or unloaded later. A refusal is never
+    /// made on a kept probe: the host is probed again and the plan made again, so a
+    /// feature that appeared since is seen. A feature gone since shows as the failed
+    /// write naming its file.
+    fn plan(&self, res: &LinuxResources) -> Result<Vec<resources::Write>, CgroupError> {
+        if let Some(kept) = self.kept_support() {
+            if let Ok(w) = resources::plan_for(res, self.version, &kept) {
+                return Ok(w);
+            }
+        }
+        let fresh = resources::HostSupport::probe(&self.layout);
+        let r = resources::plan_for(res, self.version, &fresh);
+        if let Ok(mut kept) = SUPPORT.lock() {
+            *kept = Some((self.support_key(), fresh));
+        }
+        Ok(r?)
+    }
+
+    fn support_key(&self) -> SupportKey {
+        (self.layout.mounts.clone(), self.layout.unified.clone())
+    }
+
+    fn kept_support(&self) -> Option<resources::HostSupport> {
+        let kept = SUPPORT.lock().ok()?;
+        match kept.as_ref() {
+            Some((k, s)) if *k == self.support_key() => Some(s.clone()),
+            _ => None,
+        }
     }
 
     /// v1: orders the memory limit and memory+swap writes by the kernel's rule
@@ -530,12 +737,27 @@ impl FsManager {
         Ok(())
     }
 
-    /// Writes each of `writes` in order, recording the previous values in `undo`.
+    /// Writes each of `writes` in order, recording the previous values (read from each
+    /// file before its write) in `undo`.
     /// On v2 every file lives in the one directory (OCI `unified` keys too).
     pub(crate) fn apply_writes(
         &self,
         writes: &[resources::Write],
         undo: &mut Vec<(PathBuf, String)>,
+    ) -> Result<(), CgroupError> {
+        self.apply_writes_known(writes, undo, &mut BTreeMap::new())
+    }
+
+    /// [`Self::apply_writes`], where a file listed in `known` is not read: its value there
+    /// is recorded instead, and the entry dropped once the file is written. `set` passes
+    /// the values a leaf the last `create` made was made with (the parent's cpuset as
+    /// filled, the kernel's defaults of [`new_cgroup_values`]), so rollback restores the
+    /// cgroup as made; a value another process wrote there in between is not kept.
+    fn apply_writes_known(
+        &self,
+        writes: &[resources::Write],
+        undo: &mut Vec<(PathBuf, String)>,
+        known: &mut BTreeMap<PathBuf, String>,
     ) -> Result<(), CgroupError> {
         for w in writes {
             let dir = match self.version {
@@ -543,8 +765,12 @@ impl FsManager {
                 CgroupVersion::V1 => self.dir_of(w.controller)?,
             };
             let path = dir.join(&w.file);
-            let old = read_file(&path)?;
+            let old = match known.get(&path) {
+                Some(v) => v.clone(),
+                None => read_file(&path)?,
+            };
             write_file(&path, &w.value)?;
+            known.remove(&path);
             undo.push((path, restore_value(&w.file, &old)));
         }
         Ok(())
@@ -625,7 +851,7 @@ impl FsManager {
                 CgroupVersion::V1 => parent.join(name),
                 CgroupVersion::V2 => parent.join(format!("{name}.effective")),
             };
-            match std::fs::read_to_string(&f) {
+            match read_whole(&f) {
                 Ok(s) => Ok(Some(CpuList::parse("cpus", s.trim())?)),
                 Err(_) => Ok(None),
             }
@@ -749,16 +975,44 @@ fn enable_subtree(dir: &Path, wanted: &[String]) -> Result<(), CgroupError> {
 }
 
 /// v1 cpuset: a cgroup with empty `cpuset.cpus`/`mems` refuses tasks, so copy the parent's.
-fn fill_cpuset(parent: &Path, dir: &Path) -> Result<(), CgroupError> {
+/// A cgroup this call has `just_made` is not read first: the kernel makes it empty, or a
+/// copy of the parent's when the parent has `cgroup.clone_children` set, and writing the
+/// parent's value gives the same in both cases. Returns the files written and their values.
+fn fill_cpuset(
+    parent: &Path,
+    dir: &Path,
+    just_made: bool,
+) -> Result<Vec<(PathBuf, String)>, CgroupError> {
+    let mut filled = Vec::new();
     for f in ["cpuset.cpus", "cpuset.mems"] {
-        if read_file(&dir.join(f))?.is_empty() {
+        if just_made || read_file(&dir.join(f))?.is_empty() {
             let v = read_file(&parent.join(f))?;
             if !v.is_empty() {
                 write_file(&dir.join(f), &v)?;
             }
+            filled.push((dir.join(f), v));
         }
     }
-    Ok(())
+    Ok(filled)
+}
+
+/// v1: what a new cgroup's files hold, by the kernel's rule, for the files `set` most
+/// often writes: a new `cpu` group has `cpu.shares` 1024 (`NICE_0_LOAD`), no quota
+/// (`cpu.cfs_quota_us` -1, `RUNTIME_INF`) and a period of 100 ms (`cpu.cfs_period_us`,
+/// `default_cfs_period()`), whatever its parent has (kernel/sched: `sched_create_group`,
+/// `init_cfs_bandwidth`). Rollback of a `set` on a cgroup the manager has just made
+/// restores these without reading them first; any other file is read before its write.
+fn new_cgroup_values(controllers: &[String], dir: &Path) -> Vec<(PathBuf, String)> {
+    const DEFAULTS: [(&str, &str, &str); 3] = [
+        ("cpu", "cpu.shares", "1024"),
+        ("cpu", "cpu.cfs_quota_us", "-1"),
+        ("cpu", "cpu.cfs_period_us", "100000"),
+    ];
+    DEFAULTS
+        .iter()
+        .filter(|(c, _, _)| controllers.iter().any(|x| x == c))
+        .map(|(_, f, v)| (dir.join(f), (*v).to_string()))
+        .collect()
 }
 
 impl Manager for FsManager {
@@ -788,11 +1042,14 @@ impl Manager for FsManager {
     }
 
     fn create(&mut self) -> Result<(), CgroupError> {
-        let _lock = TreeLock::take(false);
+        // The lock keeps a parent from being removed while a cgroup is made below it; right
+        // below the hierarchy roots there is no such parent (the roots are never removed).
+        let _lock = self.has_parents().then(|| TreeLock::take(false));
         let mut made = Vec::new();
+        let mut known = Vec::new();
         let mut result = Ok(());
         for h in &self.hiers {
-            result = self.create_in(h, &mut made);
+            result = self.create_in(h, &mut made, &mut known);
             if result.is_err() {
                 break;
             }
@@ -814,6 +1071,7 @@ impl Manager for FsManager {
                 self.created.push(d);
             }
         }
+        self.initial = known.into_iter().collect();
         Ok(())
     }
 
@@ -865,7 +1123,7 @@ impl Manager for FsManager {
     }
 
     fn check(&self, res: &LinuxResources) -> Result<(), CgroupError> {
-        resources::plan_for(res, self.version, &self.support())?;
+        self.plan(res)?;
         self.check_rt(res)?;
         self.check_cpuset(res)
     }
@@ -929,20 +1187,17 @@ impl Manager for FsManager {
             h.tasks = None;
         }
         // Leaves first, in every hierarchy; refuse if a stranger is inside.
+        let me = std::process::id() as i32;
+        let mut own = None;
         for h in &self.hiers {
-            let dir = h.dir(&self.relative);
-            if !dir.exists() {
-                continue;
-            }
-            let foreign = self.evacuate_self(h, &dir)?;
-            if !foreign.is_empty() {
-                return Err(CgroupError::Busy {
-                    path: dir,
-                    pids: foreign,
-                });
-            }
-            Self::rmdir_retry(&dir)?;
-            failpoint::hit("fs-rmdir").map_err(|e| injected(&dir, e))?;
+            self.remove_leaf(h, &h.dir(&self.relative), me, &mut own)?;
+        }
+        // A cgroup right below the hierarchy roots has no parent to remove (the roots are
+        // never removed): then neither the lock nor the marks are needed.
+        if !self.has_parents() {
+            self.created.clear();
+            self.initial.clear();
+            return Ok(());
         }
         // Then the parents this manager made, deepest first, while no sibling is being created.
         let _lock = TreeLock::take(true);
@@ -980,6 +1235,7 @@ impl Manager for FsManager {
             }
         }
         self.created.clear();
+        self.initial.clear();
         Ok(())
     }
 
@@ -999,5 +1255,38 @@ impl Manager for FsManager {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_whole_reads_past_the_first_chunk() {
+        // Longer than several chunks, as a `tasks` file with thousands of tids is.
+        let want: String = (100_000..108_000).map(|t| format!("{t}\n")).collect();
+        assert!(want.len() > 10 * READ_CHUNK);
+        let dir = std::env::temp_dir().join(format!("hcg-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let f = dir.join("tasks");
+        std::fs::write(&f, &want).expect("write");
+        let got = read_whole(&f);
+        let ids = read_ids(&f);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(got.expect("read"), want);
+        assert_eq!(ids.expect("ids").len(), 8000);
+    }
+
+    #[test]
+    fn read_file_names_a_missing_file() {
+        let p = Path::new("/proc/self/no-such-file");
+        match read_file(p) {
+            Err(CgroupError::Io { path, source, .. }) => {
+                assert_eq!(path, p);
+                assert_eq!(source.kind(), ErrorKind::NotFound);
+            }
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
     }
 }
