@@ -91,13 +91,18 @@ fn assert_layout(layout: &CgroupLayout, sandbox: &str, vcpu_tids: &[i32]) {
         let Ok(tid) = t.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
+        // The name first: a thread that is gone by now (no name) or goes while its
+        // cgroups are read is not checked; an exiting one shows `/` everywhere on v1.
+        let Ok(comm) = std::fs::read_to_string(format!("/proc/{me}/task/{tid}/comm")) else {
+            continue;
+        };
+        let comm = comm.trim().to_string();
         let Ok(cg) = std::panic::catch_unwind(|| task_cgroups(me, tid)) else {
             continue; // exited meanwhile
         };
-        let comm = std::fs::read_to_string(format!("/proc/{me}/task/{tid}/comm"))
-            .unwrap_or_default()
-            .trim()
-            .to_string();
+        if !std::path::Path::new(&format!("/proc/{me}/task/{tid}")).exists() {
+            continue;
+        }
         let is_vcpu = vcpu_tids.contains(&tid);
         for k in all_keys(layout) {
             let want = if is_vcpu && ck.contains(&k) {
