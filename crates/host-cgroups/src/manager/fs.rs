@@ -509,7 +509,19 @@ impl FsManager {
         Ok(())
     }
 
+    /// `rmdir` of a cgroup whose tasks are gone: `Ok(true)` removed, `Ok(false)` it
+    /// was not there. EBUSY right after the last task left is retried for
+    /// [`RMDIR_RETRY`], then `StillBusy`.
     pub(crate) fn rmdir_retry(path: &Path) -> Result<bool, CgroupError> {
+        Self::rmdir_retry_with(path, || Ok(true))
+    }
+
+    /// [`FsManager::rmdir_retry`], asking `on_busy` at every EBUSY whether to go on:
+    /// `Ok(true)` retry, `Ok(false)` stop (the cgroup is gone), an error ends it.
+    fn rmdir_retry_with(
+        path: &Path,
+        mut on_busy: impl FnMut() -> Result<bool, CgroupError>,
+    ) -> Result<bool, CgroupError> {
         let start = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
@@ -517,6 +529,9 @@ impl FsManager {
                 Ok(()) => return Ok(true),
                 Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    if !on_busy()? {
+                        return Ok(false);
+                    }
                     if start.elapsed() >= RMDIR_RETRY {
                         return Err(CgroupError::StillBusy {
                             path: path.into(),
@@ -580,38 +595,24 @@ impl FsManager {
                 });
             }
         }
-        let start = Instant::now();
-        let mut pause = Duration::from_millis(1);
-        loop {
-            match std::fs::remove_dir(dir) {
-                Ok(()) => break,
-                Err(e) if e.kind() == ErrorKind::NotFound => break,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    let Some(procs) = read_procs()? else { break };
-                    let foreign: Vec<i32> = procs.iter().copied().filter(|p| *p != me).collect();
-                    if !foreign.is_empty() {
-                        return Err(CgroupError::Busy {
-                            path: dir.into(),
-                            pids: foreign,
-                        });
-                    }
-                    if procs.contains(&me) {
-                        // A thread of ours born since the list was taken: list again.
-                        *own = None;
-                        self.evacuate_self(h, dir, me, own)?;
-                    }
-                    if start.elapsed() >= RMDIR_RETRY {
-                        return Err(CgroupError::StillBusy {
-                            path: dir.into(),
-                            waited_ms: start.elapsed().as_millis() as u64,
-                        });
-                    }
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(100));
-                }
-                Err(e) => return Err(io_err("rmdir", dir, e)),
+        Self::rmdir_retry_with(dir, || {
+            let Some(procs) = read_procs()? else {
+                return Ok(false);
+            };
+            let foreign: Vec<i32> = procs.iter().copied().filter(|p| *p != me).collect();
+            if !foreign.is_empty() {
+                return Err(CgroupError::Busy {
+                    path: dir.into(),
+                    pids: foreign,
+                });
             }
-        }
+            if procs.contains(&me) {
+                // A thread of ours born since the list was taken: list again.
+                *own = None;
+                self.evacuate_self(h, dir, me, own)?;
+            }
+            Ok(true)
+        })?;
         failpoint::hit("fs-rmdir").map_err(|e| injected(dir, e))
     }
 
