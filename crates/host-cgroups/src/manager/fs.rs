@@ -575,6 +575,17 @@ impl FsManager {
                 Err(e) => Err(e),
             }
         };
+        // Any process but this one inside stops the removal, named (never moved).
+        let refuse_foreign = |procs: &[i32]| -> Result<(), CgroupError> {
+            let foreign: Vec<i32> = procs.iter().copied().filter(|p| *p != me).collect();
+            if foreign.is_empty() {
+                return Ok(());
+            }
+            Err(CgroupError::Busy {
+                path: dir.into(),
+                pids: foreign,
+            })
+        };
         let Some(procs) = read_procs()? else {
             return Ok(());
         };
@@ -583,29 +594,13 @@ impl FsManager {
         }
         if procs.iter().any(|p| *p != me) {
             // Read again once ours are out, to name only the foreign ones still inside.
-            let foreign: Vec<i32> = read_procs()?
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|p| *p != me)
-                .collect();
-            if !foreign.is_empty() {
-                return Err(CgroupError::Busy {
-                    path: dir.into(),
-                    pids: foreign,
-                });
-            }
+            refuse_foreign(&read_procs()?.unwrap_or_default())?;
         }
         Self::rmdir_retry_with(dir, || {
             let Some(procs) = read_procs()? else {
                 return Ok(false);
             };
-            let foreign: Vec<i32> = procs.iter().copied().filter(|p| *p != me).collect();
-            if !foreign.is_empty() {
-                return Err(CgroupError::Busy {
-                    path: dir.into(),
-                    pids: foreign,
-                });
-            }
+            refuse_foreign(&procs)?;
             if procs.contains(&me) {
                 // A thread of ours born since the list was taken: list again.
                 *own = None;
