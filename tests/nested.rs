@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::cli::{cleanup, run_args, success_json, BIN};
 use common::skip::skip;
-use common::systemd::{listed, systemd_host, wait_until, SliceGuard};
+use common::systemd::{listed, systemd_host, SliceGuard};
 use common::*;
 use demo_vmm::{BackendChoice, Vmm, VmmConfig};
 use host_cgroups::config::RuntimeConfig;
@@ -897,28 +897,14 @@ fn inspect_shows_the_layout_and_the_vcpus_child_with_its_threads() {
     let state = tmp.join("state");
     let prefix = unique("ninsp");
     let guard = CgroupGuard::new(&prefix);
-    let mut child = ChildGuard(
-        Command::new(BIN)
-            .args(["run", "--cgroups-path", &format!("{prefix}/sb")])
-            .args(["--sandbox-id", &prefix, "--vcpus", "2", "--duration", "600"])
-            .args(["--backend", "thread", "--config"])
-            .arg(&cfg)
-            .arg("--state-dir")
-            .arg(&state)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut run = run_args(&format!("{prefix}/sb"), &prefix, &state)
+        .vcpus(2)
+        .duration("600")
+        .backend("thread")
+        .config(&cfg)
+        .spawn();
     // The run says "running" once every boot vCPU is placed.
-    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.contains(" running: ") => break,
-            Some(Ok(l)) => seen.push(l),
-            _ => panic!("the run ended before running: {seen:#?}"),
-        }
-    }
+    run.wait_for(" running: ");
     let out = Command::new(BIN)
         .args(["inspect", "--sandbox-id", &prefix, "--json", "--state-dir"])
         .arg(&state)
@@ -982,11 +968,9 @@ fn inspect_shows_the_layout_and_the_vcpus_child_with_its_threads() {
             "{d}"
         );
     }
-    // SIGTERM ends the run early and it cleans up (the process is ours, by pid).
-    // SAFETY: kill(2) on the pid of the child this test spawned.
-    unsafe { libc::kill(child.pid(), libc::SIGTERM) };
-    let status = child.0.wait().unwrap();
-    assert!(status.success(), "{status:?}: {seen:#?}");
+    // SIGTERM ends the run early and it cleans up.
+    let status = run.stop();
+    assert!(status.success(), "{status:?}");
     assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
     std::fs::remove_dir_all(&tmp).unwrap();
 }

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::*;
 use demo_vmm::{BackendChoice, Vmm, VmmConfig};
 use host_cgroups::config::RuntimeConfig;
@@ -19,17 +17,6 @@ fn allowed(tid: i32) -> String {
         .unwrap()
         .trim()
         .to_string()
-}
-
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]
@@ -73,7 +60,7 @@ fn vcpus_pin_when_cpuset_size_matches_and_reset_when_not() {
     let v = vmm.vcpus();
     assert_eq!(v.len(), 2);
     // Two vCPUs, two CPUs: vCPU i on the i-th CPU, read back from the kernel.
-    eventually("pinning", || {
+    wait_until("pinning", || {
         allowed(v[0].tid) == cpus[0].to_string() && allowed(v[1].tid) == cpus[1].to_string()
     });
 
@@ -84,7 +71,7 @@ fn vcpus_pin_when_cpuset_size_matches_and_reset_when_not() {
         Some(from_json(&format!(r#"{{"cpu":{{"cpus":"{one}"}}}}"#)).unwrap()),
     )
     .unwrap();
-    eventually("reset", || {
+    wait_until("reset", || {
         allowed(v[0].tid) == one && allowed(v[1].tid) == one
     });
     assert!(ctl.vcpus().iter().all(|r| r.pinned_cpu.is_none()));
@@ -95,7 +82,7 @@ fn vcpus_pin_when_cpuset_size_matches_and_reset_when_not() {
         Some(from_json(&format!(r#"{{"cpu":{{"cpus":"{both}"}}}}"#)).unwrap()),
     )
     .unwrap();
-    eventually("re-pin", || allowed(v[1].tid) == cpus[1].to_string());
+    wait_until("re-pin", || allowed(v[1].tid) == cpus[1].to_string());
 
     // An invalid update is refused and changes nothing.
     assert!(ctl

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::cli::{cleanup, run_args, success_json, BIN};
 use common::skip::skip;
 use common::systemd::{
-    bus_answers, listed, needs_systemd, systemd_host, unit_of, wait_until, BusRestorer, SliceGuard,
+    bus_answers, listed, needs_systemd, systemd_host, unit_of, BusRestorer, SliceGuard,
 };
 use common::*;
 use host_cgroups::host::{CgroupLayout, CgroupVersion};

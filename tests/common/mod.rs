@@ -281,3 +281,16 @@ pub fn dump_tasks(pid: i32) -> String {
     }
     out
 }
+
+/// Waits (up to 60 s: the test hosts are emulated and slow) until `f` is true; panics
+/// naming `what` when it does not come.
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -106,19 +106,6 @@ pub fn listed(unit: &str) -> bool {
     String::from_utf8_lossy(&out.stdout).contains(unit)
 }
 
-/// Waits (up to 60 s: the test hosts are emulated and slow) until `f` is true; panics
-/// naming `what` when it does not come.
-pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting until {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Whether PID 1 answers on the system bus.
 pub fn bus_answers() -> bool {
     Command::new("busctl")
