@@ -150,7 +150,7 @@ impl SandboxState {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        std::fs::rename(&tmp, &path).map_err(io("rename into", &path))?;
+        rename_at(&tmp, &path).map_err(io("rename into", &path))?;
         // The rename is durable only once the directory entry is.
         File::open(dir)
             .and_then(|d| d.sync_all())
@@ -284,6 +284,30 @@ impl SandboxState {
 }
 
 /// Creates the state directory (0700) if needed, refusing a symlink.
+/// `rename(2)` of `from` to `to` made with `renameat(2)`.
+///
+/// runtime-rs installs a process-wide seccomp allow-list (action Trap) when dragonball
+/// starts the VM (`src/runtime-rs/crates/hypervisor/src/dragonball/seccomp.rs`); it has
+/// `renameat` and `renameat2` but not `rename`, which `std::fs::rename` calls on x86_64:
+/// the first state save after the VM started (a container update) killed the runtime
+/// with SIGSYS. `integrations/dragonball` runs the flows under that list.
+fn rename_at(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both are NUL-terminated paths that outlive the call.
+    let rc = unsafe { libc::renameat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn ensure_dir(dir: &Path) -> Result<(), StateError> {
     match std::fs::symlink_metadata(dir) {
         Ok(_) => check_dir(dir),
