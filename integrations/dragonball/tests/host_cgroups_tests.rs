@@ -91,10 +91,7 @@ fn runtime_config(layout: Layout, pinning: bool) -> RuntimeConfig {
         )
         .replace(
             "\n[runtime]\n",
-            &format!(
-                "\n[runtime]\n{}enable_vcpus_pinning = {}\n",
-                extra, pinning
-            ),
+            &format!("\n[runtime]\n{}enable_vcpus_pinning = {}\n", extra, pinning),
         );
     RuntimeConfig::parse(&text, &path).unwrap()
 }
@@ -268,7 +265,12 @@ impl Fixture {
             } else {
                 id.clone()
             };
-            assert!(t.ends_with(&rel), "{} is not the cgroup {}", t.display(), rel);
+            assert!(
+                t.ends_with(&rel),
+                "{} is not the cgroup {}",
+                t.display(),
+                rel
+            );
         }
         let probe = Arc::new(Probe {
             inner: sandbox.hooks_for_boot(u32::from(boot)),
@@ -354,7 +356,9 @@ impl Fixture {
         let tids = self.tids();
         for &i in indexes {
             let seen = self.seen(i);
-            let last = seen.last().unwrap_or_else(|| panic!("vCPU {} never called its hook", i));
+            let last = seen
+                .last()
+                .unwrap_or_else(|| panic!("vCPU {} never called its hook", i));
             assert!(last.hook.is_ok(), "vCPU {}: {:?}", i, last.hook);
             assert!(
                 last.missing.is_empty(),
@@ -426,9 +430,12 @@ impl Fixture {
     fn connect_upcall(&mut self) {
         use dbs_upcall::{DevMgrService, UpcallClient};
         let backend = dbs_virtio_devices::vsock::backend::VsockInnerBackend::new().unwrap();
-        let mut client =
-            UpcallClient::new(backend.get_connector(), EpollManager::default(), DevMgrService {})
-                .unwrap();
+        let mut client = UpcallClient::new(
+            backend.get_connector(),
+            EpollManager::default(),
+            DevMgrService {},
+        )
+        .unwrap();
         client.connect().unwrap();
         self.vm
             .vcpu_manager()
@@ -579,7 +586,9 @@ fn host_cgroups_pinning_one_cpu_per_vcpu() {
         .or_else(|_| fs::read_to_string("/sys/fs/cgroup/cpuset/cpuset.cpus"))
         .unwrap();
     let cpus = cpus.trim().to_string();
-    let n = host_cgroups::cpulist::CpuList::parse("cpus", Box::leak(cpus.clone().into_boxed_str())).unwrap().len() as u8;
+    let n = host_cgroups::cpulist::CpuList::parse("cpus", Box::leak(cpus.clone().into_boxed_str()))
+        .unwrap()
+        .len() as u8;
     let res = format!(r#"{{"cpu":{{"cpus":"{}"}}}}"#, cpus);
     let mut fx = Fixture::new(Layout::Nested, true, n, n, Some(&res));
     fx.start_boot_vcpus().unwrap();
@@ -636,7 +645,9 @@ fn host_cgroups_refused_boot_fails_without_hang() {
 #[test]
 #[serial(emulate_res)]
 fn host_cgroups_refused_hotplug_rolls_back_keeping_tids() {
-    let mut fx = Fixture::new(Layout::Nested, false, 2, 3, None);
+    // Sandbox-only: a vCPU must be born where it belongs (the nested and sibling layouts
+    // move each vCPU themselves, wherever it was born).
+    let mut fx = Fixture::new(Layout::SandboxOnly, false, 2, 3, None);
     fx.start_boot_vcpus().unwrap();
     fx.connect_upcall();
     let before = fx.tids();
@@ -713,7 +724,10 @@ fn seccomp_child_flow(layout: Layout) {
         fx.resize(2).unwrap();
     }
     fx.sandbox()
-        .update_container("c0", &from_json(r#"{"cpu":{"quota":50000,"period":100000}}"#).unwrap())
+        .update_container(
+            "c0",
+            &from_json(r#"{"cpu":{"quota":50000,"period":100000}}"#).unwrap(),
+        )
         .unwrap();
     fx.sandbox().remove_container("c0").unwrap();
     let stats = fx.sandbox().stats().unwrap().unwrap();

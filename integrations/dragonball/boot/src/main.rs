@@ -74,7 +74,10 @@ fn main() {
 }
 
 /// The shipped Kata TOML (`HCG_KATA_TOML`) with `[runtime]` changed for the layout.
-pub fn runtime_config(sandbox_cgroup_only: bool, layout: Option<&str>) -> Result<RuntimeConfig, String> {
+pub fn runtime_config(
+    sandbox_cgroup_only: bool,
+    layout: Option<&str>,
+) -> Result<RuntimeConfig, String> {
     let path = PathBuf::from(
         std::env::var("HCG_KATA_TOML").map_err(|_| "HCG_KATA_TOML is not set".to_string())?,
     );
@@ -395,7 +398,9 @@ fn boot_in(
                 }
             });
         }
-        let cpu_dir = |m: &BTreeMap<String, PathBuf>| m.get("cpuacct").or(m.get("cpu")).or(m.get("")).cloned();
+        let cpu_dir = |m: &BTreeMap<String, PathBuf>| {
+            m.get("cpuacct").or(m.get("cpu")).or(m.get("")).cloned()
+        };
         let sb_dir = cpu_dir(&sandbox.paths()).ok_or("no cpu cgroup for the sandbox")?;
         let vc_dir = cpu_dir(&sandbox.vcpus_paths()).ok_or("no cpu cgroup for the vcpus child")?;
         let (sb0, vc0) = (cpu_usage_ns(&sb_dir), cpu_usage_ns(&vc_dir));
@@ -425,7 +430,11 @@ fn boot_in(
         let code = api.stop()?;
         println!(
             "boot: the VMM {} (exit code {code}) after {} s",
-            if vmm_ended { "ended by itself" } else { "was stopped" },
+            if vmm_ended {
+                "ended by itself"
+            } else {
+                "was stopped"
+            },
             t0.elapsed().as_secs()
         );
         if let (Some(s0), Some(s1), Some(v0), Some(v1)) = (sb0, sb1, vc0, vc1) {
@@ -437,7 +446,10 @@ fn boot_in(
                 share * 100.0
             );
             if share < 0.95 {
-                return Err(format!("the vcpus child held {:.1}% of the sandbox's CPU time, not >= 95%", share * 100.0));
+                return Err(format!(
+                    "the vcpus child held {:.1}% of the sandbox's CPU time, not >= 95%",
+                    share * 100.0
+                ));
             }
         } else {
             return Err("CPU usage of the sandbox or vcpus cgroup could not be read".into());
@@ -446,10 +458,14 @@ fn boot_in(
             return Err("the guest printed no kernel banner".into());
         }
         if !pvm && !stage.contains("nproc=2") {
-            return Err(format!("a hardware hypervisor: the guest must reach /init with nproc=2, reached {stage}"));
+            return Err(format!(
+                "a hardware hypervisor: the guest must reach /init with nproc=2, reached {stage}"
+            ));
         }
         if pvm && !stage.starts_with("/init") {
-            println!("boot: /dev/kvm is kvm_pvm (software nested): the guest stops before /init here");
+            println!(
+                "boot: /dev/kvm is kvm_pvm (software nested): the guest stops before /init here"
+            );
         }
         Ok(stage)
     })();
