@@ -13,23 +13,44 @@
 //!
 //! Upstream dragonball starts each vCPU in `Vcpu::start_threaded`
 //! (`src/dragonball/src/vcpu/vcpu_impl.rs`), which spawns a
-//! `std::thread::Builder::new().name(format!("db_vcpu{}", cpu_id))` thread.
-//! Inside that closure, before anything else:
+//! `std::thread::Builder::new().name(format!("db_vcpu{}", cpu_id))` thread. The threads
+//! meet the VMM thread at a barrier of N+1 (`VcpuManager::activate_vcpus`, which holds
+//! the `VcpuManager` lock), and only after it does dragonball ask each thread for its tid
+//! (`Gettid`) and send `Resume`. This project's patch series
+//! (`integrations/dragonball/patches`, see `docs/dragonball.md`) makes the closure:
 //!
 //! ```ignore
-//! // first statement of the thread closure, before `barrier.wait()`:
-//! hooks.vcpu_started(cpu_id as u32).map_err(VcpuError::Hook)?;
-//! barrier.wait();                 // upstream: released once all vCPUs exist
-//! vcpu.run(...);                  // upstream run loop (KVM_RUN)
-//! hooks.vcpu_exited(cpu_id as u32); // after the run loop returns
+//! // first act of the thread, before `barrier.wait()`:
+//! let started = match &hooks {
+//!     Some(hooks) => hooks.vcpu_started(index),
+//!     None => Ok(()),
+//! };
+//! // Every thread reaches the barrier, refused or not: the VMM thread waits there for
+//! // N+1 arrivals, so a thread that returned early (`?`) would deadlock the VMM.
+//! barrier.wait();
+//! match started {
+//!     Ok(()) => {
+//!         vcpu.run(seccomp_filter);     // upstream run loop (KVM_RUN)
+//!         if let Some(hooks) = &hooks {
+//!             hooks.vcpu_exited(index); // after the run loop returns
+//!         }
+//!     }
+//!     // Answers `Gettid` with the error (the boot fails, a hotplug rolls back) and
+//!     // never enters the run loop; leaves on `Exit`.
+//!     Err(e) => vcpu.refused(e),
+//! }
 //! ```
 //!
 //! Calling the hook before the barrier means the placement of all vCPUs runs
 //! in parallel with the spawning of the remaining ones, and no vCPU passes the
 //! barrier (and so reaches `KVM_RUN`) unplaced. The hooks object is an
-//! `Arc<dyn VcpuHooks>` held by the `VcpuManager` and cloned into each thread.
+//! `Arc<dyn VcpuHooks>` held by the `VcpuManager` and cloned into each thread;
+//! an embedder hands it in with `Vm::set_vcpu_hooks` before `StartMicroVm`.
 //! Hotplugged vCPUs are spawned by the same code and take the same path. The
 //! VMM names only [`VcpuHooks`] and [`HookError`]; no channel type.
+//!
+//! A hook must not block: while it runs, the VMM thread waits at the barrier with
+//! the `VcpuManager` lock held, and dragonball's whole API waits with it.
 //!
 //! # What happens inside `vcpu_started`
 //!
