@@ -213,6 +213,44 @@ impl VcpuHooks for Probe {
     }
 }
 
+/// A dragonball VM set up as `StartMicroVm` sets it up before it starts the boot vCPUs
+/// (guest memory, the vCPU manager with `hooks`, the interrupt controller), with `boot`
+/// vCPUs and room for `max`.
+fn new_vm(boot: u8, max: u8, hooks: Option<Arc<dyn VcpuHooks>>) -> Vm {
+    let instance_info = Arc::new(RwLock::new(InstanceInfo::default()));
+    let mut vm = Vm::new(None, instance_info, EpollManager::default()).unwrap();
+    vm.set_vm_config(VmConfigInfo {
+        vcpu_count: boot,
+        max_vcpu_count: max,
+        cpu_pm: "off".to_string(),
+        mem_type: "shmem".to_string(),
+        mem_file_path: "".to_string(),
+        mem_size_mib: 64,
+        serial_path: None,
+        cpu_topology: CpuTopology {
+            threads_per_core: 1,
+            cores_per_die: max,
+            dies_per_socket: 1,
+            sockets: 1,
+        },
+        vpmu_feature: 0,
+        pci_hotplug_enabled: false,
+    });
+    vm.init_guest_memory().unwrap();
+    // runtime-rs: VmmInstance::run_vmm_server, on the Vmm's Vm, before StartMicroVm.
+    if let Some(hooks) = hooks {
+        vm.set_vcpu_hooks(hooks);
+    }
+    vm.init_vcpu_manager(vm.vm_as().unwrap().clone(), BpfProgram::default())
+        .unwrap();
+    vm.vcpu_manager()
+        .unwrap()
+        .set_reset_event_fd(EventFd::new(libc::EFD_NONBLOCK).unwrap())
+        .unwrap();
+    vm.setup_interrupt_controller().unwrap();
+    vm
+}
+
 /// One sandbox and one dragonball VM, in runtime-rs' order: `Sandbox::new` (cgroups made,
 /// this process moved), then the VM, with the hooks set through `Vm::set_vcpu_hooks`
 /// before the vCPU manager exists. Dropping it stops the vCPUs and removes everything,
@@ -284,35 +322,7 @@ impl Fixture {
             exited: Mutex::new(Vec::new()),
         });
 
-        let instance_info = Arc::new(RwLock::new(InstanceInfo::default()));
-        let mut vm = Vm::new(None, instance_info, EpollManager::default()).unwrap();
-        vm.set_vm_config(VmConfigInfo {
-            vcpu_count: boot,
-            max_vcpu_count: max,
-            cpu_pm: "off".to_string(),
-            mem_type: "shmem".to_string(),
-            mem_file_path: "".to_string(),
-            mem_size_mib: 64,
-            serial_path: None,
-            cpu_topology: CpuTopology {
-                threads_per_core: 1,
-                cores_per_die: max,
-                dies_per_socket: 1,
-                sockets: 1,
-            },
-            vpmu_feature: 0,
-            pci_hotplug_enabled: false,
-        });
-        vm.init_guest_memory().unwrap();
-        // runtime-rs: VmmInstance::run_vmm_server, on the Vmm's Vm, before StartMicroVm.
-        vm.set_vcpu_hooks(probe.clone());
-        vm.init_vcpu_manager(vm.vm_as().unwrap().clone(), BpfProgram::default())
-            .unwrap();
-        vm.vcpu_manager()
-            .unwrap()
-            .set_reset_event_fd(EventFd::new(libc::EFD_NONBLOCK).unwrap())
-            .unwrap();
-        vm.setup_interrupt_controller().unwrap();
+        let vm = new_vm(boot, max, Some(probe.clone()));
         Fixture {
             layout,
             id,
@@ -797,4 +807,116 @@ fn host_cgroups_sibling_under_runtime_rs_seccomp() {
         "vcpu::vcpu_manager::host_cgroups_tests::host_cgroups_sibling_under_runtime_rs_seccomp",
         Layout::Sibling,
     );
+}
+
+// --- The cost of the hooks inside dragonball: a benchmark, not a test --------------------
+//
+// `integrations/dragonball/run --bench` runs it in a release build. For each vCPU count it
+// times dragonball's `start_boot_vcpus` (the part of `StartMicroVm` the hooks run in) and
+// one `resize_vcpu` adding a vCPU, without hooks and with each layout, the modes
+// interleaved round by round. The mocked `KVM_RUN` answers `Hlt`, so resumed vCPUs leave
+// their run loop and wait quietly for `Exit`: nothing spins beside the measurement.
+
+#[cfg(all(feature = "hotplug", feature = "dbs-upcall"))]
+fn bench_once(n: u8, mode: Option<Layout>) -> (Duration, Duration) {
+    use dbs_upcall::{DevMgrService, UpcallClient};
+    let id = unique("bench");
+    let state_dir = std::env::temp_dir().join(format!("{}-state", id));
+    let sandbox = mode.map(|l| {
+        let opts = SandboxOptions::default().state_dir(&state_dir);
+        Sandbox::new(&runtime_config(l, false), &id, &id, opts).unwrap()
+    });
+    let hooks = sandbox.as_ref().map(|s| s.hooks_for_boot(u32::from(n)));
+    let vm = new_vm(n, n + 1, hooks);
+    let backend = dbs_virtio_devices::vsock::backend::VsockInnerBackend::new().unwrap();
+    let mut client = UpcallClient::new(
+        backend.get_connector(),
+        EpollManager::default(),
+        DevMgrService {},
+    )
+    .unwrap();
+    client.connect().unwrap();
+    let (start, resize) = {
+        let mut mgr = vm.vcpu_manager().unwrap();
+        mgr.set_upcall_channel(Some(Arc::new(client)));
+        mgr.create_boot_vcpus(TimestampUs::default(), GuestAddress(0))
+            .unwrap();
+        let t = Instant::now();
+        mgr.start_boot_vcpus(BpfProgram::default()).unwrap();
+        let start = t.elapsed();
+        let t = Instant::now();
+        mgr.resize_vcpu(n + 1, None).unwrap();
+        (start, t.elapsed())
+    };
+    match sandbox {
+        Some(sb) => {
+            let done = sb.teardown(|| vm.vcpu_manager().unwrap().exit_all_vcpus());
+            assert!(done.report.errors.is_empty(), "{:?}", done.report);
+        }
+        None => vm.vcpu_manager().unwrap().exit_all_vcpus().unwrap(),
+    }
+    let _ = fs::remove_dir_all(&state_dir);
+    drop(backend);
+    (start, resize)
+}
+
+#[cfg(all(feature = "hotplug", feature = "dbs-upcall"))]
+#[test]
+#[ignore = "a benchmark: integrations/dragonball/run --bench"]
+#[serial(emulate_res)]
+fn host_cgroups_bench_start_and_resize() {
+    let sizes: Vec<u8> = std::env::var("HCG_BENCH_VCPUS")
+        .unwrap_or_else(|_| "1,2,8,32".into())
+        .split(',')
+        .map(|v| v.trim().parse().unwrap())
+        .collect();
+    let rounds: usize = std::env::var("HCG_BENCH_ROUNDS")
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(15);
+    *(EMULATE_RES.lock().unwrap()) = EmulationCase::Hlt;
+    let modes = [
+        ("no hooks", None),
+        ("sandbox-only", Some(Layout::SandboxOnly)),
+        ("nested", Some(Layout::Nested)),
+        ("sibling", Some(Layout::Sibling)),
+    ];
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1e6
+    };
+    println!(
+        "{:>5} {:>13} {:>14} {:>7} {:>15} {:>7}   ({} rounds, median)",
+        "vCPUs", "mode", "start µs", "ratio", "resize µs", "ratio", rounds
+    );
+    for &n in &sizes {
+        // One warm-up of each mode (first cgroup writes after idle, page faults).
+        for (_, m) in &modes {
+            bench_once(n, *m);
+        }
+        let mut starts = vec![Vec::new(); modes.len()];
+        let mut resizes = vec![Vec::new(); modes.len()];
+        for r in 0..rounds {
+            for k in 0..modes.len() {
+                let k = (k + r) % modes.len();
+                let (s, z) = bench_once(n, modes[k].1);
+                starts[k].push(s);
+                resizes[k].push(z);
+            }
+        }
+        let base_s = median(&mut starts[0].clone());
+        let base_z = median(&mut resizes[0].clone());
+        for (k, (name, _)) in modes.iter().enumerate() {
+            let s = median(&mut starts[k]);
+            let z = median(&mut resizes[k]);
+            println!(
+                "{:>5} {:>13} {:>14.0} {:>6.3}x {:>15.0} {:>6.3}x",
+                n,
+                name,
+                s,
+                s / base_s,
+                z,
+                z / base_z
+            );
+        }
+    }
 }

@@ -13,6 +13,10 @@
 //! hardware hypervisor the guest must also reach `/init` and print `nproc` = 2; on
 //! `kvm_pvm` (a software nested hypervisor) the run says which stage was reached.
 //!
+//! `hcg-boot refused-boot VMLINUX INITRD` starts the same VM with hooks that refuse vCPU 1:
+//! `StartMicroVm` must fail with the hook's error, and `ShutdownMicroVm` must leave no
+//! vCPU thread behind (dragonball's `Vmm::stop` after a failed boot).
+//!
 //! Exit codes: 0 passed, 1 failed, 2 bad arguments.
 
 use std::collections::{BTreeMap, HashMap};
@@ -65,8 +69,17 @@ fn main() {
                 1
             }
         },
+        ["refused-boot", kernel, initrd] => {
+            match refused_boot(Path::new(kernel), Path::new(initrd)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("refused-boot: FAILED: {e}");
+                    1
+                }
+            }
+        }
         _ => {
-            eprintln!("usage: hcg-boot boot VMLINUX INITRD");
+            eprintln!("usage: hcg-boot boot|refused-boot VMLINUX INITRD");
             2
         }
     };
@@ -474,4 +487,61 @@ fn boot_in(
     }
     let _ = fs::remove_file(&sock);
     run.map(|s| (s, None))
+}
+
+/// Hooks that refuse one vCPU index and let the others start.
+struct RefuseOne(u32);
+
+impl VcpuHooks for RefuseOne {
+    fn vcpu_started(&self, index: u32) -> Result<(), HookError> {
+        if index == self.0 {
+            return Err(HookError::Disconnected {
+                index,
+                tid: vcpu_hooks::gettid(),
+            });
+        }
+        Ok(())
+    }
+    fn vcpu_exited(&self, _index: u32) {}
+}
+
+fn refused_boot(kernel: &Path, initrd: &Path) -> Result<(), String> {
+    let mut api = Api::start(Some(Arc::new(RefuseOne(1))), true)?;
+    let run = (|| -> Result<(), String> {
+        api.request(VmmAction::SetVmConfiguration(vm_config(2, 256, None)))?;
+        api.request(VmmAction::ConfigureBootSource(BootSourceConfig {
+            kernel_path: kernel.display().to_string(),
+            initrd_path: Some(initrd.display().to_string()),
+            boot_args: Some("console=ttyS0 panic=-1".into()),
+            firmware_path: None,
+        }))?;
+        match api.request(VmmAction::StartMicroVm) {
+            Ok(_) => return Err("StartMicroVm succeeded with vCPU 1 refused".into()),
+            Err(e) if e.contains("Hook") => println!("refused-boot: StartMicroVm failed: {e}"),
+            Err(e) => {
+                return Err(format!(
+                    "StartMicroVm failed, but not with the hook's error: {e}"
+                ))
+            }
+        }
+        let before = vcpu_threads();
+        println!("refused-boot: vCPU threads after the failed start: {before:?}");
+        let t0 = Instant::now();
+        let code = api.stop()?;
+        while !vcpu_threads().is_empty() && t0.elapsed() < Duration::from_secs(10) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        if !vcpu_threads().is_empty() {
+            return Err(format!(
+                "ShutdownMicroVm (exit code {code}) left vCPU threads: {:?}",
+                vcpu_threads()
+            ));
+        }
+        println!("refused-boot: ShutdownMicroVm (exit code {code}) joined every vCPU thread");
+        Ok(())
+    })();
+    if api.thread.is_some() {
+        let _ = api.stop();
+    }
+    run
 }
