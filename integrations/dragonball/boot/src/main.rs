@@ -59,7 +59,24 @@ mod upstream_seccomp;
 /// The whole boot is bounded by this.
 const BOOT_BOUND: Duration = Duration::from_secs(90);
 
+/// dragonball's own warnings and errors (it logs through `log`), on stderr: they say why a
+/// guest stopped (`KVM_EXIT_INTERNAL_ERROR`, ...).
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Warn
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            eprintln!("  dragonball {}: {}", r.level(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
 fn main() {
+    let _ = log::set_logger(&StderrLog).map(|()| log::set_max_level(log::LevelFilter::Warn));
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["boot", kernel, initrd] => match boot(Path::new(kernel), Path::new(initrd)) {
@@ -390,7 +407,7 @@ fn boot_in(
         println!(
             "boot: StartMicroVm replied after {} ms; db_vcpu0 and db_vcpu1 were in {} when their hooks returned, and are",
             started.as_millis(),
-            targets[0].parent().unwrap_or(Path::new("")).join("vcpus").display()
+            targets[0].display()
         );
 
         // The console, from dragonball's socket.
