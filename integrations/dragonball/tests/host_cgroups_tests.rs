@@ -537,7 +537,14 @@ impl Drop for Fixture {
 /// Boot vCPUs placed before resume, then (hotplug features) one vCPU hotplugged and
 /// unplugged through `resize_vcpu`, a container update, stats, and the teardown.
 fn boot_hotplug_teardown(layout: Layout) {
+    // host-cgroups' `metrics` feature counts in dragonball's own metric type: with the
+    // workspace's `[patch.crates-io] dbs-utils` both are this dbs_utils (a second copy
+    // would be a different type and this would not compile).
+    let created: &dbs_utils::metric::SharedIncMetric =
+        &host_cgroups::metrics::METRICS.sandboxes_created;
+    let before = dbs_utils::metric::IncMetric::count(created);
     let mut fx = Fixture::new(layout, false, 2, 3, None);
+    assert_eq!(dbs_utils::metric::IncMetric::count(created), before + 1);
     fx.start_boot_vcpus().unwrap();
     fx.assert_placed(&[0, 1]);
     assert_eq!(vcpu_threads().len(), 2);
