@@ -145,6 +145,7 @@ impl Controller {
                     VcpuEvent::Exited { index, tid } => {
                         let _ = e_tx.send((index, tid));
                     }
+                    other => panic!("an event this test does not know: {other:?}"),
                 }
             }
         });

@@ -271,7 +271,7 @@ fn cgroups_rs_server(
                     placed.push((index, Instant::now()));
                     msg.confirm(r);
                 }
-                VcpuEvent::Exited { .. } => msg.confirm(Ok(())),
+                _ => msg.confirm(Ok(())),
             }
         }
         placed

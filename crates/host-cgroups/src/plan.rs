@@ -169,7 +169,7 @@ fn cgroup_plan(parsed: CgroupsPath, layout: &CgroupLayout) -> CgroupPlan {
 
 impl SandboxPlan {
     /// Plans sandbox `sandbox_id` at `cgroups_path` on `layout`, with optional resources.
-    /// The id comes before the path, as in [`crate::Sandbox::new`].
+    /// The id comes before the path, as in [`crate::sandbox::Sandbox::new`].
     pub fn new(
         config: &RuntimeConfig,
         sandbox_id: &str,

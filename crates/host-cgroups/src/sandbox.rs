@@ -269,6 +269,7 @@ pub struct CleanupReport {
 /// it starts later, which are born in their creator's cgroups — when it is made
 /// ([`Sandbox::new`], [`Sandbox::start`]) and moves it back when it is torn down; see
 /// those methods.
+#[must_use = "a sandbox dropped without `teardown` leaves its cgroups and state file for `cleanup`"]
 pub struct Sandbox {
     id: String,
     activation: Activation,
@@ -1067,3 +1068,13 @@ fn destroy_all(
         .cgroups_removed
         .add(report.removed.len());
 }
+
+// A runtime shares the sandbox and its hooks across threads (runtime-rs' resource manager
+// and dragonball's VMM and vCPU threads): these fail to compile if that stops holding.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Sandbox>();
+    shared::<SandboxError>();
+    shared::<Arc<dyn VcpuHooks>>();
+    shared::<crate::config::RuntimeConfig>();
+};

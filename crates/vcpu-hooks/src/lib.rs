@@ -93,6 +93,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 /// What happened to a vCPU thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum VcpuEvent {
     /// The vCPU thread `tid` of vCPU `index` has started; `at` is when the hook ran.
     Started {
@@ -240,6 +241,7 @@ impl HookMessage {
 
 /// Why a vCPU may not enter the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HookError {
     /// The thread could not be placed (or pinned) where the controller decided.
     Refused {
