@@ -97,7 +97,19 @@ fn main() {
         std::process::exit(2);
     }
     let json = cli.json_output();
-    if let Err(e) = cli::run(cli) {
+    // Test builds only (the library's `failpoints` feature): a misnamed point is bad input,
+    // and a run that never reached its armed point says so and exits 3, so that a crash
+    // test cannot pass on a point its run does not pass.
+    if let Err(msg) = host_cgroups::failpoint::check_armed() {
+        cli::report_error(&cli::CliError::BadInput(msg), json);
+        std::process::exit(2);
+    }
+    let result = cli::run(cli);
+    if let Some(point) = host_cgroups::failpoint::unreached() {
+        eprintln!("failpoint {point} was armed but never reached");
+        std::process::exit(3);
+    }
+    if let Err(e) = result {
         cli::report_error(&e, json);
         std::process::exit(e.exit_code());
     }

@@ -340,7 +340,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             return Err(runtime(format!("VMM start failed: {e}{extra}")));
         }
     };
-    if let Err(e) = host_cgroups::failpoint::hit("vmm-started") {
+    if let Err(e) = host_cgroups::failpoint::hit(host_cgroups::failpoint::Point::VmmStarted) {
         let _ = sandbox.teardown(|| vmm.stop());
         return Err(runtime(format!("VMM start: {e}")));
     }

@@ -688,7 +688,7 @@ impl Sandbox {
     /// goes on past each, and the state file stays while any remains.
     pub fn teardown<R>(mut self, stop_vmm: impl FnOnce() -> R) -> Teardown<R> {
         let vmm = stop_vmm();
-        let _ = crate::failpoint::hit("vmm-stopped");
+        let _ = crate::failpoint::hit(crate::failpoint::Point::VmmStopped);
         let report = match self.controller.take() {
             Some(c) => ignore_sigterm_during(|| c.shutdown(true)),
             None => TeardownReport::default(),

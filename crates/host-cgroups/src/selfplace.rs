@@ -164,10 +164,12 @@ impl Target {
         match self {
             Target::Born(expect) => check_own_cgroups(expect),
             Target::Move(files) => {
-                failpoint::hit("vcpu-self-move").map_err(|e| PlacementError::Io {
-                    op: "failpoint before writing \"0\" to".into(),
-                    path: files.first().map(|(p, _)| p.clone()).unwrap_or_default(),
-                    errno: e.raw_os_error(),
+                failpoint::hit(crate::failpoint::Point::VcpuSelfMove).map_err(|e| {
+                    PlacementError::Io {
+                        op: "failpoint before writing \"0\" to".into(),
+                        path: files.first().map(|(p, _)| p.clone()).unwrap_or_default(),
+                        errno: e.raw_os_error(),
+                    }
                 })?;
                 for (path, f) in files {
                     count_migration_writes(1);
@@ -286,7 +288,7 @@ impl VcpuHooks for InThreadHooks {
     fn vcpu_started(&self, index: u32) -> Result<(), HookError> {
         let at = Instant::now();
         let tid = gettid();
-        let placed = failpoint::hit("vcpu-placed")
+        let placed = failpoint::hit(crate::failpoint::Point::VcpuPlaced)
             .map_err(|e| PlacementError::Io {
                 op: "failpoint vcpu-placed at".into(),
                 path: self.relative.clone(),

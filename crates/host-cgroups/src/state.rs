@@ -155,10 +155,12 @@ impl SandboxState {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io("fsync", dir))?;
-        crate::failpoint::hit("state-save").map_err(|source| StateError::Io {
-            op: "save",
-            path: path.clone(),
-            source,
+        crate::failpoint::hit(crate::failpoint::Point::StateSave).map_err(|source| {
+            StateError::Io {
+                op: "save",
+                path: path.clone(),
+                source,
+            }
         })?;
         Ok(())
     }

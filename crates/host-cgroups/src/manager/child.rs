@@ -274,7 +274,7 @@ impl VcpuChild {
                 Err(e) if e.kind() == ErrorKind::AlreadyExists && dir.is_dir() => {}
                 Err(e) => return Err(io_err("mkdir", &dir, e)),
             }
-            failpoint::hit("vcpus-mkdir").map_err(|e| injected(&dir, e))?;
+            failpoint::hit(crate::failpoint::Point::VcpusMkdir).map_err(|e| injected(&dir, e))?;
             let sandbox = Self::sandbox_dir(&dir);
             match self.version {
                 CgroupVersion::V1 => {
@@ -294,7 +294,8 @@ impl VcpuChild {
                     if read_file(&ty)? != "threaded" {
                         write_file(&ty, "threaded")?;
                     }
-                    failpoint::hit("vcpus-threaded").map_err(|e| injected(&ty, e))?;
+                    failpoint::hit(crate::failpoint::Point::VcpusThreaded)
+                        .map_err(|e| injected(&ty, e))?;
                     let sc = sandbox.join("cgroup.subtree_control");
                     let available = read_file(&sandbox.join("cgroup.controllers"))?;
                     let enabled = read_file(&sc)?;
@@ -316,7 +317,8 @@ impl VcpuChild {
                         on.push(c.to_string());
                     }
                     self.enabled = on;
-                    failpoint::hit("vcpus-controllers").map_err(|e| injected(&sc, e))?;
+                    failpoint::hit(crate::failpoint::Point::VcpusControllers)
+                        .map_err(|e| injected(&sc, e))?;
                 }
             }
         }
@@ -423,7 +425,7 @@ impl VcpuChild {
                 });
             }
             FsManager::rmdir_retry(&dir)?;
-            failpoint::hit("vcpus-rmdir").map_err(|e| injected(&dir, e))?;
+            failpoint::hit(crate::failpoint::Point::VcpusRmdir).map_err(|e| injected(&dir, e))?;
         }
         self.created.clear();
         Ok(())

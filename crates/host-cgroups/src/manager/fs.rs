@@ -182,7 +182,7 @@ fn io_err(op: impl Into<String>, path: &Path, source: std::io::Error) -> CgroupE
 
 /// Writes `value` to a cgroup file in one write(2), as cgroupfs expects.
 pub fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
-    failpoint::hit("fs-write").map_err(|e| injected(path, e))?;
+    failpoint::hit(crate::failpoint::Point::FsWrite).map_err(|e| injected(path, e))?;
     let mut f = OpenOptions::new()
         .write(true)
         .open(path)
@@ -443,7 +443,8 @@ impl FsManager {
                         if !leaf {
                             marks::add(&dir);
                         }
-                        failpoint::hit("fs-mkdir").map_err(|e| injected(&dir, e))?;
+                        failpoint::hit(crate::failpoint::Point::FsMkdir)
+                            .map_err(|e| injected(&dir, e))?;
                     }
                     Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                         if !dir.is_dir() {
@@ -498,7 +499,7 @@ impl FsManager {
         let value = id.to_string();
         for h in &self.hiers {
             let path = h.dir(&self.relative).join(file);
-            failpoint::hit("fs-write").map_err(|e| injected(&path, e))?;
+            failpoint::hit(crate::failpoint::Point::FsWrite).map_err(|e| injected(&path, e))?;
             count_migration_writes(1);
             let r = OpenOptions::new()
                 .write(true)
@@ -608,7 +609,7 @@ impl FsManager {
             }
             Ok(true)
         })?;
-        failpoint::hit("fs-rmdir").map_err(|e| injected(dir, e))
+        failpoint::hit(crate::failpoint::Point::FsRmdir).map_err(|e| injected(dir, e))
     }
 
     /// Moves this process's own threads out of `dir` (back home); foreign ones stay.

@@ -460,8 +460,8 @@ impl Bus {
         // The job is queued and its JobRemoved not yet awaited: a crash here is a
         // process killed while it waits for systemd.
         crate::failpoint::hit(match method {
-            "StopUnit" => "systemd-stop-job",
-            _ => "systemd-start-job",
+            "StopUnit" => crate::failpoint::Point::SystemdStopJob,
+            _ => crate::failpoint::Point::SystemdStartJob,
         })
         .map_err(|e| BusError::other(e.to_string()))?;
         Ok((job, reply.recv_position()))

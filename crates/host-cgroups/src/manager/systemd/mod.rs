@@ -401,7 +401,8 @@ impl SystemdManager {
             Err(e) if e.is(NO_SUCH_UNIT) => return Ok(()),
             Err(e) => return Err(self.err("StopUnit", e)),
         }
-        crate::failpoint::hit("systemd-stop-job").map_err(|e| self.err("StopUnit", e))?;
+        crate::failpoint::hit(crate::failpoint::Point::SystemdStopJob)
+            .map_err(|e| self.err("StopUnit", e))?;
         let start = Instant::now();
         loop {
             let sub = match self.bus()?.unit_state(&unit, "SubState") {
