@@ -776,7 +776,8 @@ impl FsManager {
     /// Real-time bandwidth (v1): the kernel lets a cgroup have only what its parent
     /// grants, and a parent this manager creates starts with none; refused before
     /// anything is created, naming the parent's value.
-    fn check_rt(&self, res: &LinuxResources) -> Result<(), CgroupError> {
+    /// Both drivers run it: on the systemd driver the parent is the unit's slice.
+    pub(crate) fn check_rt(&self, res: &LinuxResources) -> Result<(), CgroupError> {
         let Some(cpu) = res.cpu() else { return Ok(()) };
         let Some(runtime) = cpu.realtime_runtime() else {
             return Ok(());
@@ -913,8 +914,8 @@ impl FsManager {
 
 /// The value to write back to restore `file` from what reading it gave (files whose
 /// read form is not their write form: `cpu.max` "max 100000" is fine, but v1
-/// `memory.oom_control` reads as key/value lines).
-fn restore_value(file: &str, old: &str) -> String {
+/// `memory.oom_control` reads as key/value lines). Both drivers restore through it.
+pub(crate) fn restore_value(file: &str, old: &str) -> String {
     if file == "memory.oom_control" {
         let on = old.lines().any(|l| l.trim() == "oom_kill_disable 1");
         return u8::from(on).to_string();

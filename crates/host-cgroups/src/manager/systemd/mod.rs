@@ -376,7 +376,8 @@ impl SystemdManager {
             let path = self.dir_of(w.controller)?.join(&w.file);
             let old = read_file(&path)?;
             write_file(&path, &w.value)?;
-            undo.push((path, old));
+            // What reading gave is not always what writing takes (v1 memory.oom_control).
+            undo.push((path, super::fs::restore_value(&w.file, &old)));
         }
         Ok(())
     }
@@ -588,6 +589,8 @@ impl Manager for SystemdManager {
         props::resource_properties(res, self.version)?;
         let support = resources::HostSupport::probe(&self.layout);
         props::cgroupfs_writes_for(res, self.version, &support)?;
+        // v1 real-time bandwidth is a cgroupfs write here too, granted by the slice.
+        self.reader.check_rt(res)?;
         self.reader.check_cpuset(res)
     }
 
