@@ -42,20 +42,7 @@ use crate::api::v1::InstanceInfo;
 use crate::vcpu::vcpu_impl::tests::{EmulationCase, EMULATE_RES};
 use crate::vm::{CpuTopology, Vm, VmConfigInfo};
 
-// runtime-rs' seccomp.rs logs through slog's `warn!(sl!(), ...)`; here through `log`.
-macro_rules! sl {
-    () => {
-        ()
-    };
-}
-macro_rules! warn {
-    ($logger:expr, $($arg:tt)+) => {{
-        let _ = $logger;
-        log::warn!($($arg)+)
-    }};
-}
-#[allow(dead_code, clippy::all)]
-mod upstream_seccomp;
+include!("common.rs");
 
 /// Bound on anything that takes milliseconds; a loaded machine is slower, never this slow.
 const GENEROUS: Duration = Duration::from_secs(30);
@@ -96,26 +83,6 @@ fn runtime_config(layout: Layout, pinning: bool) -> RuntimeConfig {
     RuntimeConfig::parse(&text, &path).unwrap()
 }
 
-fn unique(tag: &str) -> String {
-    let mut b = [0u8; 4];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .unwrap();
-    format!("hcgtest-db-{}-{:08x}", tag, u32::from_ne_bytes(b))
-}
-
-/// A thread's membership of a cgroup directory, as cgroupfs lists it.
-fn lists(dir: &Path, tid: i32) -> bool {
-    let file = if dir.join("tasks").exists() {
-        dir.join("tasks")
-    } else {
-        dir.join("cgroup.threads")
-    };
-    fs::read_to_string(&file)
-        .map(|s| s.lines().any(|l| l.trim() == tid.to_string()))
-        .unwrap_or(false)
-}
-
 /// The cgroup of `tid` in the v1 hierarchy that has `controller`, from `/proc`.
 fn proc_cgroup(tid: i32, controller: &str) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/self/task/{}/cgroup", tid)).ok()?;
@@ -127,23 +94,6 @@ fn proc_cgroup(tid: i32, controller: &str) -> Option<String> {
             .any(|c| c == controller)
             .then(|| path.to_string())
     })
-}
-
-/// tid → name of every `db_vcpu<N>` thread of this process.
-fn vcpu_threads() -> BTreeMap<i32, String> {
-    let mut out = BTreeMap::new();
-    for e in fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let tid: i32 = match e.file_name().to_string_lossy().parse() {
-            Ok(t) => t,
-            Err(_) => continue,
-        };
-        if let Ok(name) = fs::read_to_string(e.path().join("comm")) {
-            if name.starts_with("db_vcpu") {
-                out.insert(tid, name.trim_end().to_string());
-            }
-        }
-    }
-    out
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
@@ -249,6 +199,25 @@ fn new_vm(boot: u8, max: u8, hooks: Option<Arc<dyn VcpuHooks>>) -> Vm {
         .unwrap();
     vm.setup_interrupt_controller().unwrap();
     vm
+}
+
+/// An upcall channel for `vm`'s vCPU manager, on an in-process vsock backend (what the
+/// guest's upcall server would answer is driven by the tests); the backend must outlive it.
+#[cfg(all(feature = "hotplug", feature = "dbs-upcall"))]
+fn connect_upcall(vm: &Vm) -> dbs_virtio_devices::vsock::backend::VsockInnerBackend {
+    use dbs_upcall::{DevMgrService, UpcallClient};
+    let backend = dbs_virtio_devices::vsock::backend::VsockInnerBackend::new().unwrap();
+    let mut client = UpcallClient::new(
+        backend.get_connector(),
+        EpollManager::default(),
+        DevMgrService {},
+    )
+    .unwrap();
+    client.connect().unwrap();
+    vm.vcpu_manager()
+        .unwrap()
+        .set_upcall_channel(Some(Arc::new(client)));
+    backend
 }
 
 /// One sandbox and one dragonball VM, in runtime-rs' order: `Sandbox::new` (cgroups made,
@@ -443,20 +412,7 @@ impl Fixture {
 
     #[cfg(all(feature = "hotplug", feature = "dbs-upcall"))]
     fn connect_upcall(&mut self) {
-        use dbs_upcall::{DevMgrService, UpcallClient};
-        let backend = dbs_virtio_devices::vsock::backend::VsockInnerBackend::new().unwrap();
-        let mut client = UpcallClient::new(
-            backend.get_connector(),
-            EpollManager::default(),
-            DevMgrService {},
-        )
-        .unwrap();
-        client.connect().unwrap();
-        self.vm
-            .vcpu_manager()
-            .unwrap()
-            .set_upcall_channel(Some(Arc::new(client)));
-        self._vsock = Some(backend);
+        self._vsock = Some(connect_upcall(&self.vm));
     }
 
     /// dragonball's `resize_vcpu`, completed as the guest's answer completes it: the
@@ -826,7 +782,6 @@ fn host_cgroups_sibling_under_runtime_rs_seccomp() {
 
 #[cfg(all(feature = "hotplug", feature = "dbs-upcall"))]
 fn bench_once(n: u8, mode: Option<Layout>) -> (Duration, Duration) {
-    use dbs_upcall::{DevMgrService, UpcallClient};
     let id = unique("bench");
     let state_dir = std::env::temp_dir().join(format!("{}-state", id));
     let sandbox = mode.map(|l| {
@@ -835,17 +790,9 @@ fn bench_once(n: u8, mode: Option<Layout>) -> (Duration, Duration) {
     });
     let hooks = sandbox.as_ref().map(|s| s.hooks_for_boot(u32::from(n)));
     let vm = new_vm(n, n + 1, hooks);
-    let backend = dbs_virtio_devices::vsock::backend::VsockInnerBackend::new().unwrap();
-    let mut client = UpcallClient::new(
-        backend.get_connector(),
-        EpollManager::default(),
-        DevMgrService {},
-    )
-    .unwrap();
-    client.connect().unwrap();
+    let backend = connect_upcall(&vm);
     let (start, resize) = {
         let mut mgr = vm.vcpu_manager().unwrap();
-        mgr.set_upcall_channel(Some(Arc::new(client)));
         mgr.create_boot_vcpus(TimestampUs::default(), GuestAddress(0))
             .unwrap();
         let t = Instant::now();

@@ -40,21 +40,7 @@ use host_cgroups::sandbox::{Sandbox, SandboxOptions};
 use vcpu_hooks::{HookError, VcpuHooks};
 use vmm_sys_util::eventfd::EventFd;
 
-// runtime-rs' seccomp.rs, copied unchanged from the snapshot by the run script; it logs
-// through slog's `warn!(sl!(), ...)`.
-macro_rules! sl {
-    () => {
-        ()
-    };
-}
-macro_rules! warn {
-    ($logger:expr, $($arg:tt)+) => {{
-        let _ = $logger;
-        log::warn!($($arg)+)
-    }};
-}
-#[allow(dead_code, clippy::all)]
-mod upstream_seccomp;
+include!("common.rs");
 
 /// The whole boot is bounded by this.
 const BOOT_BOUND: Duration = Duration::from_secs(90);
@@ -122,43 +108,6 @@ pub fn runtime_config(
         )
         .replace("\n[runtime]\n", &format!("\n[runtime]\n{extra}"));
     RuntimeConfig::parse(&text, &path).map_err(|e| e.to_string())
-}
-
-/// A name under `hcgtest-db-` no other run uses.
-pub fn unique(tag: &str) -> String {
-    let mut b = [0u8; 4];
-    let _ = fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
-    format!("hcgtest-db-{tag}-{:08x}", u32::from_ne_bytes(b))
-}
-
-/// Whether cgroupfs lists `tid` in the cgroup directory `dir`.
-pub fn lists(dir: &Path, tid: i32) -> bool {
-    let file = if dir.join("tasks").exists() {
-        dir.join("tasks")
-    } else {
-        dir.join("cgroup.threads")
-    };
-    fs::read_to_string(file)
-        .map(|s| s.lines().any(|l| l.trim() == tid.to_string()))
-        .unwrap_or(false)
-}
-
-/// tid → name of this process's `db_vcpu<N>` threads.
-pub fn vcpu_threads() -> BTreeMap<i32, String> {
-    let mut out = BTreeMap::new();
-    if let Ok(rd) = fs::read_dir("/proc/self/task") {
-        for e in rd.flatten() {
-            let Ok(tid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            if let Ok(name) = fs::read_to_string(e.path().join("comm")) {
-                if name.starts_with("db_vcpu") {
-                    out.insert(tid, name.trim_end().to_string());
-                }
-            }
-        }
-    }
-    out
 }
 
 /// The sandbox's hooks as dragonball receives them; after each `vcpu_started` the vCPU
