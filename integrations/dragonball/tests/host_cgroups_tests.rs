@@ -18,7 +18,6 @@
 // never from the library's records alone. Cgroups are made under `hcgtest-db-<random>`
 // and removed even when a test fails (the `Fixture` guard).
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
