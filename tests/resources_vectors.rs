@@ -539,33 +539,3 @@ fn realtime_needs_the_parents_grant_and_is_refused_before_creation() {
     }
     assert!(m.paths().values().all(|d| !d.exists()));
 }
-
-/// The real-time rule has one home and both drivers run it: with the systemd driver the
-/// parent that must grant real-time time is the unit's slice, which systemd makes with
-/// none. Refused by `check`, naming the field, before any unit exists (cgroup v1 with
-/// systemd: the sd-v1 test host). Before, only the cgroupfs driver checked it.
-#[test]
-fn realtime_is_refused_before_creation_on_the_systemd_driver_too() {
-    if !common::systemd::needs_systemd(
-        "realtime_is_refused_before_creation_on_the_systemd_driver_too",
-    ) {
-        return;
-    }
-    let l = layout();
-    if l.version() != CgroupVersion::V1 {
-        return common::skip::skip(
-            "realtime_is_refused_before_creation_on_the_systemd_driver_too",
-            "cgroup v2 has no real-time bandwidth files",
-        );
-    }
-    let slice = common::systemd::SliceGuard::new();
-    let res = resources::from_json(r#"{"cpu":{"realtimeRuntime":10000,"realtimePeriod":1000000}}"#)
-        .unwrap();
-    let parsed = host_cgroups::path::CgroupsPath::parse(&slice.path("sbrt"), "sbrt").unwrap();
-    let m = manager::build(&parsed, &l, Vec::new()).unwrap();
-    match m.check(&res) {
-        Err(e) => assert!(e.to_string().contains("cpu.realtimeRuntime"), "{e}"),
-        Ok(()) => panic!("the systemd driver let a real-time request through its check"),
-    }
-    assert!(!common::systemd::listed("kata-sbrt.scope"));
-}
