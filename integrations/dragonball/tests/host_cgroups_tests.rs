@@ -1,7 +1,7 @@
 // host-cgroups inside dragonball's own vCPU code (docs/dragonball.md).
 //
 // `integrations/dragonball/run` copies this file to
-// `src/dragonball/src/vcpu/host_cgroups_tests/mod.rs` of the patched snapshot, where the
+// `src/dragonball/src/vcpu/vcpu_manager/host_cgroups_tests/mod.rs` of the patched snapshot, where the
 // series declares it as a test module of `vcpu_manager` (it reaches the manager's private
 // rollback and hotplug paths as dragonball's own tests do). Next to it the script puts
 // runtime-rs' `seccomp.rs` from the same snapshot, as `upstream_seccomp.rs`, unchanged but
@@ -688,7 +688,8 @@ fn install_runtime_rs_filter() {
     seccompiler::apply_filter_all_threads(&filter).unwrap();
 }
 
-/// In the child: the nested flow (the one with the most writes) under the filter.
+/// In the child: the flow of `layout` (nested or sibling: the ones with cgroup writes in
+/// the hooks) under the filter.
 fn seccomp_child_flow(layout: Layout) {
     let mut fx = Fixture::new(layout, true, 2, 3, Some(r#"{"cpu":{"cpus":"0-1"}}"#));
     install_runtime_rs_filter();
