@@ -40,6 +40,11 @@ pub fn lists(dir: &std::path::Path, tid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// The directories of `targets` that cgroupfs does not list thread `tid` in.
+pub fn missing_from(targets: &[std::path::PathBuf], tid: i32) -> Vec<std::path::PathBuf> {
+    targets.iter().filter(|d| !lists(d, tid)).cloned().collect()
+}
+
 /// tid → name of this process's `db_vcpu<N>` threads, from `/proc/self/task`.
 pub fn vcpu_threads() -> std::collections::BTreeMap<i32, String> {
     let mut out = std::collections::BTreeMap::new();

@@ -133,12 +133,7 @@ impl VcpuHooks for Probe {
     fn vcpu_started(&self, index: u32) -> Result<(), HookError> {
         let hook = self.inner.vcpu_started(index);
         let tid = gettid();
-        let missing = self
-            .targets
-            .iter()
-            .filter(|d| !lists(d, tid))
-            .cloned()
-            .collect();
+        let missing = missing_from(&self.targets, tid);
         let status = fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
         let cpus_allowed = status
             .lines()

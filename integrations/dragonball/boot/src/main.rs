@@ -123,12 +123,7 @@ impl VcpuHooks for Probe {
     fn vcpu_started(&self, index: u32) -> Result<(), HookError> {
         let r = self.inner.vcpu_started(index);
         let tid = vcpu_hooks::gettid();
-        let missing = self
-            .targets
-            .iter()
-            .filter(|d| !lists(d, tid))
-            .cloned()
-            .collect();
+        let missing = missing_from(&self.targets, tid);
         self.seen
             .lock()
             .unwrap()
