@@ -30,7 +30,7 @@ use vcpu_hooks::{ChannelReporter, HookMessage, VcpuEvent, VcpuHooks};
 use crate::selfplace::{self, HookReport, InThreadHooks, PinState, PlacedBy, Report, Target};
 pub use crate::selfplace::{get_affinity, set_affinity};
 
-use crate::failpoint;
+use crate::failpoint::{self, Point};
 use crate::host::CgroupLayout;
 use crate::manager::{self, CgroupError, Manager, Stats, VcpuChild};
 use crate::metrics::{IncMetric, METRICS};
@@ -269,14 +269,14 @@ impl CgroupController {
         let mut target = None;
         let setup = (|| -> Result<(), ControllerError> {
             sandbox.create()?;
-            failpoint_hit(crate::failpoint::Point::CreateSandbox)?;
+            failpoint_hit(Point::CreateSandbox)?;
             if let Some(o) = overhead.as_mut() {
                 o.create()?;
-                failpoint_hit(crate::failpoint::Point::CreateOverhead)?;
+                failpoint_hit(Point::CreateOverhead)?;
             }
             if let Some(r) = &opts.sandbox_resources {
                 sandbox.set(r)?;
-                failpoint_hit(crate::failpoint::Point::SetResources)?;
+                failpoint_hit(Point::SetResources)?;
             }
             // Threads born later inherit the cgroup of the thread that creates them,
             // so one move of the whole process covers every non-vCPU thread.
@@ -285,12 +285,12 @@ impl CgroupController {
                 (None, Placement::VmmProcess, _) | (None, _, true) => sandbox.add_proc(me)?,
                 (None, Placement::VcpuThreads, false) => {}
             }
-            failpoint_hit(crate::failpoint::Point::AddProc)?;
+            failpoint_hit(Point::AddProc)?;
             // Nested: the child is made once the process is in the sandbox cgroup (with
             // systemd the scope exists only from then on).
             if let Some(c) = child.as_mut() {
                 c.create()?;
-                failpoint_hit(crate::failpoint::Point::CreateVcpus)?;
+                failpoint_hit(Point::CreateVcpus)?;
             }
             METRICS.cgroups_created.add(
                 sandbox.created().len()
@@ -479,7 +479,7 @@ impl CgroupController {
         };
         // The actor is up and owns the set-up; an injected error here is undone by its
         // own teardown, as a failure of the caller right after `start` would be.
-        if let Err(e) = failpoint_hit(failpoint::Point::ControllerStarted) {
+        if let Err(e) = failpoint_hit(Point::ControllerStarted) {
             let _ = controller.shutdown(true);
             return Err(e);
         }
@@ -789,7 +789,7 @@ impl Worker {
     }
 
     fn place(&mut self, tid: i32) -> Result<(), CgroupError> {
-        if let Err(e) = failpoint::hit(crate::failpoint::Point::VcpuPlaced) {
+        if let Err(e) = failpoint::hit(Point::VcpuPlaced) {
             return Err(CgroupError::Io {
                 op: "place".into(),
                 path: PathBuf::from(self.sandbox.relative()),
@@ -1076,7 +1076,7 @@ impl Worker {
             match c.destroy() {
                 Ok(()) => {
                     report.removed.push(c.relative().to_string());
-                    if let Err(e) = failpoint::hit(crate::failpoint::Point::VcpusRemoved) {
+                    if let Err(e) = failpoint::hit(Point::VcpusRemoved) {
                         report.errors.push(e.to_string());
                         return report;
                     }
@@ -1101,7 +1101,7 @@ impl Worker {
             }
         }
         if report.errors.is_empty() {
-            if let Err(e) = failpoint::hit(crate::failpoint::Point::StateRemove) {
+            if let Err(e) = failpoint::hit(Point::StateRemove) {
                 report.errors.push(e.to_string());
                 return report;
             }
@@ -1120,7 +1120,7 @@ impl Worker {
 }
 
 /// A failpoint on the set-up path (no-op without the `failpoints` feature).
-fn failpoint_hit(name: failpoint::Point) -> Result<(), ControllerError> {
+fn failpoint_hit(name: Point) -> Result<(), ControllerError> {
     failpoint::hit(name).map_err(|source| {
         ControllerError::Cgroup(CgroupError::Io {
             op: format!("set-up step {name}"),
