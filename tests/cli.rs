@@ -187,7 +187,7 @@ fn overhead_follows_sandbox_cgroup_only() {
 fn the_shipped_configuration_loads() {
     let cfg = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/crates/host-cgroups/tests/data/configuration-dragonball.toml"
+        "/../tests/data/configuration-dragonball.toml"
     );
     let v = json(&hc(&[
         "resolve",

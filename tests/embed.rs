@@ -4,14 +4,14 @@
 //! Included as a module so that it also runs inside the test hosts.
 
 #[allow(dead_code)]
-#[path = "../crates/host-cgroups/examples/embed.rs"]
+#[path = "../examples/embed.rs"]
 mod embed;
 
 use std::path::Path;
 
 #[test]
 fn embed_example_places_every_vcpu_and_leaves_nothing() {
-    let config = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("crates/host-cgroups/tests/data/configuration-dragonball.toml");
+    let config =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/configuration-dragonball.toml");
     embed::run(3, &config).unwrap();
 }

@@ -123,3 +123,44 @@ fn l_same_ok(from: &str, to: &str) -> bool {
         ("host", "path") | ("placement", "path") | ("state", "plan")
     )
 }
+
+/// tests/ holds the library's integration tests (root `Cargo.toml`) and the command's
+/// (`cli/Cargo.toml`); both manifests list their tests (`autotests = false`), so a file
+/// listed in neither would never run. Each file is listed exactly once.
+#[test]
+fn every_test_file_is_listed_in_one_manifest() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut listed: BTreeMap<String, u32> = BTreeMap::new();
+    for manifest in ["Cargo.toml", "cli/Cargo.toml"] {
+        let text = std::fs::read_to_string(root.join(manifest)).unwrap();
+        for line in text.lines() {
+            let Some(path) = line.trim().strip_prefix("path = \"") else {
+                continue;
+            };
+            let path = path.trim_end_matches('"');
+            if let Some(file) = path.rsplit_once("tests/").map(|(_, f)| f) {
+                if !file.contains('/') {
+                    *listed.entry(file.to_string()).or_default() += 1;
+                }
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for e in std::fs::read_dir(root.join("tests")).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.ends_with(".rs") {
+            continue;
+        }
+        match listed.remove(&name) {
+            Some(1) => {}
+            Some(n) => problems.push(format!("tests/{name} is listed {n} times")),
+            None => problems.push(format!(
+                "tests/{name} is in neither Cargo.toml nor cli/Cargo.toml: it never runs"
+            )),
+        }
+    }
+    for (name, _) in listed {
+        problems.push(format!("tests/{name} is listed but does not exist"));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
