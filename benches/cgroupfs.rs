@@ -1,6 +1,6 @@
 //! Micro figures for placing one thread on cgroup v1 (criterion): moving this
 //! thread between two `hcgbench-*` cgroups of the cpu hierarchy by writing to
-//! `tasks`, with the file kept open (what the controller does) or opened for
+//! `tasks`, with the file kept open (what the supervisor does) or opened for
 //! each write, and writing the thread's own tid vs `0` (the kernel's "current
 //! thread" form, which since Linux 5.17 skips the global threadgroup lock and
 //! with it the RCU grace period an idle cgroup core otherwise waits).

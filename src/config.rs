@@ -420,7 +420,7 @@ impl RuntimeConfig {
         })
     }
 
-    /// Whether the VMM runs inside this process, which is what activates the controller.
+    /// Whether the VMM runs inside this process, which is what activates the supervisor.
     pub fn vmm_in_process(&self) -> bool {
         self.hypervisor_name == "dragonball"
     }

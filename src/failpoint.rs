@@ -32,8 +32,8 @@ pub enum Point {
     AddProc,
     /// The nested layout's `vcpus` child was created.
     CreateVcpus,
-    /// The placement actor's thread is up; `CgroupController::start` is about to return.
-    ControllerStarted,
+    /// The placement actor's thread is up; `Supervisor::start` is about to return.
+    SupervisorStarted,
     /// A vCPU is about to be placed (hook or actor).
     VcpuPlaced,
     /// A vCPU is about to move itself (`0` written to its target files).
@@ -75,7 +75,7 @@ impl Point {
         Point::SetResources,
         Point::AddProc,
         Point::CreateVcpus,
-        Point::ControllerStarted,
+        Point::SupervisorStarted,
         Point::VcpuPlaced,
         Point::VcpuSelfMove,
         Point::VcpusMkdir,
@@ -102,7 +102,7 @@ impl Point {
             Point::SetResources => "set-resources",
             Point::AddProc => "add-proc",
             Point::CreateVcpus => "create-vcpus",
-            Point::ControllerStarted => "controller-started",
+            Point::SupervisorStarted => "supervisor-started",
             Point::VcpuPlaced => "vcpu-placed",
             Point::VcpuSelfMove => "vcpu-self-move",
             Point::VcpusMkdir => "vcpus-mkdir",

@@ -397,8 +397,8 @@ pub struct ThreadInfo {
 pub fn thread_role(name: &str) -> &'static str {
     if name.starts_with("db_vcpu") {
         "vcpu"
-    } else if name.starts_with("hcg-controller") {
-        "controller"
+    } else if name.starts_with("hcg-supervisor") {
+        "supervisor"
     } else if name.starts_with("kvm") {
         "kvm"
     } else {

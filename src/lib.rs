@@ -73,7 +73,7 @@
 //!   [`state`] (the persisted record for restore and crash cleanup);
 //! - [`manager`]: the `Manager` trait, `FsManager` (cgroupfs) and, with the
 //!   default feature `systemd`, `SystemdManager`;
-//! - [`controller`]: the thread inside the VMM that places vCPU threads;
+//! - [`supervisor`]: the thread inside the VMM that places vCPU threads and keeps the cgroups;
 //! - [`sandbox`]: the entry point.
 //!
 //! # Features
@@ -89,7 +89,6 @@
 #![warn(missing_docs)]
 pub mod cgroup;
 pub mod config;
-pub mod controller;
 pub mod cpulist;
 #[doc(hidden)]
 pub mod failpoint;
@@ -105,6 +104,7 @@ pub mod selfplace;
 pub mod sigterm;
 pub mod state;
 pub mod suggest;
+pub mod supervisor;
 
 /// The hooks crate `vcpu-hooks`, re-exported: [`sandbox::Sandbox::hooks`] returns an
 /// `Arc<dyn vcpu_hooks::VcpuHooks>`, and a refused vCPU is a `vcpu_hooks::HookError`

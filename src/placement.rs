@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::cgroup::{CgroupVersion, Driver};
 
-/// What the controller moves into the sandbox cgroup.
+/// What the supervisor moves into the sandbox cgroup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Placement {

@@ -89,7 +89,7 @@ pub struct SandboxPlan {
     pub configured_sandbox_cgroup_only: bool,
     /// `sandbox_cgroup_only` in effect (true whenever the whole process is placed).
     pub sandbox_cgroup_only: bool,
-    /// vcpu-threads or vmm-process: what the controller moves into the sandbox cgroup
+    /// vcpu-threads or vmm-process: what the supervisor moves into the sandbox cgroup
     /// (or, for the nested layout, the process; vCPUs then move into the child).
     pub placement: Placement,
     /// sandbox-only, sibling or nested.
@@ -345,7 +345,7 @@ impl SandboxPlan {
     /// The rules sandbox resources must meet for this plan beyond the values
     /// themselves: where the VMM process is in the sandbox cgroup, no memory limit
     /// below [`resources::VMM_MEMORY_MIN`]. [`SandboxPlan::new`] runs it on the planned
-    /// resources; the controller on the resources it is started with and on every
+    /// resources; the supervisor on the resources it is started with and on every
     /// `set_sandbox_resources`.
     ///
     /// # Errors

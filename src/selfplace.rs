@@ -1,5 +1,5 @@
 //! Placement done by the vCPU thread itself, in its start hook, as the
-//! controller prepared it before any vCPU spawned (see `vcpu_hooks`' crate docs).
+//! supervisor prepared it before any vCPU spawned (see `vcpu_hooks`' crate docs).
 //!
 //! - **Born placed**: a thread is born in the cgroups of the thread that creates
 //!   it (cgroup v1 and v2, `copy_process` → `cgroup_fork`). Where the vCPU's
@@ -8,7 +8,7 @@
 //!   expected cgroup per hierarchy. No cgroup write happens; a thread that is
 //!   somewhere else (its spawner was moved by someone) is refused.
 //! - **Self-placement**: where the target differs (the split layouts), the thread
-//!   writes the literal `0` into each target file the controller opened ahead of
+//!   writes the literal `0` into each target file the supervisor opened ahead of
 //!   time (`tasks` per v1 hierarchy, or `cgroup.threads` on v2). For `0` the
 //!   kernel migrates the writing thread without taking the global threadgroup
 //!   rwsem for writing (`cgroup_procs_write_start`: "if we migrate a single
@@ -19,7 +19,7 @@
 //!   announced boot vCPUs not started yet) as CPUs in the sandbox cpuset, vCPU
 //!   `i` sets its own affinity to the i-th CPU (by index rank) before it returns.
 //!
-//! The thread then sends its report to the controller thread, without waiting.
+//! The thread then sends its report to the supervisor thread, without waiting.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -43,8 +43,8 @@ pub enum PlacedBy {
     Born,
     /// Moved itself by writing `0` to the target's files.
     SelfMove,
-    /// The controller thread wrote its tid (the channel path).
-    Controller,
+    /// The supervisor thread wrote its tid (the channel path).
+    Supervisor,
 }
 
 impl std::fmt::Display for PlacedBy {
@@ -52,7 +52,7 @@ impl std::fmt::Display for PlacedBy {
         f.write_str(match self {
             PlacedBy::Born => "born",
             PlacedBy::SelfMove => "self-move",
-            PlacedBy::Controller => "controller",
+            PlacedBy::Supervisor => "supervisor",
         })
     }
 }
@@ -221,16 +221,16 @@ pub(crate) fn check_lines(text: &str, expect: &[Expect]) -> Result<(), Placement
     Ok(())
 }
 
-/// Pinning state shared by the hooks and the controller thread.
+/// Pinning state shared by the hooks and the supervisor thread.
 #[derive(Debug, Default)]
 pub(crate) struct PinState {
     /// Pinning is on.
     pub enabled: bool,
-    /// The cpuset vCPUs are pinned within (the controller keeps it current).
+    /// The cpuset vCPUs are pinned within (the supervisor keeps it current).
     pub cpus: Vec<u32>,
     /// vCPUs whose hook passed and that have not exited.
     pub live: BTreeSet<u32>,
-    /// Boot vCPUs announced ([`crate::controller::CgroupController::hooks_for_boot`]) not started yet.
+    /// Boot vCPUs announced ([`crate::supervisor::Supervisor::hooks_for_boot`]) not started yet.
     pub boot: BTreeSet<u32>,
 }
 
@@ -249,7 +249,7 @@ impl PinState {
     }
 }
 
-/// What a vCPU thread did in its hook, sent to the controller thread.
+/// What a vCPU thread did in its hook, sent to the supervisor thread.
 #[derive(Debug)]
 pub(crate) struct Report {
     pub index: u32,
@@ -265,17 +265,17 @@ pub(crate) struct Report {
     pub pinned: Option<(u32, Instant)>,
 }
 
-/// Messages from the in-thread hooks to the controller thread.
+/// Messages from the in-thread hooks to the supervisor thread.
 #[derive(Debug)]
 pub(crate) enum HookReport {
     Started(Report),
     Exited { index: u32, tid: i32 },
 }
 
-/// Where the hooks send their reports; `false` when the controller is gone.
+/// Where the hooks send their reports; `false` when the supervisor is gone.
 pub(crate) type ReportSink = Arc<dyn Fn(HookReport) -> bool + Send + Sync>;
 
-/// The controller's hooks: the thread places (and pins) itself, then reports.
+/// The supervisor's hooks: the thread places (and pins) itself, then reports.
 pub(crate) struct InThreadHooks {
     pub target: Arc<Target>,
     pub pin: Arc<Mutex<PinState>>,
@@ -341,7 +341,7 @@ impl VcpuHooks for InThreadHooks {
             .unwrap_or_else(PoisonError::into_inner)
             .live
             .remove(&index);
-        // A controller that is already gone has nothing left to record.
+        // A supervisor that is already gone has nothing left to record.
         let _ = (self.sink)(HookReport::Exited {
             index,
             tid: gettid(),
@@ -349,7 +349,7 @@ impl VcpuHooks for InThreadHooks {
     }
 }
 
-/// The placement error a vCPU gets for a controller's cgroup error.
+/// The placement error a vCPU gets for a supervisor's cgroup error.
 pub(crate) fn placement_error(e: &CgroupError) -> PlacementError {
     match e {
         CgroupError::Io { op, path, source } => PlacementError::Io {
@@ -361,7 +361,7 @@ pub(crate) fn placement_error(e: &CgroupError) -> PlacementError {
             controller: controller.clone(),
             path: path.clone(),
         },
-        other => PlacementError::Controller {
+        other => PlacementError::Supervisor {
             what: other.to_string(),
         },
     }

@@ -103,7 +103,7 @@ fn sigkill_at_every_step_then_cleanup_leaves_nothing() {
         "set-resources",
         "add-proc",
         "state-save:2",
-        "controller-started",
+        "supervisor-started",
         "vcpu-placed:1",
         "vcpu-placed:2",
         "vcpu-placed:3",

@@ -9,9 +9,9 @@ use std::path::Path;
 use common::*;
 use demo_vmm::{BackendChoice, Vmm, VmmConfig};
 use host_cgroups::config::RuntimeConfig;
-use host_cgroups::controller::{CgroupController, ControllerOptions};
 use host_cgroups::host::CgroupVersion;
 use host_cgroups::plan::SandboxPlan;
+use host_cgroups::supervisor::{Supervisor, SupervisorOptions};
 
 /// Moves every thread of this process out of `dir` to `home` (where it came from), as an outsider would.
 fn evict_own_threads(dir: &Path, home: &Path, v2: bool) {
@@ -30,7 +30,7 @@ fn sandbox_cgroup_removed_from_outside_is_reported_and_teardown_succeeds() {
     let mut config = RuntimeConfig::embedded().unwrap();
     config.sandbox_cgroup_only = true;
     let plan = SandboxPlan::new(&config, "rm1", &format!("{prefix}/sb"), &layout, None).unwrap();
-    let ctl = CgroupController::start(plan, ControllerOptions::default()).unwrap();
+    let ctl = Supervisor::start(plan, SupervisorOptions::default()).unwrap();
     let mut vmm = Vmm::new(
         VmmConfig {
             vcpus: 1,
@@ -72,7 +72,7 @@ fn sandbox_cgroup_removed_from_outside_is_reported_and_teardown_succeeds() {
         }
     }
 
-    // The controller reports it: usage cannot be read, and on v1 a new vCPU
+    // The supervisor reports it: usage cannot be read, and on v1 a new vCPU
     // cannot be placed, so it never starts (no guest code outside the sandbox).
     let err = ctl.stats().unwrap_err().to_string();
     assert!(err.contains(&prefix), "{err}");

@@ -30,8 +30,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("manager", 5),
     // 6: what a vCPU thread does in its own hook (placement check or move, pinning).
     ("selfplace", 6),
-    // 7: the controller thread inside the VMM.
-    ("controller", 7),
+    // 7: the supervisor thread inside the VMM.
+    ("supervisor", 7),
     // 8: the entry point.
     ("sandbox", 8),
 ];

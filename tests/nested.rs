@@ -21,13 +21,13 @@ use common::systemd::{listed, systemd_host, SliceGuard};
 use common::*;
 use demo_vmm::{BackendChoice, Vmm, VmmConfig};
 use host_cgroups::config::RuntimeConfig;
-use host_cgroups::controller::{CgroupController, ControllerOptions};
 use host_cgroups::host::{CgroupLayout, CgroupVersion};
 use host_cgroups::placement::{SplitChoice, VcpuLayout};
 use host_cgroups::plan::SandboxPlan;
 use host_cgroups::resources::from_json;
 use host_cgroups::selfplace::PlacedBy;
 use host_cgroups::state::SandboxState;
+use host_cgroups::supervisor::{Supervisor, SupervisorOptions};
 
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -43,7 +43,7 @@ fn nested_config() -> RuntimeConfig {
 
 const NESTED_TOML: &str = "[hypervisor.dragonball]\ndefault_maxvcpus = 8\n[runtime]\nsandbox_cgroup_only = false\nvcpu_cgroup_layout = \"nested\"\n";
 
-fn vmm(n: u32, max: u32, backend: BackendChoice, ctl: &CgroupController) -> Vmm {
+fn vmm(n: u32, max: u32, backend: BackendChoice, ctl: &Supervisor) -> Vmm {
     Vmm::new(
         VmmConfig {
             vcpus: n,
@@ -219,7 +219,7 @@ fn nested_layout_threads_ancestors_and_memory() {
             None,
         )
         .unwrap();
-        let ctl = CgroupController::start(plan, ControllerOptions::default()).unwrap();
+        let ctl = Supervisor::start(plan, SupervisorOptions::default()).unwrap();
         without = ancestors(&layout, &prefix);
         let r = ctl.shutdown(true);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
@@ -236,7 +236,7 @@ fn nested_layout_threads_ancestors_and_memory() {
 
     let plan = SandboxPlan::new(&nested_config(), "nest1", &sandbox, &layout, None).unwrap();
     assert_eq!(plan.vcpu_layout, VcpuLayout::Nested);
-    let ctl = CgroupController::start(plan, ControllerOptions::default()).unwrap();
+    let ctl = Supervisor::start(plan, SupervisorOptions::default()).unwrap();
     let child = ctl.vcpus_paths().cloned().expect("a vCPU child");
     let mut vm = vmm(2, 4, BackendChoice::Auto, &ctl);
     vm.start().unwrap();
@@ -345,7 +345,7 @@ fn half_cpu_quota_on_the_child_holds_vcpus_not_vmm_threads() {
     let guard = CgroupGuard::new(&prefix);
     let sandbox = format!("{prefix}/sb");
     let plan = SandboxPlan::new(&nested_config(), "nquota", &sandbox, &layout, None).unwrap();
-    let ctl = CgroupController::start(plan, ControllerOptions::default()).unwrap();
+    let ctl = Supervisor::start(plan, SupervisorOptions::default()).unwrap();
     let child = ctl.vcpus_paths().cloned().unwrap();
     // Two containers of a quarter CPU each: 0.5 CPU in all.
     let q = from_json(r#"{"cpu":{"quota":25000,"period":100000}}"#).unwrap();
@@ -418,11 +418,11 @@ fn hotplug_unplug_and_restore_keep_vcpus_in_the_child() {
     let sandbox = format!("{prefix}/sb");
     let dir = std::env::temp_dir().join(&prefix);
     let plan = SandboxPlan::new(&nested_config(), "nhot", &sandbox, &layout, None).unwrap();
-    let opts = ControllerOptions {
+    let opts = SupervisorOptions {
         state_dir: Some(dir.clone()),
         ..Default::default()
     };
-    let ctl = CgroupController::start(plan.clone(), opts.clone()).unwrap();
+    let ctl = Supervisor::start(plan.clone(), opts.clone()).unwrap();
     let mut vm = vmm(1, 4, BackendChoice::Auto, &ctl);
     vm.start().unwrap();
     vm.hotplug(2).unwrap();
@@ -442,13 +442,13 @@ fn hotplug_unplug_and_restore_keep_vcpus_in_the_child() {
     assert_eq!(st.vcpu_layout, Some(VcpuLayout::Nested));
     let recorded = st.vcpus.clone().expect("the child in the state");
     assert!(!recorded.dirs.is_empty());
-    // The process "restarts": the VMM stops, the controller stops without teardown.
+    // The process "restarts": the VMM stops, the supervisor stops without teardown.
     vm.stop().unwrap();
     let report = ctl.shutdown(false);
     assert!(report.kept);
     assert!(recorded.dirs.iter().all(|d| d.is_dir()));
 
-    let ctl = CgroupController::restore(dir.clone(), "nhot", &layout, plan, opts).unwrap();
+    let ctl = Supervisor::restore(dir.clone(), "nhot", &layout, plan, opts).unwrap();
     assert!(ctl.vcpus_paths().is_some());
     let q = from_json(r#"{"cpu":{"quota":30000,"period":100000}}"#).unwrap();
     ctl.update_container("c", Some(q)).unwrap();
@@ -491,7 +491,7 @@ fn sigkill_at_every_nested_step_then_cleanup_leaves_nothing() {
         "add-proc",
         "create-vcpus",
         "state-save:2",
-        "controller-started",
+        "supervisor-started",
         "vcpu-self-move:1",
         "vcpu-self-move:2",
         "vmm-started",

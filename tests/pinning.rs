@@ -6,9 +6,9 @@ mod common;
 use common::*;
 use demo_vmm::{BackendChoice, Vmm, VmmConfig};
 use host_cgroups::config::RuntimeConfig;
-use host_cgroups::controller::{CgroupController, ControllerOptions};
 use host_cgroups::plan::SandboxPlan;
 use host_cgroups::resources::from_json;
+use host_cgroups::supervisor::{Supervisor, SupervisorOptions};
 
 fn allowed(tid: i32) -> String {
     let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
@@ -33,9 +33,9 @@ fn vcpus_pin_when_cpuset_size_matches_and_reset_when_not() {
     let mut config = RuntimeConfig::embedded().unwrap();
     config.enable_vcpus_pinning = true;
     let plan = SandboxPlan::new(&config, "pin1", &format!("{prefix}/sb"), &layout, None).unwrap();
-    let ctl = CgroupController::start(
+    let ctl = Supervisor::start(
         plan,
-        ControllerOptions {
+        SupervisorOptions {
             enable_vcpus_pinning: true,
             ..Default::default()
         },

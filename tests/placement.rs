@@ -14,13 +14,13 @@ use common::skip::skip;
 use common::*;
 use demo_vmm::{BackendChoice, Vmm, VmmConfig, VmmError};
 use host_cgroups::config::RuntimeConfig;
-use host_cgroups::controller::{get_affinity, CgroupController, ControllerOptions};
 use host_cgroups::host::{parse_proc_cgroup, CgroupLayout, CgroupVersion};
 use host_cgroups::manager::fs::migration_writes;
 use host_cgroups::placement::Placement;
 use host_cgroups::plan::SandboxPlan;
 use host_cgroups::resources::from_json;
 use host_cgroups::selfplace::PlacedBy;
+use host_cgroups::supervisor::{get_affinity, Supervisor, SupervisorOptions};
 use vcpu_hooks::{gettid, HookError, PlacementError, VcpuHooks};
 
 const BIN: &str = env!("CARGO_BIN_EXE_host-cgroups");
@@ -41,7 +41,7 @@ struct AfterHook {
     affinity: Vec<u32>,
 }
 
-/// The hook's caller: calls the controller's hook, then reads where the thread is.
+/// The hook's caller: calls the supervisor's hook, then reads where the thread is.
 struct Caller {
     inner: Arc<dyn VcpuHooks>,
     seen: Mutex<Vec<AfterHook>>,
@@ -122,7 +122,7 @@ fn vmm(n: u32, hooks: Arc<dyn VcpuHooks>) -> Vmm {
 }
 
 /// Default mode (`sandbox_cgroup_only = true`): every vCPU is born in the sandbox
-/// cgroup, the controller confirms it without a single `tasks`/`cgroup.threads`
+/// cgroup, the supervisor confirms it without a single `tasks`/`cgroup.threads`
 /// write, and each vCPU is there (per /proc) when its hook returns; hotplug too.
 #[test]
 fn default_mode_confirms_born_vcpus_without_a_cgroup_write() {
@@ -138,7 +138,7 @@ fn default_mode_confirms_born_vcpus_without_a_cgroup_write() {
         None,
     )
     .unwrap();
-    let ctl = CgroupController::start(plan, ControllerOptions::default()).unwrap();
+    let ctl = Supervisor::start(plan, SupervisorOptions::default()).unwrap();
     let want = expected(&layout, ctl.paths());
     let caller = Arc::new(Caller {
         inner: ctl.hooks_for_boot(4),
@@ -197,7 +197,7 @@ fn split_mode_vcpus_are_in_their_target_when_the_hook_returns() {
     .unwrap();
     let moves = plan.placement == Placement::VcpuThreads;
     let nested = plan.vcpu_layout == host_cgroups::placement::VcpuLayout::Nested;
-    let ctl = CgroupController::start(plan, ControllerOptions::default()).unwrap();
+    let ctl = Supervisor::start(plan, SupervisorOptions::default()).unwrap();
     let target = if nested {
         ctl.vcpus_paths().unwrap().clone()
     } else {
@@ -273,7 +273,7 @@ fn split_mode_vcpus_are_in_their_target_when_the_hook_returns() {
     assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
 }
 
-/// A vCPU born somewhere else than the controller expects (its spawner was moved
+/// A vCPU born somewhere else than the supervisor expects (its spawner was moved
 /// out of the sandbox cgroup by someone) is refused, never released unplaced.
 #[test]
 fn vcpu_in_the_wrong_cgroup_is_refused() {
@@ -289,7 +289,7 @@ fn vcpu_in_the_wrong_cgroup_is_refused() {
         None,
     )
     .unwrap();
-    let ctl = CgroupController::start(plan, ControllerOptions::default()).unwrap();
+    let ctl = Supervisor::start(plan, SupervisorOptions::default()).unwrap();
     // Someone moves this whole process into another cgroup (one hierarchy is enough).
     let (key, mount) = match layout.version() {
         CgroupVersion::V1 => ("cpu".to_string(), layout.mounts["cpu"].clone()),
@@ -332,7 +332,7 @@ fn vcpu_in_the_wrong_cgroup_is_refused() {
         "{recs:?}"
     );
 
-    // Back into the sandbox cgroup (where the controller put it), then teardown.
+    // Back into the sandbox cgroup (where the supervisor put it), then teardown.
     let sb = &ctl.paths()[if key.is_empty() { "unified" } else { "cpu" }];
     std::fs::write(sb.join("cgroup.procs"), me.to_string()).unwrap();
     // The refused vCPU thread was joined, but a joined thread leaves the kernel a moment
@@ -372,9 +372,9 @@ fn vcpus_are_pinned_when_their_hook_returns() {
     let mut c = config(true);
     c.enable_vcpus_pinning = true;
     let plan = SandboxPlan::new(&c, "pinhook1", &format!("{prefix}/sb"), &layout, None).unwrap();
-    let ctl = CgroupController::start(
+    let ctl = Supervisor::start(
         plan,
-        ControllerOptions {
+        SupervisorOptions {
             enable_vcpus_pinning: true,
             ..Default::default()
         },

@@ -6,10 +6,10 @@ mod common;
 
 use common::*;
 use host_cgroups::config::RuntimeConfig;
-use host_cgroups::controller::{CgroupController, ControllerOptions};
 use host_cgroups::plan::SandboxPlan;
 use host_cgroups::resources::from_json;
 use host_cgroups::state::SandboxState;
+use host_cgroups::supervisor::{Supervisor, SupervisorOptions};
 
 #[test]
 fn restore_keeps_the_cpuset_union_and_teardown_removes_everything() {
@@ -25,11 +25,11 @@ fn restore_keeps_the_cpuset_union_and_teardown_removes_everything() {
     let dir = std::env::temp_dir().join(&prefix);
     let config = RuntimeConfig::embedded().unwrap();
     let plan = SandboxPlan::new(&config, "rs1", &format!("{prefix}/sb"), &layout, None).unwrap();
-    let opts = ControllerOptions {
+    let opts = SupervisorOptions {
         state_dir: Some(dir.clone()),
         ..Default::default()
     };
-    let ctl = CgroupController::start(plan.clone(), opts.clone()).unwrap();
+    let ctl = Supervisor::start(plan.clone(), opts.clone()).unwrap();
     let cpuset_file = ctl
         .paths()
         .get("cpuset")
@@ -39,12 +39,12 @@ fn restore_keeps_the_cpuset_union_and_teardown_removes_everything() {
     let r = |c: u32| from_json(&format!(r#"{{"cpu":{{"cpus":"{c}"}}}}"#)).unwrap();
     ctl.update_container("c1", Some(r(cpus[0]))).unwrap();
     assert_eq!(read(&cpuset_file), cpus[0].to_string());
-    // The process "restarts": the controller stops without tearing down.
+    // The process "restarts": the supervisor stops without tearing down.
     let report = ctl.shutdown(false);
     assert!(report.kept);
     assert!(SandboxState::file(&dir, "rs1").exists());
 
-    let ctl = CgroupController::restore(dir.clone(), "rs1", &layout, plan, opts).unwrap();
+    let ctl = Supervisor::restore(dir.clone(), "rs1", &layout, plan, opts).unwrap();
     ctl.update_container("c2", Some(r(cpus[1]))).unwrap();
     // c1's CPU is still in the union: the state carried it over the restart.
     assert_eq!(read(&cpuset_file), format!("{}-{}", cpus[0], cpus[1]));

@@ -1,5 +1,5 @@
 //! `host-cgroups run` end to end: real vCPU threads (KVM here, the thread
-//! backend in the test hosts) placed by the controller, checked from /proc.
+//! backend in the test hosts) placed by the supervisor, checked from /proc.
 
 mod common;
 

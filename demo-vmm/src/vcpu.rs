@@ -193,7 +193,7 @@ fn vcpu_main(
     if let Outcome::Ran(Err(e)) = &outcome {
         tracing::error!(vcpu = index, error = %e, "vCPU run loop failed");
     }
-    // Last act: the exit hook, so the controller can forget the thread.
+    // Last act: the exit hook, so the supervisor can forget the thread.
     hooks.vcpu_exited(index);
     ThreadEnd { runner, outcome }
 }

@@ -367,7 +367,7 @@ impl VcpuChild {
         }
     }
 
-    /// Moves thread `tid` of this process into the child (the controller-writes
+    /// Moves thread `tid` of this process into the child (the supervisor-writes
     /// path; vCPU threads normally move themselves by writing `0`).
     ///
     /// # Errors

@@ -1,6 +1,6 @@
 //! One trait for the cgroup drivers: cgroupfs ([`FsManager`]) and systemd.
 //!
-//! The controller and the CLI hold a `Box<dyn Manager>` and never ask which
+//! The supervisor and the CLI hold a `Box<dyn Manager>` and never ask which
 //! driver is behind it, except to decide placement (see [`crate::placement`]).
 
 pub mod child;

@@ -593,7 +593,7 @@ pub const VMM_MEMORY_MIN: i64 = 6 * 1024 * 1024;
 /// the error), a cgroup the VMM process is placed in, on cgroup `version`. The one home
 /// of the rule: the plan (`resolve`, `run`, `Sandbox::new`/`start`, both drivers: the
 /// systemd driver's `MemoryMax`/`MemoryLimit` come from the same field) and the
-/// controller's start and `set_sandbox_resources` call it.
+/// supervisor's start and `set_sandbox_resources` call it.
 ///
 /// Checked: `memory.limit`; on v1 `memory.swap` (memory+swap, which bounds memory
 /// too); on v2 `unified["memory.max"]`. v2 `memory.swap.max` bounds swap alone and

@@ -4,7 +4,7 @@
 //! The vCPU thread reports itself: its first act is [`VcpuHooks::vcpu_started`],
 //! called on its own thread, so the tid comes from `gettid(2)` and nobody has
 //! to poll `/proc/<pid>/task`. The call returns only once the thread may enter
-//! the guest: `Ok` means it sits in its cgroup (and, where the controller pins
+//! the guest: `Ok` means it sits in its cgroup (and, where the supervisor pins
 //! vCPUs, has its CPU affinity); `Err` means it must not run guest code, and the
 //! VMM fails that vCPU's start with the error. The last act of the thread, after
 //! its run loop ends, is [`VcpuHooks::vcpu_exited`].
@@ -63,23 +63,23 @@
 //!   controller:
 //!   - *born placed*: where the target is the cgroup the spawning thread already
 //!     sits in (a thread is born in its creator's cgroups), it reads
-//!     `/proc/thread-self/cgroup` and compares it with what the controller
+//!     `/proc/thread-self/cgroup` and compares it with what the supervisor
 //!     expects; no cgroup write happens. A thread found elsewhere gets
 //!     [`HookError::Refused`] with [`PlacementError::WrongCgroup`];
 //!   - *self-placement*: where it must move, it writes the literal `0` into the
-//!     target files the controller opened ahead of time (one `tasks` per cgroup v1
+//!     target files the supervisor opened ahead of time (one `tasks` per cgroup v1
 //!     hierarchy, or the v2 `cgroup.threads`). `0` means "the writing thread":
 //!     the kernel then skips the global threadgroup lock (and the RCU grace
 //!     period its first writer after an idle spell waits for). A failed write
 //!     refuses the start ([`PlacementError::Io`]);
-//!   - *pinning*: when the controller pins vCPUs and the vCPU count matches the
+//!   - *pinning*: when the supervisor pins vCPUs and the vCPU count matches the
 //!     cpuset, the thread sets its own single-CPU affinity
 //!     (`sched_setaffinity(0, ..)`) before it returns;
-//!   - then it reports what it did (tid, times, outcome) to the controller, which
+//!   - then it reports what it did (tid, times, outcome) to the supervisor, which
 //!     records it; the report does not wait for an answer.
 //! - **Over a channel** ([`ChannelReporter`], from [`channel`]): the thread sends
-//!   its tid and waits (bounded) for a controller thread to place it and answer
-//!   with a [`PlacementReply`]. This is how the controller worked before; it stays
+//!   its tid and waits (bounded) for a supervisor thread to place it and answer
+//!   with a [`PlacementReply`]. This is how the supervisor worked before; it stays
 //!   for controllers that must write themselves and as the benchmark's baseline.
 
 #![deny(missing_docs)]
@@ -117,13 +117,13 @@ pub enum VcpuEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PlacementError {
-    /// The thread is not where the controller expects it: in the cgroup v1 hierarchy
+    /// The thread is not where the supervisor expects it: in the cgroup v1 hierarchy
     /// of `hierarchy` (`""` for cgroup v2) `/proc/thread-self/cgroup` lists `found`
     /// (empty when the hierarchy is not listed at all), not `expected`.
     WrongCgroup {
         /// A controller of the hierarchy (`cpu`, `memory`, ...), or `""` on cgroup v2.
         hierarchy: String,
-        /// The cgroup the controller expects, as `/proc` shows it (`/a/b`).
+        /// The cgroup the supervisor expects, as `/proc` shows it (`/a/b`).
         expected: String,
         /// The cgroup the thread is in.
         found: String,
@@ -151,10 +151,10 @@ pub enum PlacementError {
         /// The cgroup.
         path: PathBuf,
     },
-    /// The controller failed in a way none of the variants above describes;
-    /// `what` is its own error, rendered.
-    Controller {
-        /// The controller's error.
+    /// The placing side (host-cgroups' supervisor thread) failed in a way none of the
+    /// variants above describes; `what` is its own error, rendered.
+    Supervisor {
+        /// The supervisor's error.
         what: String,
     },
 }
@@ -200,14 +200,14 @@ impl fmt::Display for PlacementError {
                 "controller {controller} is not available for cgroup {}",
                 path.display()
             ),
-            PlacementError::Controller { what } => f.write_str(what),
+            PlacementError::Supervisor { what } => f.write_str(what),
         }
     }
 }
 
 impl std::error::Error for PlacementError {}
 
-/// The controller's answer to a `Started` event sent over a [`ChannelReporter`]:
+/// The supervisor's answer to a `Started` event sent over a [`ChannelReporter`]:
 /// `Ok` once the thread is placed.
 pub type PlacementReply = Result<(), PlacementError>;
 
@@ -243,7 +243,7 @@ impl HookMessage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HookError {
-    /// The thread could not be placed (or pinned) where the controller decided.
+    /// The thread could not be placed (or pinned) where the supervisor decided.
     Refused {
         /// vCPU index.
         index: u32,
@@ -261,7 +261,7 @@ pub enum HookError {
         /// The bound that passed.
         waited: Duration,
     },
-    /// The controller is gone.
+    /// The supervisor is gone.
     Disconnected {
         /// vCPU index.
         index: u32,
@@ -340,7 +340,7 @@ impl fmt::Debug for ChannelReporter {
 /// may first wait one RCU grace period, and a loaded host is slower still.
 pub const DEFAULT_PLACEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The controller's end of [`channel`]: the messages of every reporter cloned from it.
+/// The supervisor's end of [`channel`]: the messages of every reporter cloned from it.
 #[derive(Debug)]
 pub struct HookReceiver {
     rx: Receiver<HookMessage>,
@@ -382,7 +382,7 @@ impl IntoIterator for HookReceiver {
     }
 }
 
-/// A reporter and the receiving end the controller reads.
+/// A reporter and the receiving end the supervisor reads.
 pub fn channel(timeout: Duration) -> (ChannelReporter, HookReceiver) {
     let (tx, rx) = crossbeam_channel::unbounded();
     let sink: Sink = Arc::new(move |m| tx.send(m).map_err(|e| e.into_inner()));
@@ -390,7 +390,7 @@ pub fn channel(timeout: Duration) -> (ChannelReporter, HookReceiver) {
 }
 
 impl ChannelReporter {
-    /// A reporter that hands its messages to `sink` (e.g. a controller's own command queue).
+    /// A reporter that hands its messages to `sink` (e.g. a supervisor's own command queue).
     pub fn with_sink(sink: Sink, timeout: Duration) -> Self {
         ChannelReporter { sink, timeout }
     }

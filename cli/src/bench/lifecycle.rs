@@ -3,7 +3,7 @@
 //! run: this project's `FsManager`, `cgroups-rs` 0.5.1's `FsManager` used
 //! directly, and the floor (the bare mkdir/write/rmdir calls, by hand).
 //!
-//! The process added is this one (what the controller does with the VMM
+//! The process added is this one (what the supervisor does with the VMM
 //! process); it is single-threaded here. Destroy moves it out again: this
 //! project and the floor move it back to where it was, `cgroups-rs` moves it
 //! to each hierarchy's root (it is moved back home afterwards, untimed).

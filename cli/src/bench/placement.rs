@@ -11,8 +11,8 @@
 //!   plan chooses there) the process sits in the sandbox cgroup and each vCPU writes
 //!   `0` to its threaded child `vcpus`' `cgroup.threads`; it pins itself.
 //! - **ctl-writes** (this project before issue 11, split mode): the vCPU sends its
-//!   tid to the controller thread and waits while it writes the tid to every
-//!   `tasks` file (v2: the `vcpus` child's `cgroup.threads`); the controller pins
+//!   tid to the supervisor thread and waits while it writes the tid to every
+//!   `tasks` file (v2: the `vcpus` child's `cgroup.threads`); the supervisor pins
 //!   after the fact.
 //! - **upstream** (runtime-rs + dragonball, default mode): the whole process moved
 //!   into the sandbox cgroup at sandbox creation, so vCPUs are born placed; no
@@ -21,7 +21,7 @@
 //!   50 ms, 100 ms, ... until all are seen, then each is pinned. Upstream does this
 //!   after the guest has booted and the agent answered; here right after start, so
 //!   its unpinned time is a lower bound.
-//! - **cgroups-rs** (split mode): the vCPU waits while a controller thread adds
+//! - **cgroups-rs** (split mode): the vCPU waits while a supervisor thread adds
 //!   its tid to the vCPUs' cgroup with `cgroups-rs` 0.5.1 `Cgroup::add_task` (v1: a
 //!   fresh open and write of `tasks` per subsystem; v2: a read of `cgroup.type`,
 //!   then one write to `cgroup.threads`, which it does only for a threaded target
@@ -50,11 +50,11 @@ use super::util::{self, BenchCgroups};
 use super::{BenchError, Common};
 use demo_vmm::{BackendChoice, Vmm, VmmConfig};
 use host_cgroups::config::RuntimeConfig;
-use host_cgroups::controller::{get_affinity, set_affinity, CgroupController, ControllerOptions};
 use host_cgroups::host::{online_cpus, parse_proc_cgroup, CgroupLayout, CgroupVersion};
 use host_cgroups::manager::fs::migration_writes;
 use host_cgroups::plan::SandboxPlan;
 use host_cgroups::resources::from_json;
+use host_cgroups::supervisor::{get_affinity, set_affinity, Supervisor, SupervisorOptions};
 
 /// Arguments of `bench placement`.
 #[derive(Debug, Args)]
@@ -265,7 +265,7 @@ fn cgroups_rs_server(
                 VcpuEvent::Started { index, tid, .. } => {
                     let r = cg
                         .add_task(cgroups_rs::CgroupPid::from(tid as u64))
-                        .map_err(|e| PlacementError::Controller {
+                        .map_err(|e| PlacementError::Supervisor {
                             what: format!("cgroups-rs add_task {tid}: {e}"),
                         });
                     placed.push((index, Instant::now()));
@@ -305,14 +305,14 @@ fn one_run(
         .as_ref()
         .map_or_else(|| plan.sandbox.path.clone(), |c| c.path.clone());
     let vcpu_cgroup = format!("/{relative}");
-    let ctl = CgroupController::start(
+    let ctl = Supervisor::start(
         plan,
-        ControllerOptions {
+        SupervisorOptions {
             enable_vcpus_pinning: pin && mode != Mode::Upstream,
             ..Default::default()
         },
     )
-    .map_err(|e| BenchError::step("controller start", e))?;
+    .map_err(|e| BenchError::step("supervisor start", e))?;
     let result = (|| -> Result<RunOut, BenchError> {
         if let (Some(cpus), true) = (pin_cpus, mode.pins()) {
             let r = from_json(&format!(r#"{{"cpu":{{"cpus":"{cpus}"}}}}"#))
@@ -323,7 +323,7 @@ fn one_run(
         let mut server = None;
         let inner: Arc<dyn VcpuHooks> = match mode {
             Mode::Born | Mode::SelfPlace | Mode::SelfNested => ctl.hooks_for_boot(n),
-            Mode::CtlWrites => ctl.hooks_controller_writes(),
+            Mode::CtlWrites => ctl.hooks_supervisor_writes(),
             Mode::Upstream => Arc::new(vcpu_hooks::NoHooks),
             Mode::CgroupsRs => {
                 let (h, rx) = vcpu_hooks::channel(vcpu_hooks::DEFAULT_PLACEMENT_TIMEOUT);
@@ -361,7 +361,7 @@ fn one_run(
         };
         let mut vmm = Some(vmm);
         out.writes_per_vcpu = (migration_writes() - writes_before) as f64 / n as f64;
-        // Pinned from outside after start (upstream; and the controller's late pins).
+        // Pinned from outside after start (upstream; and the supervisor's late pins).
         let mut pinned_late: Vec<(i32, Instant, u64)> = Vec::new();
         if mode == Mode::Upstream && pin {
             let cpus: Vec<u32> =

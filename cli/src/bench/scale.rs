@@ -365,11 +365,11 @@ pub fn run(args: &ScaleArgs) -> Result<(), BenchError> {
     let markdown = format!(
         "## Scale: sandboxes alive at once (cgroup v1, cgroupfs, `{backend_used}` vCPUs, 2 each)\n\n\
          Command: `host-cgroups bench scale` ({elapsed:.0} s)\n\n{}\n\
-         Each count runs in a fresh process. Create = controller start (cgroups, cpuset, quota) + VMM \
+         Each count runs in a fresh process. Create = supervisor start (cgroups, cpuset, quota) + VMM \
          start with both vCPUs placed; the alive sandboxes' vCPUs are frozen (untimed) so that they do \
          not starve the host. Placement with N alive: {} probe sandboxes created while N exist. \
          RSS figures are growth of this process's resident memory divided by N (controllers only: \
-         sandbox cgroup + controller thread, no VMM).\n\n{}\n\
+         sandbox cgroup + supervisor thread, no VMM).\n\n{}\n\
          Targets: controller memory under 1 MiB per sandbox: {} (max {:.0} KiB); placement p50 with \
          the most sandboxes alive vs the fewest: {:.2}×.\n",
         report::load_note(load_start, load_end),

@@ -43,12 +43,12 @@ pub fn inspect(args: &InspectArgs) -> Result<(), CliError> {
 }
 
 /// Gives every thread the role `-` unless the process is a sandbox VMM (it has vCPU
-/// threads or this project's controller thread): the roles are read from thread names,
+/// threads or this project's supervisor thread): the roles are read from thread names,
 /// which mean nothing in another process.
 pub fn roles_for_vmm_only(threads: &mut [ThreadInfo]) {
     let vmm = threads
         .iter()
-        .any(|t| t.role == "vcpu" || t.role == "controller");
+        .any(|t| t.role == "vcpu" || t.role == "supervisor");
     if !vmm {
         for t in threads.iter_mut() {
             t.role = "-";

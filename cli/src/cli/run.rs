@@ -12,11 +12,11 @@ use serde::Serialize;
 
 use super::{bad, layout_for, load_config, print_json, runtime, CliError, SandboxArgs};
 use demo_vmm::{BackendChoice, Vmm, VmmConfig};
-use host_cgroups::controller::{TeardownReport, VcpuRecord};
 use host_cgroups::host::{task_cpu_ns, threads, ThreadInfo};
 use host_cgroups::plan::{CgroupPlan, SandboxPlan};
 use host_cgroups::sandbox::{Activation, Sandbox, SandboxOptions, Teardown};
 use host_cgroups::state::DEFAULT_STATE_DIR;
+use host_cgroups::supervisor::{TeardownReport, VcpuRecord};
 
 /// Arguments of `run`.
 #[derive(Debug, Args)]

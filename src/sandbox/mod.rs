@@ -23,6 +23,12 @@
 //! hypervisor the `Sandbox` is inactive: it creates nothing, its hooks confirm at
 //! once, and [`Sandbox::activation`] says why.
 
+mod admission;
+mod cleanup;
+
+use admission::{refuse_running, refuse_taken};
+pub use cleanup::CleanupReport;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,9 +41,6 @@ use tracing::{info, warn};
 use vcpu_hooks::VcpuHooks;
 
 use crate::config::{load_bundle, ConfigError, RuntimeConfig};
-use crate::controller::{
-    CgroupController, ControllerError, ControllerOptions, TeardownReport, VcpuRecord,
-};
 use crate::host::{CgroupLayout, HostError};
 use crate::manager::gone_and_standing;
 use crate::manager::{self, CgroupError, Stats};
@@ -47,6 +50,9 @@ use crate::plan::{PlanError, SandboxPlan};
 pub use crate::resources::ContainerUpdate;
 use crate::sigterm::ignore_sigterm_during;
 use crate::state::{SandboxState, StateError, DEFAULT_STATE_DIR};
+use crate::supervisor::{
+    Supervisor, SupervisorError, SupervisorOptions, TeardownReport, VcpuRecord,
+};
 
 /// Why a sandbox could not be set up, changed or cleaned up.
 #[derive(Debug, Error)]
@@ -64,9 +70,9 @@ pub enum SandboxError {
     /// This host's cgroup layout could not be read.
     #[error(transparent)]
     Host(#[from] HostError),
-    /// The controller failed (creation, placement policy, resources).
+    /// The supervisor failed (creation, placement policy, resources).
     #[error(transparent)]
-    Controller(#[from] ControllerError),
+    Supervisor(#[from] SupervisorError),
     /// A cgroup operation failed.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
@@ -130,7 +136,7 @@ impl SandboxError {
             | SandboxError::Running { .. }
             | SandboxError::NoState { .. } => true,
             SandboxError::Config(_) => true,
-            SandboxError::Controller(e) => e.is_bad_input(),
+            SandboxError::Supervisor(e) => e.is_bad_input(),
             SandboxError::Cgroup(CgroupError::Resource(_)) => true,
             SandboxError::State(e) => matches!(
                 e,
@@ -228,26 +234,6 @@ pub struct Preflight {
     pub notes: Vec<String>,
 }
 
-/// What `cleanup` found and did, item by item.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct CleanupReport {
-    /// The sandbox id.
-    pub sandbox_id: String,
-    /// Where the list came from: the state file, or the cgroups path given.
-    pub source: String,
-    /// Cgroups that existed and are now gone (relative paths or units).
-    pub removed: Vec<String>,
-    /// Cgroups that were not there.
-    pub absent: Vec<String>,
-    /// Cgroups that stay, each with the reason.
-    pub kept: Vec<String>,
-    /// The state file removed, if one was used.
-    pub state_removed: Option<PathBuf>,
-    /// Errors; cleanup goes on past each.
-    pub errors: Vec<String>,
-}
-
 /// One pod sandbox's host cgroups: created by [`Sandbox::new`], torn down by
 /// [`Sandbox::teardown`].
 ///
@@ -256,7 +242,7 @@ pub struct CleanupReport {
 /// Dropping an active sandbox that was neither torn down nor
 /// [`kept`](Sandbox::keep) (an early `?` in the caller, a panic) removes nothing: its
 /// cgroups and its state file stay on the host, and this process stays in the cgroup
-/// the sandbox moved it into. The drop stops the controller thread and reports itself
+/// the sandbox moved it into. The drop stops the supervisor thread and reports itself
 /// **only through [`tracing`]** (a `WARN` event naming the state file, the cgroups and
 /// the `host-cgroups cleanup` command): an embedder that installs no `tracing`
 /// subscriber sees nothing at all, and the library never prints. Call
@@ -274,7 +260,7 @@ pub struct Sandbox {
     id: String,
     activation: Activation,
     plan: Option<SandboxPlan>,
-    controller: Option<CgroupController>,
+    supervisor: Option<Supervisor>,
     state_dir: PathBuf,
 }
 
@@ -283,7 +269,7 @@ impl std::fmt::Debug for Sandbox {
         f.debug_struct("Sandbox")
             .field("id", &self.id)
             .field("activation", &self.activation)
-            .field("live", &self.controller.is_some())
+            .field("live", &self.supervisor.is_some())
             .finish()
     }
 }
@@ -295,7 +281,7 @@ impl Sandbox {
     ///
     /// When active, this creates the sandbox (and overhead) cgroups, applies
     /// `opts.sandbox_resources`, moves this process per the placement policy, writes
-    /// the state file before the first directory is made, and starts the controller
+    /// the state file before the first directory is made, and starts the supervisor
     /// thread. When inactive it only records why.
     ///
     /// The move is of the whole calling process, every thread (one write of its pid to
@@ -379,20 +365,20 @@ impl Sandbox {
             return Ok(Self::inactive(config, &plan.sandbox_id, opts.state_dir));
         }
         refuse_taken(&plan, &opts.state_dir)?;
-        let copts = ControllerOptions {
+        let copts = SupervisorOptions {
             state_dir: Some(opts.state_dir.clone()),
             placement_timeout: opts.placement_timeout,
             sandbox_resources: opts.sandbox_resources,
             enable_vcpus_pinning: config.enable_vcpus_pinning,
         };
         let id = plan.sandbox_id.clone();
-        let controller = CgroupController::start(plan.clone(), copts)?;
+        let supervisor = Supervisor::start(plan.clone(), copts)?;
         crate::metrics::METRICS.sandboxes_created.inc();
         Ok(Sandbox {
             id,
             activation: Activation::Active,
             plan: Some(plan),
-            controller: Some(controller),
+            supervisor: Some(supervisor),
             state_dir: opts.state_dir,
         })
     }
@@ -409,61 +395,9 @@ impl Sandbox {
             id: sandbox_id.to_string(),
             activation: Activation::Inactive { reason },
             plan: None,
-            controller: None,
+            supervisor: None,
             state_dir,
         }
-    }
-
-    /// Runs, without changing the host, every check [`Sandbox::start`] runs before it
-    /// creates anything for `plan` (the driver's resource checks: CPUs and memory nodes
-    /// against the host and the nearest existing parent cgroup, values the host's files
-    /// refuse), and lists the directories the drivers will use, which exist and which
-    /// would be made. `host-cgroups resolve` shows it, so that `resolve` is the dry run
-    /// of `run`.
-    ///
-    /// # Errors
-    /// What `start` would refuse as bad input: state that exists for the id, a cgroups
-    /// path another sandbox uses ([`SandboxError::PathInUse`]), resources the host refuses.
-    pub fn preflight(plan: &SandboxPlan, opts: &SandboxOptions) -> Result<Preflight, SandboxError> {
-        refuse_taken(plan, &opts.state_dir)?;
-        let sandbox = manager::build(&plan.sandbox.parsed, &plan.layout, Vec::new())?;
-        if let Some(r) = &opts.sandbox_resources {
-            crate::resources::validate(r).map_err(CgroupError::from)?;
-            sandbox.check(r)?;
-        }
-        let overhead = match &plan.overhead {
-            Some(o) => Some(manager::build(&o.parsed, &plan.layout, Vec::new())?),
-            None => None,
-        };
-        let mut out = Preflight {
-            paths: sandbox.paths(),
-            overhead_paths: overhead.as_ref().map(|o| o.paths()),
-            ..Default::default()
-        };
-        for m in std::iter::once(&sandbox).chain(overhead.as_ref()) {
-            let mut dirs: Vec<PathBuf> = m.paths().into_values().collect();
-            dirs.extend(m.missing());
-            dirs.sort();
-            dirs.dedup();
-            for d in dirs {
-                if d.is_dir() {
-                    out.existing.push(d);
-                } else {
-                    out.would_create.push(d);
-                }
-            }
-        }
-        if plan.driver == crate::cgroup::Driver::Systemd {
-            let sd = crate::host::SystemdInfo::detect();
-            if !sd.reachable {
-                out.notes.push(format!(
-                    "systemd is not reachable here (PID 1 systemd: {}, system bus: {}): run would fail",
-                    sd.pid1,
-                    std::path::Path::new(crate::host::SYSTEM_BUS_SOCKET).exists()
-                ));
-            }
-        }
-        Ok(out)
     }
 
     /// Takes over a sandbox from its state file after this process restarted: the
@@ -488,13 +422,13 @@ impl Sandbox {
             &layout,
             state.sandbox_resources.as_ref(),
         )?;
-        let copts = ControllerOptions {
+        let copts = SupervisorOptions {
             state_dir: Some(opts.state_dir.clone()),
             placement_timeout: opts.placement_timeout,
             sandbox_resources: state.sandbox_resources.clone(),
             enable_vcpus_pinning: state.enable_vcpus_pinning,
         };
-        let controller = CgroupController::restore(
+        let supervisor = Supervisor::restore(
             opts.state_dir.clone(),
             sandbox_id,
             &layout,
@@ -505,7 +439,7 @@ impl Sandbox {
             id: sandbox_id.to_string(),
             activation: Activation::Active,
             plan: Some(plan),
-            controller: Some(controller),
+            supervisor: Some(supervisor),
             state_dir: opts.state_dir,
         })
     }
@@ -542,7 +476,7 @@ impl Sandbox {
     /// when it is not where the sandbox wants it. When inactive, hooks that confirm
     /// at once. Prefer [`Sandbox::hooks_for_boot`] when the boot vCPU count is known.
     pub fn hooks(&self) -> Arc<dyn VcpuHooks> {
-        match &self.controller {
+        match &self.supervisor {
             Some(c) => c.hooks(),
             None => Arc::new(vcpu_hooks::NoHooks),
         }
@@ -553,7 +487,7 @@ impl Sandbox {
     /// CPUs in the cpuset) before its first guest instruction. dragonball knows the
     /// count when `VcpuManager::create_boot_vcpus` runs.
     pub fn hooks_for_boot(&self, vcpus: u32) -> Arc<dyn VcpuHooks> {
-        match &self.controller {
+        match &self.supervisor {
             Some(c) => c.hooks_for_boot(vcpus),
             None => Arc::new(vcpu_hooks::NoHooks),
         }
@@ -561,7 +495,7 @@ impl Sandbox {
 
     /// The sandbox cgroup's directories, controller → absolute path (empty when inactive).
     pub fn paths(&self) -> BTreeMap<String, PathBuf> {
-        self.controller
+        self.supervisor
             .as_ref()
             .map(|c| c.paths().clone())
             .unwrap_or_default()
@@ -570,7 +504,7 @@ impl Sandbox {
     /// The nested layout's vCPU child directories, controller → absolute path (empty
     /// when inactive or without the nested layout).
     pub fn vcpus_paths(&self) -> BTreeMap<String, PathBuf> {
-        self.controller
+        self.supervisor
             .as_ref()
             .and_then(|c| c.vcpus_paths().cloned())
             .unwrap_or_default()
@@ -578,7 +512,7 @@ impl Sandbox {
 
     /// vCPU records so far: index, tid, placement latency, pinning.
     pub fn vcpus(&self) -> Vec<VcpuRecord> {
-        self.controller
+        self.supervisor
             .as_ref()
             .map(|c| c.vcpus())
             .unwrap_or_default()
@@ -610,7 +544,7 @@ impl Sandbox {
         container_id: &str,
         res: &LinuxResources,
     ) -> Result<ContainerUpdate, SandboxError> {
-        let update = match (&self.controller, &self.plan, &self.activation) {
+        let update = match (&self.supervisor, &self.plan, &self.activation) {
             (Some(c), Some(plan), _) => {
                 c.update_container(container_id, Some(res.clone()))?;
                 crate::resources::container_update(res, plan.vcpu_layout)
@@ -643,7 +577,7 @@ impl Sandbox {
     /// # Errors
     /// As [`Sandbox::update_container`].
     pub fn remove_container(&self, container_id: &str) -> Result<(), SandboxError> {
-        match &self.controller {
+        match &self.supervisor {
             Some(c) => Ok(c.update_container(container_id, None)?),
             None => Ok(()),
         }
@@ -654,7 +588,7 @@ impl Sandbox {
     /// # Errors
     /// Resources the host refuses; the previous values are restored.
     pub fn set_sandbox_resources(&self, res: &LinuxResources) -> Result<(), SandboxError> {
-        match &self.controller {
+        match &self.supervisor {
             Some(c) => Ok(c.set_sandbox_resources(res.clone())?),
             None => Ok(()),
         }
@@ -665,7 +599,7 @@ impl Sandbox {
     /// # Errors
     /// The counters could not be read.
     pub fn stats(&self) -> Result<Option<Stats>, SandboxError> {
-        match &self.controller {
+        match &self.supervisor {
             Some(c) => Ok(Some(c.stats()?)),
             None => Ok(None),
         }
@@ -689,7 +623,7 @@ impl Sandbox {
     pub fn teardown<R>(mut self, stop_vmm: impl FnOnce() -> R) -> Teardown<R> {
         let vmm = stop_vmm();
         let _ = crate::failpoint::hit(crate::failpoint::Point::VmmStopped);
-        let report = match self.controller.take() {
+        let report = match self.supervisor.take() {
             Some(c) => ignore_sigterm_during(|| c.shutdown(true)),
             None => TeardownReport::default(),
         };
@@ -707,133 +641,17 @@ impl Sandbox {
     /// and a teardown move it out.
     pub fn keep<R>(mut self, stop_vmm: impl FnOnce() -> R) -> Teardown<R> {
         let vmm = stop_vmm();
-        let report = match self.controller.take() {
+        let report = match self.supervisor.take() {
             Some(c) => c.shutdown(false),
             None => TeardownReport::default(),
         };
         Teardown { vmm, report }
     }
-
-    /// Removes what a crashed run of `sandbox_id` left, from its state file in
-    /// `state_dir`: exactly the directories (and units) that run created, deepest
-    /// first, then the state file.
-    ///
-    /// Called from the very process the state names (after [`Sandbox::keep`], say), it
-    /// is not refused: it acts as a teardown without the VMM's stop. Before each
-    /// cgroupfs directory is removed this process's threads in it are moved out, to the
-    /// hierarchy roots when this process was inside the sandbox cgroup when `cleanup`
-    /// read its own cgroups (its cgroups from before the sandbox are not recorded).
-    /// It must not be used on a sandbox this process still runs (a live [`Sandbox`] of
-    /// the same id): its VMM's threads would be moved out from under it, and a KVM VM's
-    /// worker thread makes the removal fail as busy; use [`Sandbox::teardown`] there.
-    /// Another process's live VMM in the sandbox cgroup is refused
-    /// ([`SandboxError::Running`]).
-    ///
-    /// # Errors
-    /// [`SandboxError::NoState`] when there is no state file;
-    /// [`SandboxError::Running`] when the run's VMM process is still alive in the
-    /// sandbox cgroup; [`SandboxError::State`] for a state that cannot be trusted.
-    /// Failures to remove single cgroups are listed in the report, not returned.
-    pub fn cleanup(state_dir: &Path, sandbox_id: &str) -> Result<CleanupReport, SandboxError> {
-        validate_sandbox_id(sandbox_id)?;
-        let layout = CgroupLayout::detect()?;
-        let file = SandboxState::file(state_dir, sandbox_id);
-        if !file.exists() {
-            return Err(SandboxError::NoState {
-                sandbox_id: sandbox_id.to_string(),
-                state_dir: state_dir.to_path_buf(),
-                state_file: file,
-            });
-        }
-        let state = SandboxState::load(state_dir, sandbox_id, &layout.mount_points())?;
-        refuse_running(&state, &layout)?;
-        let mut report = CleanupReport {
-            sandbox_id: sandbox_id.to_string(),
-            source: file.display().to_string(),
-            ..Default::default()
-        };
-        // The nested layout's vCPU child first: its parent cannot go while it exists.
-        if state.vcpus.is_some() {
-            destroy_child(&layout, &state.sandbox.path, &mut report);
-        }
-        let mut targets = vec![(state.sandbox.path.clone(), state.sandbox.created.clone())];
-        if let Some(o) = &state.overhead {
-            targets.push((o.path.clone(), o.created.clone()));
-        }
-        destroy_all(&layout, targets, &mut report);
-        if report.errors.is_empty() {
-            match SandboxState::remove(state_dir, sandbox_id) {
-                Ok(()) => report.state_removed = Some(file),
-                Err(e) => report.errors.push(e.to_string()),
-            }
-        }
-        Ok(report)
-    }
-
-    /// Removes a sandbox cgroup (and its overhead cgroup) by path, without state.
-    /// Only the leaf cgroups are removed: without a state file nothing says which
-    /// parents the run created, so they are reported as `kept`.
-    ///
-    /// When a state file for `sandbox_id` exists in `state_dir`, it is used instead
-    /// (parents included), provided it names the same cgroups path.
-    ///
-    /// # Errors
-    /// A malformed path or id; a state file for the id that names another path;
-    /// [`SandboxError::Running`] as for [`Sandbox::cleanup`].
-    pub fn cleanup_path(
-        cgroups_path: &str,
-        sandbox_id: &str,
-        state_dir: &Path,
-    ) -> Result<CleanupReport, SandboxError> {
-        validate_sandbox_id(sandbox_id)?;
-        let parsed = CgroupsPath::parse(cgroups_path, sandbox_id)?;
-        let file = SandboxState::file(state_dir, sandbox_id);
-        if file.exists() {
-            let layout = CgroupLayout::detect()?;
-            let state = SandboxState::load(state_dir, sandbox_id, &layout.mount_points())?;
-            if state.sandbox.path != parsed {
-                return Err(SandboxError::State(StateError::Untrusted {
-                    path: file,
-                    reason: format!(
-                        "it records cgroups path {:?}, not {:?}; clean up with --state-dir instead",
-                        state.sandbox.path.raw(),
-                        cgroups_path
-                    ),
-                }));
-            }
-            return Self::cleanup(state_dir, sandbox_id);
-        }
-        let layout = CgroupLayout::detect()?;
-        let mut report = CleanupReport {
-            sandbox_id: sandbox_id.to_string(),
-            source: format!("cgroups path {cgroups_path:?}"),
-            ..Default::default()
-        };
-        // A nested layout's vCPU child, if there is one (only an empty one is removed).
-        destroy_child(&layout, &parsed, &mut report);
-        let mut targets = vec![(parsed.clone(), Vec::new())];
-        for p in parsed.overhead_candidates(sandbox_id)? {
-            targets.push((p, Vec::new()));
-        }
-        destroy_all(&layout, targets, &mut report);
-        // Parents that exist stay: without a state file nothing says this run made them.
-        let mut up = parsed.relative();
-        while let Some((parent, _)) = up.rsplit_once('/') {
-            up = parent.to_string();
-            let exists = layout.mount_points().iter().any(|m| m.join(&up).is_dir());
-            if exists {
-                report.kept.push(format!(
-                    "{up}: parents are kept when no state file says this run created them"
-                ));
-            }
-        }
-        Ok(report)
-    }
 }
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        if let Some(c) = self.controller.take() {
+        if let Some(c) = self.supervisor.take() {
             let file = SandboxState::file(&self.state_dir, &self.id);
             warn!(
                 sandbox = %self.id,
@@ -844,229 +662,10 @@ impl Drop for Sandbox {
                 self.id,
                 self.state_dir.display()
             );
-            // Stop the controller thread; keep everything on the host for `cleanup`.
+            // Stop the supervisor thread; keep everything on the host for `cleanup`.
             let _ = c.shutdown(false);
         }
     }
-}
-
-/// Refuses to clean up a sandbox whose VMM process is alive and still in the
-/// sandbox cgroup (a reused pid elsewhere does not count).
-fn refuse_running(state: &SandboxState, layout: &CgroupLayout) -> Result<(), SandboxError> {
-    let pid = state.vmm_pid;
-    if pid <= 0 || pid == std::process::id() as i32 {
-        return Ok(());
-    }
-    if layout.pid_in(pid, &state.sandbox.path.relative()) == Some(true) {
-        return Err(SandboxError::Running {
-            sandbox_id: state.sandbox_id.clone(),
-            pid,
-        });
-    }
-    Ok(())
-}
-
-/// What makes `plan` a sandbox that may not start (both `start` and `preflight` check
-/// it, before anything is made): state that exists for its id, or a cgroups path another
-/// sandbox uses.
-fn refuse_taken(plan: &SandboxPlan, state_dir: &Path) -> Result<(), SandboxError> {
-    let file = SandboxState::file(state_dir, &plan.sandbox_id);
-    if file.exists() {
-        return Err(SandboxError::AlreadyExists {
-            sandbox_id: plan.sandbox_id.clone(),
-            state_file: file,
-            state_dir: state_dir.to_path_buf(),
-        });
-    }
-    refuse_shared_path(plan, state_dir)
-}
-
-/// Refuses a sandbox cgroups path that another sandbox uses (the rule of
-/// docs/design.md, "One sandbox per cgroup"):
-/// (a) another state file in `state_dir` records the same sandbox cgroup (any driver);
-/// (b) with the cgroupfs driver, the sandbox cgroup exists and it or a cgroup below it
-///     holds a process (`cgroup.procs` non-empty in any hierarchy; this very process
-///     counts, which is how a second in-process sandbox shows).
-///
-/// An existing cgroup without processes (a leftover) stays adoptable. With the systemd
-/// driver only (a) applies: a unit cannot tell which sandbox its processes belong to.
-fn refuse_shared_path(plan: &SandboxPlan, state_dir: &Path) -> Result<(), SandboxError> {
-    let want = &plan.sandbox.parsed;
-    let in_use = |other: Option<String>, holder: String| SandboxError::PathInUse {
-        sandbox_id: plan.sandbox_id.clone(),
-        cgroups_path: want.relative(),
-        other_sandbox: other,
-        holder,
-    };
-    let mounts = plan.layout.mount_points();
-    // What a state file that records this cgroup must contain, as JSON writes it: the
-    // cgroupfs path, or the systemd unit (its cgroup path is derived, not stored).
-    let needle = serde_json::to_string(&match want.unit() {
-        Some(u) => u.unit.clone(),
-        None => want.relative(),
-    })
-    .unwrap_or_default();
-    if let Ok(rd) = std::fs::read_dir(state_dir) {
-        let mut files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
-        files.sort();
-        for f in files {
-            let Some(id) = f
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".json"))
-                .filter(|n| !n.starts_with('.') && *n != plan.sandbox_id)
-            else {
-                continue;
-            };
-            // Cheap first: a state file that does not name the path (as JSON writes it)
-            // cannot record it; the state directory holds every sandbox of the host.
-            match std::fs::read_to_string(&f) {
-                Ok(text) if text.contains(needle.as_str()) => {}
-                _ => continue,
-            }
-            // A file that is not a sandbox's state (or one this host cannot trust) says
-            // nothing about the path; `cleanup` reports it when asked for that id.
-            let state = match SandboxState::load(state_dir, id, &mounts) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(file = %f.display(), error = %e, "state file skipped in the shared-path check");
-                    continue;
-                }
-            };
-            if state.sandbox.path.driver() == want.driver()
-                && state.sandbox.path.relative() == want.relative()
-            {
-                return Err(in_use(
-                    Some(state.sandbox_id.clone()),
-                    format!(
-                        "sandbox {} records it in {} (if that sandbox is gone: host-cgroups cleanup --sandbox-id {} --state-dir {})",
-                        state.sandbox_id,
-                        f.display(),
-                        state.sandbox_id,
-                        state_dir.display()
-                    ),
-                ));
-            }
-        }
-    }
-    if plan.driver != crate::cgroup::Driver::Cgroupfs {
-        return Ok(());
-    }
-    let me = std::process::id() as i32;
-    for dir in plan.sandbox.paths.values() {
-        let mut stack = vec![dir.clone()];
-        while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(e.path());
-                }
-            }
-            let procs = d.join("cgroup.procs");
-            let pids: Vec<i32> = std::fs::read_to_string(&procs)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| l.trim().parse().ok())
-                .collect();
-            if !pids.is_empty() {
-                let ours = if pids.contains(&me) {
-                    " (this process among them: a sandbox of this process is there)"
-                } else {
-                    ""
-                };
-                return Err(in_use(
-                    None,
-                    format!("{} holds pids {pids:?}{ours}", procs.display()),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Removes the nested layout's vCPU child of the sandbox at `path` when it exists.
-fn destroy_child(layout: &CgroupLayout, path: &CgroupsPath, report: &mut CleanupReport) {
-    let mut c = manager::VcpuChild::adopt(layout, &path.relative(), Vec::new());
-    if !c.exists() {
-        return;
-    }
-    let name = c.relative().to_string();
-    match c.destroy() {
-        Ok(()) => report.removed.push(name),
-        Err(e) => report.errors.push(format!("{name}: {e}")),
-    }
-}
-
-/// Destroys each target, sorting it into removed / absent / kept / errors.
-///
-/// Every directory the target names (its own, in each hierarchy, and the parents the
-/// run created) is looked at before and after: `removed` lists the cgroups (relative
-/// to the hierarchy roots) that existed and are gone, `absent` a target none of whose
-/// directories existed, `kept` a created parent that is still there.
-fn destroy_all(
-    layout: &CgroupLayout,
-    targets: Vec<(CgroupsPath, Vec<PathBuf>)>,
-    report: &mut CleanupReport,
-) {
-    let mounts = layout.mount_points();
-    for (path, created) in targets {
-        let name = path.relative();
-        let mut dirs: Vec<PathBuf> = created.clone();
-        let mut m = match manager::build(&path, layout, created) {
-            Ok(m) => m,
-            Err(e) => {
-                report.errors.push(format!("{name}: {e}"));
-                continue;
-            }
-        };
-        let state_less = dirs.is_empty();
-        dirs.extend(m.paths().into_values());
-        if state_less && m.exists() {
-            // Without a record of the parents the run made, every existing parent below
-            // the hierarchy roots is watched: the driver removes the ones sandboxes made
-            // (marked when made), and the report then says so; the rest are `kept`.
-            let own: Vec<PathBuf> = dirs.clone();
-            for d in own {
-                let root = mounts
-                    .iter()
-                    .filter(|r| d.starts_with(r))
-                    .max_by_key(|r| r.components().count());
-                let Some(root) = root else { continue };
-                let mut up = d.parent();
-                while let Some(p) = up.filter(|p| p.starts_with(root) && *p != root.as_path()) {
-                    dirs.push(p.to_path_buf());
-                    up = p.parent();
-                }
-            }
-        }
-        dirs.sort();
-        dirs.dedup();
-        let before: Vec<PathBuf> = dirs.into_iter().filter(|d| d.is_dir()).collect();
-        let existed = m.exists();
-        let result = m.destroy();
-        let (gone, stay) = gone_and_standing(&before, &mounts);
-        match result {
-            Ok(()) if existed || !gone.is_empty() => report.removed.extend(gone),
-            Ok(()) => report.absent.push(name),
-            Err(e) => {
-                report.removed.extend(gone);
-                report.errors.push(format!("{name}: {e}"));
-                continue;
-            }
-        }
-        for r in stay {
-            if !report.kept.iter().any(|k| k.starts_with(&format!("{r}:"))) {
-                report
-                    .kept
-                    .push(format!("{r}: still holds other cgroups or tasks"));
-            }
-        }
-    }
-    crate::metrics::METRICS
-        .cgroups_removed
-        .add(report.removed.len());
 }
 
 // A runtime shares the sandbox and its hooks across threads (runtime-rs' resource manager
