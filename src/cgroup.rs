@@ -215,6 +215,74 @@ impl FromStr for Controller {
     }
 }
 
+/// The key of a cgroup directory in a driver's map of directories, and of the files
+/// a write goes to: a controller, whose hierarchy holds its files (v1) or whose files
+/// sit in the one v2 directory; or, for cgroup v2, the unified hierarchy itself
+/// ([`Hierarchy::Unified`]: the core `cgroup.*` files and OCI `unified` keys).
+///
+/// One spelling for v2: `unified`, in JSON and in text alike (never `""`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Hierarchy {
+    /// The hierarchy (v1) or the files (v2) of one controller.
+    Controller(Controller),
+    /// The cgroup v2 hierarchy as a whole.
+    Unified,
+}
+
+impl Hierarchy {
+    /// The key's name: the controller's name, or `unified`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hierarchy::Controller(c) => c.name(),
+            Hierarchy::Unified => "unified",
+        }
+    }
+
+    /// The controller, when the key names one.
+    pub fn controller(self) -> Option<Controller> {
+        match self {
+            Hierarchy::Controller(c) => Some(c),
+            Hierarchy::Unified => None,
+        }
+    }
+}
+
+impl From<Controller> for Hierarchy {
+    fn from(c: Controller) -> Self {
+        Hierarchy::Controller(c)
+    }
+}
+
+impl fmt::Display for Hierarchy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Hierarchy {
+    type Err = UnknownController;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "unified" {
+            return Ok(Hierarchy::Unified);
+        }
+        s.parse().map(Hierarchy::Controller)
+    }
+}
+
+impl Serialize for Hierarchy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Hierarchy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,5 +299,20 @@ mod tests {
         assert!("cpu,cpuacct".parse::<Controller>().is_err());
         assert!(Controller::Cpu.threaded() && !Controller::Memory.threaded());
         assert!(!Controller::Blkio.on_v2() && Controller::Io.on_v2());
+    }
+
+    #[test]
+    fn hierarchy_keys_have_one_spelling() {
+        for c in Controller::ALL {
+            let h = Hierarchy::from(c);
+            assert_eq!(h.name().parse::<Hierarchy>(), Ok(h));
+            assert_eq!(h.controller(), Some(c));
+        }
+        assert_eq!("unified".parse::<Hierarchy>(), Ok(Hierarchy::Unified));
+        assert_eq!(
+            serde_json::to_string(&Hierarchy::Unified).unwrap(),
+            "\"unified\""
+        );
+        assert!("".parse::<Hierarchy>().is_err());
     }
 }

@@ -402,7 +402,7 @@ fn apply_and_read_back(prefix: &str, json: &str) {
     if r.is_ok() {
         for w in &plan.writes {
             let dir: PathBuf = match layout.version() {
-                CgroupVersion::V1 => paths[w.controller].clone(),
+                CgroupVersion::V1 => paths[w.controller.name()].clone(),
                 CgroupVersion::V2 => paths["unified"].clone(),
             };
             let got = std::fs::read_to_string(dir.join(&w.file)).unwrap();

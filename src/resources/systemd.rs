@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::cgroup::CgroupVersion;
 use crate::path::SystemdUnit;
-use crate::resources::{self, CpuList, ResourceError, Write};
+use crate::resources::{self, CpuList, ResourceError, Write, RULES};
 
 /// A unit property and the value that would be sent to systemd, as `resolve` prints it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -67,7 +67,7 @@ pub struct UnitProperty {
 }
 
 impl UnitProperty {
-    fn new(name: &'static str, value: PropValue) -> Self {
+    pub(crate) fn new(name: &'static str, value: PropValue) -> Self {
         UnitProperty {
             name,
             value,
@@ -75,7 +75,7 @@ impl UnitProperty {
         }
     }
 
-    fn since(mut self, version: u32) -> Self {
+    pub(crate) fn since(mut self, version: u32) -> Self {
         self.min_systemd = Some(version);
         self
     }
@@ -149,40 +149,12 @@ pub fn cpuset_mask(list: &CpuList) -> Vec<u8> {
 }
 
 /// OCI "-1 = no limit" → systemd's infinity; other values (validated non-negative) as they are.
-fn limit(v: i64) -> u64 {
+pub(super) fn limit(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(INFINITY)
 }
 
-/// A device as systemd's device properties name it (`/dev/block/8:0`, as runc sends it).
-fn block_dev(major: i64, minor: i64) -> String {
-    format!("/dev/block/{major}:{minor}")
-}
-
-/// cgroupfs files a unit property already sets, per cgroup version.
-const COVERED_V1: &[&str] = &[
-    "cpu.shares",
-    "cpu.cfs_period_us",
-    "cpu.cfs_quota_us",
-    "memory.limit_in_bytes",
-    "pids.max",
-    "blkio.bfq.weight",
-    "blkio.throttle.read_bps_device",
-    "blkio.throttle.write_bps_device",
-];
-const COVERED_V2: &[&str] = &[
-    "cpu.weight",
-    "cpu.max",
-    "cpuset.cpus",
-    "cpuset.mems",
-    "memory.max",
-    "memory.low",
-    "memory.swap.max",
-    "pids.max",
-    "io.weight",
-    "io.max",
-];
-
-/// The unit properties that apply `res` on cgroup `version` (validated first).
+/// The unit properties that apply `res` on cgroup `version` (validated first), from
+/// each controller's rules (`Rules::properties`).
 ///
 /// v1 cpuset, v1 `memory.memsw.limit_in_bytes` and v1 `memory.soft_limit_in_bytes`
 /// have no unit property; they are in [`cgroupfs_writes`].
@@ -193,169 +165,8 @@ pub fn resource_properties(
     // Every rule of the cgroupfs plan holds here too (ranges, version support).
     resources::plan(res, version)?;
     let mut p = Vec::new();
-    if let Some(cpu) = res.cpu() {
-        let shares = cpu.shares().unwrap_or(0);
-        let quota = cpu.quota().map(resources::effective_quota).unwrap_or(0);
-        let period = cpu.period().unwrap_or(0);
-        if shares != 0 {
-            p.push(match version {
-                CgroupVersion::V1 => UnitProperty::new("CPUShares", PropValue::U64(shares)),
-                CgroupVersion::V2 => UnitProperty::new(
-                    "CPUWeight",
-                    PropValue::U64(resources::shares_to_weight(shares)),
-                ),
-            });
-        }
-        if period != 0 {
-            p.push(
-                UnitProperty::new("CPUQuotaPeriodUSec", PropValue::U64(period))
-                    .since(SYSTEMD_CPU_QUOTA_PERIOD),
-            );
-        }
-        if quota != 0 || period != 0 {
-            let bad = |reason: String| ResourceError::OutOfRange {
-                field: "cpu.quota",
-                value: quota.to_string(),
-                reason,
-            };
-            let per_sec = cpu_quota_per_sec(quota, period)
-                .ok_or_else(|| bad("CPUQuotaPerSecUSec does not fit 64 bits".into()))?;
-            if per_sec != INFINITY {
-                let eff_period = if period == 0 {
-                    DEFAULT_CFS_PERIOD_US
-                } else {
-                    period
-                };
-                let derived = quota_from_per_sec(per_sec, eff_period);
-                if derived > resources::CFS_QUOTA_MAX as u128 {
-                    return Err(bad(format!(
-                        "systemd rounds it up to CPUQuotaPerSecUSec = {per_sec}, a quota of {derived} µs per {eff_period} µs, above the kernel's {} µs",
-                        resources::CFS_QUOTA_MAX
-                    )));
-                }
-            }
-            p.push(UnitProperty::new(
-                "CPUQuotaPerSecUSec",
-                PropValue::U64(per_sec),
-            ));
-        }
-    }
-    if version == CgroupVersion::V2 {
-        // systemd applies AllowedCPUs= only on the unified hierarchy; v1 cpuset is ours to write.
-        let (cpus, mems) = resources::cpuset_of(res)?;
-        if let Some(c) = cpus {
-            p.push(
-                UnitProperty::new("AllowedCPUs", PropValue::Bytes(cpuset_mask(&c)))
-                    .since(SYSTEMD_ALLOWED_CPUS),
-            );
-        }
-        if let Some(m) = mems {
-            p.push(
-                UnitProperty::new("AllowedMemoryNodes", PropValue::Bytes(cpuset_mask(&m)))
-                    .since(SYSTEMD_ALLOWED_CPUS),
-            );
-        }
-    }
-    if let Some(mem) = res.memory() {
-        let lim = mem.limit().unwrap_or(0);
-        let swap = mem.swap().unwrap_or(0);
-        let reservation = mem.reservation().unwrap_or(0);
-        match version {
-            CgroupVersion::V1 => {
-                if lim != 0 {
-                    p.push(UnitProperty::new("MemoryLimit", PropValue::U64(limit(lim))));
-                }
-            }
-            CgroupVersion::V2 => {
-                if lim != 0 {
-                    p.push(UnitProperty::new("MemoryMax", PropValue::U64(limit(lim))));
-                }
-                if reservation != 0 {
-                    p.push(UnitProperty::new(
-                        "MemoryLow",
-                        PropValue::U64(limit(reservation)),
-                    ));
-                }
-                let swap2 = resources::swap_to_v2(swap, lim)?;
-                // swap == limit converts to 0 (no swap at all): runc's systemd driver drops
-                // it, leaving swap unlimited; it is sent here, as runc's fs2 driver writes it.
-                if swap2 != 0 || swap > 0 {
-                    p.push(UnitProperty::new(
-                        "MemorySwapMax",
-                        PropValue::U64(limit(swap2)),
-                    ));
-                }
-            }
-        }
-    }
-    if let Some(pids) = res.pids() {
-        p.push(UnitProperty::new(
-            "TasksMax",
-            PropValue::U64(limit(resources::effective_pids(pids.limit()))),
-        ));
-    }
-    if let Some(b) = res.block_io() {
-        let v1 = version == CgroupVersion::V1;
-        let conv = |w: u16| {
-            if v1 {
-                u64::from(w)
-            } else {
-                resources::blkio_weight_to_io(w)
-            }
-        };
-        if let Some(w) = b.weight() {
-            p.push(UnitProperty::new(
-                if v1 { "BlockIOWeight" } else { "IOWeight" },
-                PropValue::U64(conv(w)),
-            ));
-        }
-        let devs: Vec<(String, u64)> = b
-            .weight_device()
-            .iter()
-            .flatten()
-            .filter_map(|d| Some((block_dev(d.major(), d.minor()), conv(d.weight()?))))
-            .collect();
-        if !devs.is_empty() {
-            p.push(UnitProperty::new(
-                if v1 {
-                    "BlockIODeviceWeight"
-                } else {
-                    "IODeviceWeight"
-                },
-                PropValue::DevU64s(devs),
-            ));
-        }
-        let names: [Option<&'static str>; 4] = if v1 {
-            // v1 has no IOPS properties: those go to blkio.throttle.*_iops_device.
-            [
-                Some("BlockIOReadBandwidth"),
-                Some("BlockIOWriteBandwidth"),
-                None,
-                None,
-            ]
-        } else {
-            [
-                Some("IOReadBandwidthMax"),
-                Some("IOWriteBandwidthMax"),
-                Some("IOReadIOPSMax"),
-                Some("IOWriteIOPSMax"),
-            ]
-        };
-        for ((_, list), name) in resources::throttle_lists(b).into_iter().zip(names) {
-            let Some(name) = name else { continue };
-            if list.is_empty() {
-                continue;
-            }
-            let v = list
-                .iter()
-                .map(|d| {
-                    // 0 is "no limit" in the OCI/v1 sense; systemd spells it infinity.
-                    let rate = if d.rate() == 0 { INFINITY } else { d.rate() };
-                    (block_dev(d.major(), d.minor()), rate)
-                })
-                .collect();
-            p.push(UnitProperty::new(name, PropValue::DevU64s(v)));
-        }
+    for r in RULES {
+        r.properties(res, version, &mut p)?;
     }
     Ok(p)
 }
@@ -374,25 +185,21 @@ pub fn cgroupfs_writes(
     cgroupfs_writes_for(res, version, &resources::HostSupport::assumed())
 }
 
-/// [`cgroupfs_writes`] for a host offering `host`.
+/// [`cgroupfs_writes`] for a host offering `host`: the plan less the files each
+/// controller's properties cover (`Rules::covered`).
 pub fn cgroupfs_writes_for(
     res: &LinuxResources,
     version: CgroupVersion,
     host: &resources::HostSupport,
 ) -> Result<Vec<Write>, ResourceError> {
     let mut w = resources::plan_for(res, version, host)?;
-    let covered = match version {
-        CgroupVersion::V1 => COVERED_V1,
-        CgroupVersion::V2 => COVERED_V2,
-    };
-    w.retain(|w| !covered.contains(&w.file.as_str()));
-    if version == CgroupVersion::V2 {
-        if let Some(h) = w.iter().find(|w| w.controller == "hugetlb") {
-            return Err(ResourceError::Unsupported {
-                field: format!("hugepageLimits ({})", h.file),
-                reason: "systemd does not enable the hugetlb controller for its units on cgroup v2, and has no property for it".into(),
-            });
-        }
+    w.retain(|w| {
+        !RULES
+            .iter()
+            .any(|r| r.covered(version).contains(&w.file.as_str()))
+    });
+    for r in RULES {
+        r.systemd_refusal(res, version)?;
     }
     Ok(w)
 }

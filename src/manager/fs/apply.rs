@@ -140,7 +140,7 @@ impl FsManager {
         for w in writes {
             let dir = match self.version {
                 CgroupVersion::V2 => self.first_dir()?,
-                CgroupVersion::V1 => self.dir_of(w.controller)?,
+                CgroupVersion::V1 => self.dir_of(w.controller.name())?,
             };
             let path = dir.join(&w.file);
             let old = match known.get(&path) {
@@ -149,7 +149,7 @@ impl FsManager {
             };
             write_file(&path, &w.value)?;
             known.remove(&path);
-            undo.push((path, restore_value(&w.file, &old)));
+            undo.push((path, resources::restore_value(&w.file, &old)));
         }
         Ok(())
     }
@@ -291,23 +291,4 @@ impl FsManager {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-}
-
-/// The value to write back to restore `file` from what reading it gave (files whose
-/// read form is not their write form: `cpu.max` "max 100000" is fine, but v1
-/// `memory.oom_control` reads as key/value lines). Both drivers restore through it.
-pub(crate) fn restore_value(file: &str, old: &str) -> String {
-    if file == "memory.oom_control" {
-        let on = old.lines().any(|l| l.trim() == "oom_kill_disable 1");
-        return u8::from(on).to_string();
-    }
-    if file == "net_prio.ifpriomap"
-        || file.starts_with("blkio.")
-        || file == "io.max"
-        || file == "io.weight"
-    {
-        // Multi-entry files: each write changes one entry; the first line is the best restore.
-        return old.lines().next().unwrap_or("").to_string();
-    }
-    old.to_string()
 }

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 
 use oci_spec::runtime::LinuxResources;
 
-pub(crate) use apply::restore_value;
+pub(crate) use crate::resources::restore_value;
 pub(crate) use io::count_migration_writes;
 pub use io::{migration_writes, read_file, write_file};
 pub use lock::TREE_LOCK;

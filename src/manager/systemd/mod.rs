@@ -27,6 +27,7 @@ use self::dbus::{Bus, BusError, NO_SUCH_UNIT, UNIT_EXISTS};
 use self::props::{UnitProperty, SYSTEMD_ATTACH, SYSTEMD_FREEZE};
 use super::fs::{read_file, write_file};
 use super::{CgroupError, FsManager, Manager, Stats};
+use crate::cgroup::{Controller, Hierarchy};
 use crate::host::{CgroupLayout, CgroupVersion};
 use crate::metrics::{IncMetric, METRICS};
 use crate::path::{Driver, SystemdUnit};
@@ -322,8 +323,9 @@ impl SystemdManager {
     fn apply(&mut self, res: &LinuxResources, with_properties: bool) -> Result<(), CgroupError> {
         let support = resources::HostSupport::probe(&self.layout);
         let writes: Vec<Write> = props::cgroupfs_writes_for(res, self.version, &support)?;
-        let (cpuset, rest): (Vec<Write>, Vec<Write>) =
-            writes.into_iter().partition(|w| w.controller == "cpuset");
+        let (cpuset, rest): (Vec<Write>, Vec<Write>) = writes
+            .into_iter()
+            .partition(|w| w.controller == Hierarchy::Controller(Controller::Cpuset));
         let mut undo: Vec<(PathBuf, String)> = Vec::new();
         let r = (|| -> Result<(), CgroupError> {
             if !cpuset.is_empty() {
@@ -373,7 +375,7 @@ impl SystemdManager {
         undo: &mut Vec<(PathBuf, String)>,
     ) -> Result<(), CgroupError> {
         for w in writes {
-            let path = self.dir_of(w.controller)?.join(&w.file);
+            let path = self.dir_of(w.controller.name())?.join(&w.file);
             let old = read_file(&path)?;
             write_file(&path, &w.value)?;
             // What reading gave is not always what writing takes (v1 memory.oom_control).

@@ -1,0 +1,42 @@
+//! The `devices` controller: OCI `devices` is deliberately not applied to the host
+//! sandbox cgroup (the VMM needs its own devices: `/dev/kvm`, tap, vhost; the guest
+//! enforces the containers' device rules). It is named in the notes, never dropped
+//! silently.
+
+use oci_spec::runtime::LinuxResources;
+
+use super::{HostSupport, ResourceError, Rules, Write};
+use crate::cgroup::{CgroupVersion, Controller, Hierarchy};
+
+/// The `devices` controller's rules.
+pub(super) struct Devices;
+
+impl Rules for Devices {
+    fn controller(&self) -> Hierarchy {
+        Hierarchy::Controller(Controller::Devices)
+    }
+
+    fn oci_keys(&self) -> &'static [(&'static str, &'static [&'static str])] {
+        &[("", &["devices"])]
+    }
+
+    fn validate(&self, _res: &LinuxResources) -> Result<(), ResourceError> {
+        Ok(())
+    }
+
+    fn writes(
+        &self,
+        _res: &LinuxResources,
+        _version: CgroupVersion,
+        _host: &HostSupport,
+        _w: &mut Vec<Write>,
+    ) -> Result<(), ResourceError> {
+        Ok(())
+    }
+
+    fn notes(&self, res: &LinuxResources, out: &mut Vec<String>) {
+        if res.devices().as_ref().is_some_and(|d| !d.is_empty()) {
+            out.push("resources.devices is not applied to the host sandbox cgroup: the VMM needs its own devices (/dev/kvm, tap, vhost), and the guest enforces the containers' device rules".to_string());
+        }
+    }
+}
