@@ -218,65 +218,65 @@ impl FromStr for Controller {
 /// The key of a cgroup directory in a driver's map of directories, and of the files
 /// a write goes to: a controller, whose hierarchy holds its files (v1) or whose files
 /// sit in the one v2 directory; or, for cgroup v2, the unified hierarchy itself
-/// ([`Hierarchy::Unified`]: the core `cgroup.*` files and OCI `unified` keys).
+/// ([`HierarchyKey::Unified`]: the core `cgroup.*` files and OCI `unified` keys).
 ///
 /// One spelling for v2: `unified`, in JSON and in text alike (never `""`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Hierarchy {
+pub enum HierarchyKey {
     /// The hierarchy (v1) or the files (v2) of one controller.
     Controller(Controller),
     /// The cgroup v2 hierarchy as a whole.
     Unified,
 }
 
-impl Hierarchy {
+impl HierarchyKey {
     /// The key's name: the controller's name, or `unified`.
     pub fn name(self) -> &'static str {
         match self {
-            Hierarchy::Controller(c) => c.name(),
-            Hierarchy::Unified => "unified",
+            HierarchyKey::Controller(c) => c.name(),
+            HierarchyKey::Unified => "unified",
         }
     }
 
     /// The controller, when the key names one.
     pub fn controller(self) -> Option<Controller> {
         match self {
-            Hierarchy::Controller(c) => Some(c),
-            Hierarchy::Unified => None,
+            HierarchyKey::Controller(c) => Some(c),
+            HierarchyKey::Unified => None,
         }
     }
 }
 
-impl From<Controller> for Hierarchy {
+impl From<Controller> for HierarchyKey {
     fn from(c: Controller) -> Self {
-        Hierarchy::Controller(c)
+        HierarchyKey::Controller(c)
     }
 }
 
-impl fmt::Display for Hierarchy {
+impl fmt::Display for HierarchyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
 }
 
-impl FromStr for Hierarchy {
+impl FromStr for HierarchyKey {
     type Err = UnknownController;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s == "unified" {
-            return Ok(Hierarchy::Unified);
+            return Ok(HierarchyKey::Unified);
         }
-        s.parse().map(Hierarchy::Controller)
+        s.parse().map(HierarchyKey::Controller)
     }
 }
 
-impl Serialize for Hierarchy {
+impl Serialize for HierarchyKey {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.name())
     }
 }
 
-impl<'de> Deserialize<'de> for Hierarchy {
+impl<'de> Deserialize<'de> for HierarchyKey {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
@@ -304,15 +304,15 @@ mod tests {
     #[test]
     fn hierarchy_keys_have_one_spelling() {
         for c in Controller::ALL {
-            let h = Hierarchy::from(c);
-            assert_eq!(h.name().parse::<Hierarchy>(), Ok(h));
+            let h = HierarchyKey::from(c);
+            assert_eq!(h.name().parse::<HierarchyKey>(), Ok(h));
             assert_eq!(h.controller(), Some(c));
         }
-        assert_eq!("unified".parse::<Hierarchy>(), Ok(Hierarchy::Unified));
+        assert_eq!("unified".parse::<HierarchyKey>(), Ok(HierarchyKey::Unified));
         assert_eq!(
-            serde_json::to_string(&Hierarchy::Unified).unwrap(),
+            serde_json::to_string(&HierarchyKey::Unified).unwrap(),
             "\"unified\""
         );
-        assert!("".parse::<Hierarchy>().is_err());
+        assert!("".parse::<HierarchyKey>().is_err());
     }
 }

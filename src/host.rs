@@ -25,6 +25,22 @@ pub const V1_CONTROLLERS: &[&str] = &[
 /// The cgroup v2 controllers a sandbox cgroup asks its parents to enable.
 pub const V2_CONTROLLERS: &[&str] = &["cpu", "cpuset", "memory", "pids", "io", "hugetlb"];
 
+/// v1 controllers whose hierarchies hold the nested layout's `vcpus` child.
+pub const V1_CHILD_CONTROLLERS: [&str; 3] = ["cpu", "cpuacct", "cpuset"];
+/// v2 controllers enabled for the `vcpus` child (threaded controllers; `cpu` required).
+pub const V2_CHILD_CONTROLLERS: [&str; 3] = ["cpu", "cpuset", "pids"];
+
+/// Which cgroup of a sandbox a directory map is for ([`CgroupLayout::cgroup_dirs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirSet {
+    /// The sandbox cgroup or the overhead cgroup: every hierarchy the driver uses.
+    Sandbox,
+    /// The nested layout's `vcpus` child: v1, the hierarchies of `cpu`, `cpuacct` and
+    /// `cpuset` ([`V1_CHILD_CONTROLLERS`]); v2, the threaded controllers
+    /// ([`V2_CHILD_CONTROLLERS`]) of the one hierarchy.
+    VcpusChild,
+}
+
 /// Default mount point of the cgroup filesystems.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -109,6 +125,69 @@ pub struct CgroupLayout {
 }
 
 impl CgroupLayout {
+    /// The directory map, the one place cgroup directories are computed: key → the
+    /// directory of the cgroup at `relative` (below each hierarchy root) as `driver`
+    /// uses it, for the sandbox or overhead cgroup or the `vcpus` child (`set`).
+    ///
+    /// Keys are controller names, and `unified` on cgroup v2 (one spelling; see
+    /// [`crate::cgroup::HierarchyKey`]):
+    /// - v1: each mounted controller of [`V1_CONTROLLERS`] → `<its mount>/<relative>`
+    ///   (co-mounted controllers share a directory). The systemd driver leaves
+    ///   `devices` out: systemd realises a unit's devices cgroup only for units with a
+    ///   device policy, so a sandbox scope stays in an ancestor's (runc's systemd
+    ///   driver and ours alike).
+    /// - v2: each available controller of [`V2_CONTROLLERS`] and `unified` → the one
+    ///   directory `<unified mount>/<relative>`.
+    ///
+    /// `SandboxPlan` (what `resolve` prints and `Sandbox::plan` returns), both drivers'
+    /// `paths` and the `vcpus` child all take their directories from here, so a plan
+    /// names the directories a run uses.
+    pub fn cgroup_dirs(
+        &self,
+        relative: &str,
+        driver: crate::cgroup::Driver,
+        set: DirSet,
+    ) -> BTreeMap<String, PathBuf> {
+        let relative = relative.trim_matches('/');
+        let mut out = BTreeMap::new();
+        match self.version() {
+            CgroupVersion::V1 => {
+                let keep: Vec<&PathBuf> = match set {
+                    DirSet::Sandbox => self.mounts.values().collect(),
+                    DirSet::VcpusChild => V1_CHILD_CONTROLLERS
+                        .iter()
+                        .filter_map(|c| self.mounts.get(*c))
+                        .collect(),
+                };
+                for (mount, controllers) in self.v1_hierarchies() {
+                    if !keep.contains(&&mount) {
+                        continue;
+                    }
+                    for c in controllers {
+                        if driver == crate::cgroup::Driver::Systemd && c == "devices" {
+                            continue;
+                        }
+                        out.insert(c, mount.join(relative));
+                    }
+                }
+            }
+            CgroupVersion::V2 => {
+                if let Some(u) = &self.unified {
+                    let dir = u.join(relative);
+                    for c in &self.v2_controllers {
+                        if set == DirSet::VcpusChild && !V2_CHILD_CONTROLLERS.contains(&c.as_str())
+                        {
+                            continue;
+                        }
+                        out.insert(c.clone(), dir.clone());
+                    }
+                    out.insert("unified".to_string(), dir);
+                }
+            }
+        }
+        out
+    }
+
     /// Reads the layout of the calling process's mount namespace.
     pub fn detect() -> Result<Self, HostError> {
         let mi = Path::new("/proc/self/mountinfo");

@@ -12,7 +12,7 @@ use thiserror::Error;
 
 use crate::config::RuntimeConfig;
 use crate::host::{
-    CgroupLayout, CgroupVersion, Hierarchy, CGROUP_ROOT, V1_CONTROLLERS, V2_CONTROLLERS,
+    CgroupLayout, CgroupVersion, DirSet, Hierarchy, CGROUP_ROOT, V1_CONTROLLERS, V2_CONTROLLERS,
 };
 use crate::path::{CgroupsPath, Driver, PathError};
 use crate::placement::{Placement, VcpuLayout};
@@ -139,21 +139,8 @@ pub fn nominal_layout(version: CgroupVersion) -> CgroupLayout {
 
 fn cgroup_plan(parsed: CgroupsPath, layout: &CgroupLayout) -> CgroupPlan {
     let path = parsed.relative();
-    let mut paths = BTreeMap::new();
-    match layout.version() {
-        CgroupVersion::V1 => {
-            for c in layout.controllers() {
-                if let Some(mp) = layout.mounts.get(&c) {
-                    paths.insert(c, mp.join(&path));
-                }
-            }
-        }
-        CgroupVersion::V2 => {
-            if let Some(u) = &layout.unified {
-                paths.insert("unified".to_string(), u.join(&path));
-            }
-        }
-    }
+    // The drivers' own directories (the directory map), so the plan is what a run uses.
+    let paths = layout.cgroup_dirs(&path, parsed.driver(), DirSet::Sandbox);
     let (slice, unit) = match parsed.unit() {
         Some(u) => (Some(u.slice.clone()), Some(u.unit.clone())),
         None => (None, None),
@@ -270,19 +257,7 @@ impl SandboxPlan {
         let vcpus_child = if vcpu_layout == VcpuLayout::Nested {
             let child = crate::placement::VCPU_CHILD;
             let path = format!("{}/{child}", sandbox.path);
-            let paths: BTreeMap<String, PathBuf> = match version {
-                CgroupVersion::V1 => sandbox
-                    .paths
-                    .iter()
-                    .filter(|(c, _)| ["cpu", "cpuacct", "cpuset"].contains(&c.as_str()))
-                    .map(|(c, d)| (c.clone(), d.join(child)))
-                    .collect(),
-                CgroupVersion::V2 => sandbox
-                    .paths
-                    .iter()
-                    .map(|(c, d)| (c.clone(), d.join(child)))
-                    .collect(),
-            };
+            let paths = layout.cgroup_dirs(&path, Driver::Cgroupfs, DirSet::VcpusChild);
             let child_writes = match resources {
                 Some(r) => {
                     resources::plan_for(&resources::vcpu_child_resources([r])?, version, &support)?

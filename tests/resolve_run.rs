@@ -127,3 +127,113 @@ fn resolve_and_run_agree_on_acceptance_and_writes() {
     );
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// The directories `resolve` plans (what `Sandbox::plan()` holds) are the directories
+/// the driver uses in a run, for the sandbox, the overhead cgroup and the nested
+/// layout's `vcpus` child, and each exists while the run holds it. One directory map
+/// computes them all (docs/design.md, "Directory map"); before it, `resolve` patched
+/// its plan with the driver's paths and `Sandbox::plan()` differed (v2: no controller
+/// keys; v1 + systemd: a `devices` directory the driver never makes).
+fn plan_paths_are_run_paths(path: &str, id: &str, toml: &str) {
+    let state = std::env::temp_dir().join(unique("planrun"));
+    std::fs::create_dir_all(&state).unwrap();
+    let cfg = state.join("c.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let (state_s, cfg_s) = (
+        state.to_string_lossy().into_owned(),
+        cfg.to_string_lossy().into_owned(),
+    );
+    let base = [
+        "--sandbox-id",
+        id,
+        "--cgroups-path",
+        path,
+        "--state-dir",
+        &state_s,
+        "--config",
+        &cfg_s,
+    ];
+    let resolve = hc(&[&["resolve", "--json"][..], &base[..]].concat());
+    assert!(
+        resolve.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resolve.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&resolve.stdout).unwrap();
+    let run = hc(&[
+        &["run", "--json", "--duration", "0", "--vcpus", "2"][..],
+        &["--backend", "thread"][..],
+        &base[..],
+    ]
+    .concat());
+    let _ = std::fs::remove_dir_all(&state);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let run: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(plan["sandbox"]["paths"], run["sandbox"]["paths"], "{toml}");
+    assert_eq!(
+        plan["overhead"]["paths"], run["overhead"]["paths"],
+        "{toml}"
+    );
+    assert_eq!(plan["vcpus_child"]["paths"], run["vcpus_cgroup"], "{toml}");
+    assert!(
+        plan["sandbox"]["paths"]
+            .as_object()
+            .is_some_and(|m| !m.is_empty()),
+        "{plan}"
+    );
+    // And what resolve says of the host is the same map.
+    assert_eq!(plan["sandbox"]["paths"], plan["host"]["paths"], "{toml}");
+    // The library's plan itself (what `Sandbox::plan()` returns), not only the command's.
+    let config = host_cgroups::config::RuntimeConfig::parse(toml, &cfg).unwrap();
+    let lib = host_cgroups::plan::SandboxPlan::new(&config, id, path, &layout(), None).unwrap();
+    assert_eq!(json(&lib.sandbox.paths), run["sandbox"]["paths"], "{toml}");
+    assert_eq!(
+        json(&lib.overhead.as_ref().map(|o| o.paths.clone())),
+        run["overhead"]["paths"],
+        "{toml}"
+    );
+    assert_eq!(
+        json(&lib.vcpus_child.as_ref().map(|c| c.paths.clone())),
+        run["vcpus_cgroup"],
+        "{toml}"
+    );
+}
+
+/// A serializable value as JSON, for comparing the library's maps with the command's.
+fn json<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap()
+}
+
+const LAYOUTS: [&str; 3] = [
+    "[runtime]\nsandbox_cgroup_only = true\n",
+    "[runtime]\nsandbox_cgroup_only = false\nvcpu_cgroup_layout = \"nested\"\n",
+    "[runtime]\nsandbox_cgroup_only = false\n",
+];
+
+#[test]
+fn planned_directories_are_the_run_directories_cgroupfs() {
+    let prefix = unique("planrun");
+    let _guard = CgroupGuard::new(&prefix);
+    for (i, toml) in LAYOUTS.iter().enumerate() {
+        let id = format!("{prefix}-{i}");
+        let cfg = format!("[hypervisor.dragonball]\ndefault_maxvcpus = 2\n{toml}");
+        plan_paths_are_run_paths(&format!("{prefix}/{id}"), &id, &cfg);
+    }
+}
+
+#[test]
+fn planned_directories_are_the_run_directories_systemd() {
+    if !common::systemd::needs_systemd("planned_directories_are_the_run_directories_systemd") {
+        return;
+    }
+    let g = common::systemd::SliceGuard::new();
+    for (i, toml) in LAYOUTS.iter().enumerate() {
+        let id = unique(&format!("planrun{i}"));
+        let cfg = format!("[hypervisor.dragonball]\ndefault_maxvcpus = 2\n{toml}");
+        plan_paths_are_run_paths(&g.path(&id), &id, &cfg);
+    }
+}

@@ -29,14 +29,12 @@ use tracing::debug;
 
 use super::fs::{count_migration_writes, read_file, write_file, FsManager};
 use super::{CgroupError, Manager, Stats};
+use crate::cgroup::Driver;
 use crate::failpoint;
-use crate::host::{CgroupLayout, CgroupVersion, Hierarchy};
+use crate::host::{CgroupLayout, CgroupVersion, DirSet, Hierarchy};
 use crate::placement::VCPU_CHILD;
 
-/// v1 controllers whose hierarchies hold the child.
-pub const V1_CHILD_CONTROLLERS: [&str; 3] = ["cpu", "cpuacct", "cpuset"];
-/// v2 controllers enabled for the child (threaded controllers; `cpu` required).
-pub const V2_CHILD_CONTROLLERS: [&str; 3] = ["cpu", "cpuset", "pids"];
+pub use crate::host::{V1_CHILD_CONTROLLERS, V2_CHILD_CONTROLLERS};
 
 /// The layout restricted to the child's hierarchies (v1) or controllers (v2).
 fn child_layout(layout: &CgroupLayout) -> CgroupLayout {
@@ -64,13 +62,10 @@ fn child_layout(layout: &CgroupLayout) -> CgroupLayout {
 /// The directories (one per hierarchy) of the child of the sandbox at `sandbox_relative`.
 pub fn child_dirs(layout: &CgroupLayout, sandbox_relative: &str) -> Vec<PathBuf> {
     let rel = child_relative(sandbox_relative);
-    let mut out: Vec<PathBuf> = match layout.version() {
-        CgroupVersion::V1 => V1_CHILD_CONTROLLERS
-            .iter()
-            .filter_map(|c| layout.mounts.get(*c).map(|m| m.join(&rel)))
-            .collect(),
-        CgroupVersion::V2 => layout.unified.iter().map(|u| u.join(&rel)).collect(),
-    };
+    let mut out: Vec<PathBuf> = layout
+        .cgroup_dirs(&rel, Driver::Cgroupfs, DirSet::VcpusChild)
+        .into_values()
+        .collect();
     out.sort();
     out.dedup();
     out

@@ -12,7 +12,7 @@ use oci_spec::runtime::LinuxResources;
 
 use super::systemd::{PropValue, UnitProperty, INFINITY};
 use super::{missing, range_err, unsupported, HostSupport, ResourceError, Rules, Write};
-use crate::cgroup::{CgroupVersion, Controller, Hierarchy};
+use crate::cgroup::{CgroupVersion, Controller, HierarchyKey};
 
 /// Bounds of the OCI block-I/O weights (`blkio.bfq.weight`, systemd `BlockIOWeight=`).
 pub const BLKIO_WEIGHT_RANGE: (u16, u16) = (10, 1_000);
@@ -77,8 +77,8 @@ fn block_dev(major: i64, minor: i64) -> String {
 pub(super) struct BlockIo;
 
 impl Rules for BlockIo {
-    fn controller(&self) -> Hierarchy {
-        Hierarchy::Controller(Controller::Blkio)
+    fn controller(&self) -> HierarchyKey {
+        HierarchyKey::Controller(Controller::Blkio)
     }
 
     fn oci_keys(&self) -> &'static [(&'static str, &'static [&'static str])] {

@@ -14,7 +14,7 @@ use super::systemd::{
     INFINITY, SYSTEMD_CPU_QUOTA_PERIOD,
 };
 use super::{missing, only_v1, range_err, HostSupport, ResourceError, Rules, Write};
-use crate::cgroup::{CgroupVersion, Controller, Hierarchy};
+use crate::cgroup::{CgroupVersion, Controller, HierarchyKey};
 
 /// Kernel bounds of a CFS period in µs (`cpu.cfs_period_us`, `cpu.max`): 1 ms to 1 s.
 pub const CFS_PERIOD_RANGE: (u64, u64) = (1_000, 1_000_000);
@@ -66,8 +66,8 @@ pub fn effective_quota(quota: i64) -> i64 {
 pub(super) struct Cpu;
 
 impl Rules for Cpu {
-    fn controller(&self) -> Hierarchy {
-        Hierarchy::Controller(Controller::Cpu)
+    fn controller(&self) -> HierarchyKey {
+        HierarchyKey::Controller(Controller::Cpu)
     }
 
     fn oci_keys(&self) -> &'static [(&'static str, &'static [&'static str])] {

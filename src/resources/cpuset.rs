@@ -8,7 +8,7 @@ use oci_spec::runtime::LinuxResources;
 
 use super::systemd::{cpuset_mask, PropValue, UnitProperty, SYSTEMD_ALLOWED_CPUS};
 use super::{CpuList, HostSupport, ResourceError, Rules, Write};
-use crate::cgroup::{CgroupVersion, Controller, Hierarchy};
+use crate::cgroup::{CgroupVersion, Controller, HierarchyKey};
 
 /// The cpuset lists `res` asks for, parsed: `(cpus, mems)`; an empty list is unset.
 ///
@@ -36,8 +36,8 @@ pub fn cpuset_of(
 pub(super) struct Cpuset;
 
 impl Rules for Cpuset {
-    fn controller(&self) -> Hierarchy {
-        Hierarchy::Controller(Controller::Cpuset)
+    fn controller(&self) -> HierarchyKey {
+        HierarchyKey::Controller(Controller::Cpuset)
     }
 
     fn oci_keys(&self) -> &'static [(&'static str, &'static [&'static str])] {

@@ -6,14 +6,14 @@
 use oci_spec::runtime::LinuxResources;
 
 use super::{HostSupport, ResourceError, Rules, Write};
-use crate::cgroup::{CgroupVersion, Controller, Hierarchy};
+use crate::cgroup::{CgroupVersion, Controller, HierarchyKey};
 
 /// The `devices` controller's rules.
 pub(super) struct Devices;
 
 impl Rules for Devices {
-    fn controller(&self) -> Hierarchy {
-        Hierarchy::Controller(Controller::Devices)
+    fn controller(&self) -> HierarchyKey {
+        HierarchyKey::Controller(Controller::Devices)
     }
 
     fn oci_keys(&self) -> &'static [(&'static str, &'static [&'static str])] {

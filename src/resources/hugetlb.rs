@@ -6,7 +6,7 @@
 use oci_spec::runtime::LinuxResources;
 
 use super::{max_or, range_err, unsupported, HostSupport, ResourceError, Rules, Write};
-use crate::cgroup::{CgroupVersion, Controller, Hierarchy};
+use crate::cgroup::{CgroupVersion, Controller, HierarchyKey};
 
 /// A huge page size in kB → the cgroup files' spelling (`2048` → `2MB`, `1048576` → `1GB`).
 pub fn hugepage_size_name(kb: u64) -> String {
@@ -40,8 +40,8 @@ fn hugepage_size(size: &str) -> Result<&str, ResourceError> {
 pub(super) struct Hugetlb;
 
 impl Rules for Hugetlb {
-    fn controller(&self) -> Hierarchy {
-        Hierarchy::Controller(Controller::Hugetlb)
+    fn controller(&self) -> HierarchyKey {
+        HierarchyKey::Controller(Controller::Hugetlb)
     }
 
     fn oci_keys(&self) -> &'static [(&'static str, &'static [&'static str])] {

@@ -14,7 +14,7 @@ use super::systemd::{limit, PropValue, UnitProperty};
 use super::{
     max_or, missing, only_v1, range_err, unsupported, HostSupport, ResourceError, Rules, Write,
 };
-use crate::cgroup::{CgroupVersion, Controller, Hierarchy};
+use crate::cgroup::{CgroupVersion, Controller, HierarchyKey};
 
 /// OCI `memory.swap` (memory+swap, v1 semantics) → v2 `memory.swap.max` (swap alone).
 ///
@@ -149,8 +149,8 @@ pub fn check_vmm_memory_floor(
 pub(super) struct Memory;
 
 impl Rules for Memory {
-    fn controller(&self) -> Hierarchy {
-        Hierarchy::Controller(Controller::Memory)
+    fn controller(&self) -> HierarchyKey {
+        HierarchyKey::Controller(Controller::Memory)
     }
 
     fn oci_keys(&self) -> &'static [(&'static str, &'static [&'static str])] {

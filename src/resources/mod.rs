@@ -33,7 +33,7 @@ use oci_spec::runtime::LinuxResources;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::cgroup::{CgroupVersion, Hierarchy};
+use crate::cgroup::{CgroupVersion, HierarchyKey};
 pub use crate::cpulist::{CpuList, CpuListError};
 
 pub use blkio::{blkio_weight_to_io, throttle_lists, Throttles, BLKIO_WEIGHT_RANGE};
@@ -123,9 +123,9 @@ fn max_or(v: i64) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Write {
     /// Where the file lives: the controller whose hierarchy holds it (v1) or whose
-    /// file it is (v2), or [`Hierarchy::Unified`] for the keys of OCI `unified`, which
+    /// file it is (v2), or [`HierarchyKey::Unified`] for the keys of OCI `unified`, which
     /// all live in the one v2 directory. In JSON the controller's name or `unified`.
-    pub controller: Hierarchy,
+    pub controller: HierarchyKey,
     /// The file name, such as `cpu.max`.
     pub file: String,
     /// The exact bytes written.
@@ -134,7 +134,7 @@ pub struct Write {
 
 impl Write {
     fn new(
-        controller: impl Into<Hierarchy>,
+        controller: impl Into<HierarchyKey>,
         file: impl Into<String>,
         value: impl ToString,
     ) -> Self {
@@ -151,8 +151,8 @@ impl Write {
 pub(crate) trait Rules: Sync {
     /// The kernel controller the file is about (block I/O: `blkio`, whose v2 successor
     /// is `io`; the network rules: `net_cls`, with `net_prio`), or
-    /// [`Hierarchy::Unified`] for OCI `unified`.
-    fn controller(&self) -> Hierarchy;
+    /// [`HierarchyKey::Unified`] for OCI `unified`.
+    fn controller(&self) -> HierarchyKey;
 
     /// The runtime spec's keys this controller reads: `(section, keys)`, where `""` is
     /// the top level of `LinuxResources` (config-linux.md).
@@ -824,7 +824,7 @@ mod rules_tests {
 
     #[test]
     fn each_controller_has_one_file_and_each_key_one_owner() {
-        let mut controllers: Vec<Hierarchy> = RULES.iter().map(|r| r.controller()).collect();
+        let mut controllers: Vec<HierarchyKey> = RULES.iter().map(|r| r.controller()).collect();
         let n = controllers.len();
         controllers.sort();
         controllers.dedup();

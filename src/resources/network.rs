@@ -6,14 +6,14 @@
 use oci_spec::runtime::LinuxResources;
 
 use super::{only_v1, range_err, unsupported, HostSupport, ResourceError, Rules, Write};
-use crate::cgroup::{CgroupVersion, Controller, Hierarchy};
+use crate::cgroup::{CgroupVersion, Controller, HierarchyKey};
 
 /// The `net_cls` and `net_prio` rules.
 pub(super) struct Network;
 
 impl Rules for Network {
-    fn controller(&self) -> Hierarchy {
-        Hierarchy::Controller(Controller::NetCls)
+    fn controller(&self) -> HierarchyKey {
+        HierarchyKey::Controller(Controller::NetCls)
     }
 
     fn oci_keys(&self) -> &'static [(&'static str, &'static [&'static str])] {

@@ -5,7 +5,7 @@ use oci_spec::runtime::LinuxResources;
 
 use super::systemd::{limit, PropValue, UnitProperty};
 use super::{max_or, HostSupport, ResourceError, Rules, Write};
-use crate::cgroup::{CgroupVersion, Controller, Hierarchy};
+use crate::cgroup::{CgroupVersion, Controller, HierarchyKey};
 
 /// The pids limit as written: positive as given, 0 → 1 (runc 1.4: the runtime spec
 /// makes 0 a real limit, and systemd refuses `TasksMax=0`), negative → unlimited.
@@ -21,8 +21,8 @@ pub fn effective_pids(limit: i64) -> i64 {
 pub(super) struct Pids;
 
 impl Rules for Pids {
-    fn controller(&self) -> Hierarchy {
-        Hierarchy::Controller(Controller::Pids)
+    fn controller(&self) -> HierarchyKey {
+        HierarchyKey::Controller(Controller::Pids)
     }
 
     fn oci_keys(&self) -> &'static [(&'static str, &'static [&'static str])] {

@@ -4,14 +4,14 @@
 use oci_spec::runtime::LinuxResources;
 
 use super::{unsupported, HostSupport, ResourceError, Rules, Write};
-use crate::cgroup::{CgroupVersion, Controller, Hierarchy};
+use crate::cgroup::{CgroupVersion, Controller, HierarchyKey};
 
 /// The `rdma` controller's rules.
 pub(super) struct Rdma;
 
 impl Rules for Rdma {
-    fn controller(&self) -> Hierarchy {
-        Hierarchy::Controller(Controller::Rdma)
+    fn controller(&self) -> HierarchyKey {
+        HierarchyKey::Controller(Controller::Rdma)
     }
 
     fn oci_keys(&self) -> &'static [(&'static str, &'static [&'static str])] {

@@ -5,7 +5,7 @@
 use oci_spec::runtime::LinuxResources;
 
 use super::{unsupported, HostSupport, ResourceError, Rules, Write};
-use crate::cgroup::{CgroupVersion, Hierarchy};
+use crate::cgroup::{CgroupVersion, HierarchyKey};
 
 /// v2 files OCI `unified` may not write: they move processes or shape the tree this
 /// component manages.
@@ -44,8 +44,8 @@ fn unified_key(key: &str) -> Result<(), ResourceError> {
 pub(super) struct Unified;
 
 impl Rules for Unified {
-    fn controller(&self) -> Hierarchy {
-        Hierarchy::Unified
+    fn controller(&self) -> HierarchyKey {
+        HierarchyKey::Unified
     }
 
     fn oci_keys(&self) -> &'static [(&'static str, &'static [&'static str])] {
@@ -87,7 +87,7 @@ impl Rules for Unified {
                     ));
                 }
                 // Written as given, after everything else (the runtime spec's rule).
-                w.push(Write::new(Hierarchy::Unified, k.clone(), v));
+                w.push(Write::new(HierarchyKey::Unified, k.clone(), v));
             }
         }
         Ok(())

@@ -414,12 +414,6 @@ fn resolve(args: &ResolveArgs) -> Result<(), CliError> {
                 }
             })?;
             plan.notes.extend(p.notes.iter().cloned());
-            // The directories the driver will really use (the v1 systemd driver keeps
-            // no devices directory, for one), as `run` reports them.
-            plan.sandbox.paths = p.paths.clone();
-            if let (Some(o), Some(op)) = (plan.overhead.as_mut(), &p.overhead_paths) {
-                o.paths = op.clone();
-            }
             Some(p)
         }
     };

@@ -30,7 +30,7 @@ pub use lock::TREE_LOCK;
 pub use marks::PARENT_MARKS;
 
 use super::{CgroupError, Manager, Stats};
-use crate::host::{CgroupLayout, CgroupVersion};
+use crate::host::{CgroupLayout, CgroupVersion, DirSet};
 use crate::path::Driver;
 use io::read_ids;
 
@@ -168,17 +168,10 @@ impl Manager for FsManager {
         &self.relative
     }
 
+    /// From the directory map ([`CgroupLayout::cgroup_dirs`]) of this manager's layout.
     fn paths(&self) -> BTreeMap<String, PathBuf> {
-        let mut out = BTreeMap::new();
-        for h in &self.hiers {
-            for c in &h.controllers {
-                out.insert(c.clone(), h.dir(&self.relative));
-            }
-            if self.version == CgroupVersion::V2 {
-                out.insert("unified".into(), h.dir(&self.relative));
-            }
-        }
-        out
+        self.layout
+            .cgroup_dirs(&self.relative, Driver::Cgroupfs, DirSet::Sandbox)
     }
 
     fn create(&mut self) -> Result<(), CgroupError> {

@@ -27,8 +27,8 @@ use self::dbus::{Bus, BusError, NO_SUCH_UNIT, UNIT_EXISTS};
 use self::props::{UnitProperty, SYSTEMD_ATTACH, SYSTEMD_FREEZE};
 use super::fs::{read_file, write_file};
 use super::{CgroupError, FsManager, Manager, Stats};
-use crate::cgroup::{Controller, Hierarchy};
-use crate::host::{CgroupLayout, CgroupVersion};
+use crate::cgroup::{Controller, HierarchyKey};
+use crate::host::{CgroupLayout, CgroupVersion, DirSet};
 use crate::metrics::{IncMetric, METRICS};
 use crate::path::{Driver, SystemdUnit};
 use crate::resources::{self, Write};
@@ -325,7 +325,7 @@ impl SystemdManager {
         let writes: Vec<Write> = props::cgroupfs_writes_for(res, self.version, &support)?;
         let (cpuset, rest): (Vec<Write>, Vec<Write>) = writes
             .into_iter()
-            .partition(|w| w.controller == Hierarchy::Controller(Controller::Cpuset));
+            .partition(|w| w.controller == HierarchyKey::Controller(Controller::Cpuset));
         let mut undo: Vec<(PathBuf, String)> = Vec::new();
         let r = (|| -> Result<(), CgroupError> {
             if !cpuset.is_empty() {
@@ -520,14 +520,12 @@ impl Manager for SystemdManager {
         &self.relative
     }
 
-    /// The unit's directories; on v1 without `devices`, which systemd realises only for
-    /// units with a device policy (a sandbox scope stays in an ancestor's devices cgroup).
+    /// The unit's directories, from the directory map ([`CgroupLayout::cgroup_dirs`]):
+    /// on v1 without `devices`, which systemd realises only for units with a device
+    /// policy (a sandbox scope stays in an ancestor's devices cgroup).
     fn paths(&self) -> BTreeMap<String, PathBuf> {
-        let mut p = self.reader.paths();
-        if self.version == CgroupVersion::V1 {
-            p.remove("devices");
-        }
-        p
+        self.layout
+            .cgroup_dirs(&self.relative, Driver::Systemd, DirSet::Sandbox)
     }
 
     /// Connects to systemd and checks it answers; starts the unit only when it is a slice.
