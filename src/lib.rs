@@ -61,19 +61,46 @@
 //! from its state file. `examples/embed.rs` runs this flow end to end with plain
 //! threads in place of KVM vCPUs.
 //!
+//! # The public surface
+//! At the crate root, what a runtime uses:
+//! - the entry point and its values: [`Sandbox`], [`SandboxOptions`], [`SandboxError`],
+//!   [`Activation`], [`Teardown`] (with [`TeardownReport`]), [`Preflight`],
+//!   [`CleanupReport`], [`ContainerUpdate`], [`VcpuRecord`] (with [`PlacedBy`]),
+//!   [`Stats`], and the errors it wraps ([`CgroupError`], [`SupervisorError`],
+//!   [`ResourceError`], [`ConfigError`]);
+//! - configuration: [`RuntimeConfig`] (the Kata runtime TOML) and [`SandboxPlan`] (what
+//!   [`Sandbox::plan`] returns and `host-cgroups resolve` prints);
+//! - OCI resources: [`from_json`], [`parse_json`] (with [`Parsed`]'s warnings) and
+//!   [`LinuxResources`] itself;
+//! - the vocabulary: [`CgroupVersion`], [`Driver`], [`Controller`], [`HierarchyKey`],
+//!   [`CpuList`];
+//! - the hook types: [`vcpu_hooks`] (re-exported).
+//!
+//! The modules behind them are public for what an operator's tool or a test needs
+//! beyond that: [`cgroup`], [`config`], [`cpulist`], [`host`] (the host's cgroup layout,
+//! `/proc` readers, systemd and KVM probes), [`metrics`], [`path`] (cgroups paths and
+//! systemd unit names), [`placement`], [`plan`], [`resources`], [`sandbox`] and
+//! [`state`] (the persisted record of a run, read by `inspect` and `cleanup`).
+//!
+//! The drivers (`manager`: `FsManager`, `SystemdManager`, the `vcpus` child) and the
+//! supervisor thread (`supervisor`) are internal: a runtime reaches them only through
+//! [`Sandbox`]. This repository's tests and benchmark harness see them with the feature
+//! `internals`, which is no API and has no stability promise.
+//!
 //! # Modules, by layer (lower layers never use higher ones)
 //! - floor: [`cgroup`] (versions, drivers, controllers), [`cpulist`], [`metrics`],
-//!   [`sigterm`];
+//!   `sigterm`;
 //! - inputs and host facts: [`path`] (cgroups paths → driver, systemd names),
 //!   [`config`] (runtime TOML, OCI bundle), [`host`] (mounts, `/proc`, systemd and
-//!   KVM probes), [`placement`] (which threads go where);
+//!   KVM probes, the directory map), [`placement`] (which threads go where);
 //! - [`resources`]: OCI resources validated and turned into cgroupfs writes and
-//!   systemd unit properties;
+//!   systemd unit properties, one file per controller;
 //! - [`plan`] (everything `host-cgroups resolve` prints, no side effects) and
 //!   [`state`] (the persisted record for restore and crash cleanup);
-//! - [`manager`]: the `Manager` trait, `FsManager` (cgroupfs) and, with the
+//! - `manager`: the `Manager` trait, `FsManager` (cgroupfs) and, with the
 //!   default feature `systemd`, `SystemdManager`;
-//! - [`supervisor`]: the thread inside the VMM that places vCPU threads and keeps the cgroups;
+//! - `selfplace` (what a vCPU thread does in its own hook) and `supervisor` (the
+//!   thread inside the VMM that places vCPU threads and keeps the cgroups);
 //! - [`sandbox`]: the entry point.
 //!
 //! # Features
@@ -81,6 +108,8 @@
 //!   `slice:prefix:name` path is refused with an error naming the feature.
 //! - `metrics`: the counters of [`metrics`] in `dbs-utils`' metric types.
 //! - `failpoints`: crash and error points for the test suite only.
+//! - `internals`: the `manager` and `supervisor` modules made public, for this
+//!   repository's tests and benchmarks only.
 //!
 //! # Logs
 //! Through `tracing`, with its `log` compatibility on: a runtime that collects `log`
@@ -93,18 +122,42 @@ pub mod cpulist;
 #[doc(hidden)]
 pub mod failpoint;
 pub mod host;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
 pub mod manager;
+// Without `internals`, what only the tests and the benchmark harness call is unused.
+#[cfg(not(feature = "internals"))]
+#[allow(dead_code, unused_imports)]
+mod manager;
 pub mod metrics;
 pub mod path;
 pub mod placement;
 pub mod plan;
 pub mod resources;
 pub mod sandbox;
-pub mod selfplace;
-pub mod sigterm;
+mod selfplace;
+mod sigterm;
 pub mod state;
-pub mod suggest;
+mod suggest;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
 pub mod supervisor;
+// Without `internals`, what only the tests and the benchmark harness call is unused.
+#[cfg(not(feature = "internals"))]
+#[allow(dead_code, unused_imports)]
+mod supervisor;
+
+pub use cgroup::{CgroupVersion, Controller, Driver, HierarchyKey};
+pub use config::{ConfigError, RuntimeConfig};
+pub use cpulist::CpuList;
+pub use manager::systemd_info;
+pub use oci_spec::runtime::LinuxResources;
+pub use plan::SandboxPlan;
+pub use resources::{from_json, parse_json, Parsed, ResourceError};
+pub use sandbox::{
+    Activation, CgroupError, CleanupReport, ContainerUpdate, PlacedBy, Preflight, Sandbox,
+    SandboxError, SandboxOptions, Stats, SupervisorError, Teardown, TeardownReport, VcpuRecord,
+};
 
 /// The hooks crate `vcpu-hooks`, re-exported: [`sandbox::Sandbox::hooks`] returns an
 /// `Arc<dyn vcpu_hooks::VcpuHooks>`, and a refused vCPU is a `vcpu_hooks::HookError`
@@ -112,3 +165,15 @@ pub mod supervisor;
 /// `host_cgroups::vcpu_hooks` without a second dependency (and cannot get a second,
 /// mismatched copy of the trait).
 pub use vcpu_hooks;
+
+// A runtime shares these across threads (runtime-rs' resource manager, dragonball's VMM
+// and vCPU threads): they fail to compile if that stops holding.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Sandbox>();
+    shared::<SandboxError>();
+    shared::<RuntimeConfig>();
+    shared::<SandboxPlan>();
+    shared::<Stats>();
+    shared::<std::sync::Arc<dyn vcpu_hooks::VcpuHooks>>();
+};

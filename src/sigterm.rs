@@ -79,6 +79,7 @@ pub fn ignore_sigterm_during<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Whether SIGTERM is ignored right now.
+#[cfg(test)]
 pub fn sigterm_ignored() -> bool {
     // SAFETY: reads the disposition only (null new action).
     let mut cur: libc::sigaction = unsafe { std::mem::zeroed() };

@@ -164,3 +164,27 @@ fn every_test_file_is_listed_in_one_manifest() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// The command is a thin client of the library's public API: outside its benchmark
+/// harness (which measures the drivers and the supervisor themselves, through the
+/// feature `internals`) it names no internal module, and neither does the embedding
+/// example a runtime copies.
+#[test]
+fn the_command_and_the_example_use_the_public_api_only() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    walk(&root.join("cli/src"), &mut files);
+    files.retain(|f| !f.components().any(|c| c.as_os_str() == "bench"));
+    files.push(root.join("examples/embed.rs"));
+    let mut violations = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for internal in ["manager", "supervisor", "selfplace", "sigterm", "suggest"] {
+            if text.contains(&format!("host_cgroups::{internal}")) {
+                violations.push(format!("{} uses host_cgroups::{internal}", f.display()));
+            }
+        }
+    }
+    assert!(files.len() > 3, "{files:?}");
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+}

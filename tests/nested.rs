@@ -25,9 +25,9 @@ use host_cgroups::host::{CgroupLayout, CgroupVersion};
 use host_cgroups::placement::{SplitChoice, VcpuLayout};
 use host_cgroups::plan::SandboxPlan;
 use host_cgroups::resources::from_json;
-use host_cgroups::selfplace::PlacedBy;
 use host_cgroups::state::SandboxState;
 use host_cgroups::supervisor::{Supervisor, SupervisorOptions};
+use host_cgroups::PlacedBy;
 
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());

@@ -19,8 +19,8 @@ use host_cgroups::manager::fs::migration_writes;
 use host_cgroups::placement::Placement;
 use host_cgroups::plan::SandboxPlan;
 use host_cgroups::resources::from_json;
-use host_cgroups::selfplace::PlacedBy;
 use host_cgroups::supervisor::{get_affinity, Supervisor, SupervisorOptions};
+use host_cgroups::PlacedBy;
 use vcpu_hooks::{gettid, HookError, PlacementError, VcpuHooks};
 
 const BIN: &str = env!("CARGO_BIN_EXE_host-cgroups");

@@ -42,17 +42,19 @@ use vcpu_hooks::VcpuHooks;
 
 use crate::config::{load_bundle, ConfigError, RuntimeConfig};
 use crate::host::{CgroupLayout, HostError};
+use crate::manager;
 use crate::manager::gone_and_standing;
-use crate::manager::{self, CgroupError, Stats};
+pub use crate::manager::{CgroupError, Stats};
 use crate::metrics::IncMetric;
 use crate::path::{validate_sandbox_id, CgroupsPath, PathError};
 use crate::plan::{PlanError, SandboxPlan};
 pub use crate::resources::ContainerUpdate;
+pub use crate::selfplace::PlacedBy;
 use crate::sigterm::ignore_sigterm_during;
-use crate::state::{SandboxState, StateError, DEFAULT_STATE_DIR};
-use crate::supervisor::{
-    Supervisor, SupervisorError, SupervisorOptions, TeardownReport, VcpuRecord,
-};
+pub use crate::state::DEFAULT_STATE_DIR;
+use crate::state::{SandboxState, StateError};
+use crate::supervisor::{Supervisor, SupervisorOptions};
+pub use crate::supervisor::{SupervisorError, TeardownReport, VcpuRecord};
 
 /// Why a sandbox could not be set up, changed or cleaned up.
 #[derive(Debug, Error)]

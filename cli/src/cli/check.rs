@@ -170,7 +170,7 @@ pub fn check(args: &CheckArgs) -> Result<(), CliError> {
         }
         Err(e) => items.push(item("cgroups", Verdict::Fail, e.to_string())),
     }
-    let systemd = host_cgroups::manager::systemd_info();
+    let systemd = host_cgroups::systemd_info();
     items.push(if systemd.reachable {
         item(
             "systemd",

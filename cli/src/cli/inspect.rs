@@ -8,12 +8,13 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{bad, print_json, runtime, CliError};
-use host_cgroups::host::{task_cgroups, task_cpu_ns, thread_role, CgroupLayout, ThreadInfo};
-use host_cgroups::manager;
-use host_cgroups::manager::child::VcpuChild;
+use host_cgroups::host::{
+    task_cgroups, task_cpu_ns, thread_role, CgroupLayout, DirSet, ThreadInfo,
+};
 use host_cgroups::path::{validate_sandbox_id, CgroupsPath};
 use host_cgroups::plan::CgroupPlan;
 use host_cgroups::state::{SandboxState, StateError, DEFAULT_STATE_DIR};
+use host_cgroups::Driver;
 
 /// Arguments of `inspect`.
 #[derive(Debug, Args)]
@@ -208,32 +209,33 @@ fn vmm_state(layout: &CgroupLayout, pid: i32, rel: &str) -> Vmm {
     }
 }
 
-/// The sandbox or overhead cgroup at `parsed`, as its driver places it.
-fn cgroup_of(
-    parsed: &CgroupsPath,
-    created: &[PathBuf],
-    layout: &CgroupLayout,
-) -> Result<CgroupPlan, CliError> {
-    let m = manager::build(parsed, layout, created.to_vec()).map_err(runtime)?;
-    Ok(CgroupPlan {
+/// The sandbox or overhead cgroup at `parsed`, as its driver places it (the library's
+/// directory map).
+fn cgroup_of(parsed: &CgroupsPath, layout: &CgroupLayout) -> CgroupPlan {
+    let path = parsed.relative();
+    CgroupPlan {
         parsed: parsed.clone(),
-        path: parsed.relative(),
+        paths: layout.cgroup_dirs(&path, parsed.driver(), DirSet::Sandbox),
+        path,
         slice: parsed.unit().map(|u| u.slice.clone()),
         unit: parsed.unit().map(|u| u.unit.clone()),
-        paths: m.paths(),
-    })
+    }
 }
 
 /// The nested layout's vCPU child of the sandbox cgroup `sandbox`: a plain directory
 /// below it in the vCPU hierarchies (no unit of its own, under either driver).
-fn vcpus_child_of(sandbox: &CgroupsPath, created: &[PathBuf], layout: &CgroupLayout) -> CgroupPlan {
-    let child = VcpuChild::adopt(layout, &sandbox.relative(), created.to_vec());
+fn vcpus_child_of(sandbox: &CgroupsPath, layout: &CgroupLayout) -> CgroupPlan {
+    let path = format!(
+        "{}/{}",
+        sandbox.relative(),
+        host_cgroups::placement::VCPU_CHILD
+    );
     CgroupPlan {
         parsed: sandbox.clone(),
-        path: child.relative().to_string(),
+        paths: layout.cgroup_dirs(&path, Driver::Cgroupfs, DirSet::VcpusChild),
+        path,
         slice: None,
         unit: None,
-        paths: child.paths(),
     }
 }
 
@@ -328,18 +330,18 @@ fn inspect_sandbox(id: &str, state_dir: &Path, json: bool) -> Result<(), CliErro
     let vmm = vmm_state(&layout, state.vmm_pid, &state.sandbox.path.relative());
     let mut cgroups = vec![cgroup_report(
         "sandbox",
-        cgroup_of(&state.sandbox.path, &state.sandbox.created, &layout)?,
+        cgroup_of(&state.sandbox.path, &layout),
         &state.sandbox.created,
         &layout,
         &vmm,
     )?];
     // The vCPU threads of a nested sandbox are in its child, not in the sandbox cgroup.
     if let Some(v) = &state.vcpus {
-        let child = vcpus_child_of(&state.sandbox.path, &v.created, &layout);
+        let child = vcpus_child_of(&state.sandbox.path, &layout);
         cgroups.push(cgroup_report("vcpus", child, &v.created, &layout, &vmm)?);
     }
     if let Some(o) = &state.overhead {
-        let cgroup = cgroup_of(&o.path, &o.created, &layout)?;
+        let cgroup = cgroup_of(&o.path, &layout);
         cgroups.push(cgroup_report(
             "overhead", cgroup, &o.created, &layout, &vmm,
         )?);

@@ -16,7 +16,7 @@ use host_cgroups::host::{task_cpu_ns, threads, ThreadInfo};
 use host_cgroups::plan::{CgroupPlan, SandboxPlan};
 use host_cgroups::sandbox::{Activation, Sandbox, SandboxOptions, Teardown};
 use host_cgroups::state::DEFAULT_STATE_DIR;
-use host_cgroups::supervisor::{TeardownReport, VcpuRecord};
+use host_cgroups::{TeardownReport, VcpuRecord};
 
 /// Arguments of `run`.
 #[derive(Debug, Args)]
