@@ -85,8 +85,9 @@ pub fn run(vcpus: u32, config: &Path) -> Result<(), String> {
             .keys()
             .filter(|c| {
                 // v1 names the hierarchy by its controllers; v2 has one hierarchy, which
-                // `/proc` lists with an empty controller field.
-                let found = cgroups.get(c.as_str()).or_else(|| cgroups.get(""));
+                // `/proc` lists with an empty controller field and the library names
+                // `unified`.
+                let found = cgroups.get(c.as_str()).or_else(|| cgroups.get("unified"));
                 found.map(|p| p.trim_start_matches('/')) != Some(expected.as_str())
             })
             .collect();

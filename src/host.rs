@@ -41,6 +41,10 @@ pub enum DirSet {
     VcpusChild,
 }
 
+/// The key of the cgroup v2 hierarchy in every map of this crate (`/proc` lines,
+/// mount roots, directories): `unified`, never `""`.
+pub const UNIFIED_KEY: &str = "unified";
+
 /// Default mount point of the cgroup filesystems.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -110,7 +114,7 @@ pub struct CgroupLayout {
     pub unified: Option<PathBuf>,
     /// v2 controllers available at the unified root (from `cgroup.controllers`).
     pub v2_controllers: Vec<String>,
-    /// This process's cgroup per controller (`""` key for v2), from /proc/self/cgroup,
+    /// This process's cgroup per controller (`unified` key for v2), from /proc/self/cgroup,
     /// as a path below the hierarchy's mount point (see [`CgroupLayout::roots`]).
     pub own: BTreeMap<String, String>,
     /// The cgroup at each hierarchy's mount point, keyed like [`CgroupLayout::own`]
@@ -234,7 +238,7 @@ impl CgroupLayout {
             .rev()
             .find(|m| Some(&m.mount_point) == unified.as_ref())
         {
-            roots.insert(String::new(), m.root.clone());
+            roots.insert(UNIFIED_KEY.to_string(), m.root.clone());
         }
         if hierarchy == Hierarchy::Unified {
             if let Some(u) = &unified {
@@ -271,7 +275,7 @@ impl CgroupLayout {
         Some(layout)
     }
 
-    /// The mount root of hierarchy `key` (a v1 controller, `""` for v2): `/` unless
+    /// The mount root of hierarchy `key` (a v1 controller, `unified` for v2): `/` unless
     /// only a subtree is mounted (see [`CgroupLayout::roots`]).
     pub fn root_of(&self, key: &str) -> &str {
         self.roots.get(key).map_or("/", String::as_str)
@@ -431,7 +435,9 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Parses `/proc/<pid>/cgroup` (or a task's) into controller → path; v2's line has key `""`.
+/// Parses `/proc/<pid>/cgroup` (or a task's) into controller → path; v2's line
+/// (`0::/path`, no controllers) has the key `unified`, the one spelling of the v2
+/// hierarchy everywhere in this crate ([`crate::cgroup::HierarchyKey::Unified`]).
 pub fn parse_proc_cgroup(text: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for line in text.lines() {
@@ -441,7 +447,7 @@ pub fn parse_proc_cgroup(text: &str) -> BTreeMap<String, String> {
             continue;
         };
         if ctrls.is_empty() {
-            out.insert(String::new(), path.to_string());
+            out.insert(UNIFIED_KEY.to_string(), path.to_string());
         } else {
             for c in ctrls.split(',') {
                 out.insert(c.to_string(), path.to_string());
@@ -510,12 +516,9 @@ pub fn threads(pid: i32) -> Result<Vec<ThreadInfo>, HostError> {
         let Ok(name) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")) else {
             continue;
         };
-        let Ok(mut cgroups) = task_cgroups(pid, tid) else {
+        let Ok(cgroups) = task_cgroups(pid, tid) else {
             continue;
         };
-        if let Some(v2) = cgroups.remove("") {
-            cgroups.insert("unified".to_string(), v2);
-        }
         let name = name.trim().to_string();
         out.push(ThreadInfo {
             tid,
@@ -709,7 +712,7 @@ mod tests {
         let l = CgroupLayout::from_text(UNIFIED, "0::/user.slice\n").unwrap();
         assert_eq!(l.hierarchy, Hierarchy::Unified);
         assert_eq!(l.version(), CgroupVersion::V2);
-        assert_eq!(l.own[""], "/user.slice");
+        assert_eq!(l.own["unified"], "/user.slice");
         assert!(CgroupLayout::from_text("", "").is_none());
     }
 
@@ -759,7 +762,7 @@ mod tests {
         let m = parse_proc_cgroup("9:name=systemd:/\n2:cpu,cpuacct:/a/b\n0::/c:d\n");
         assert_eq!(m["cpu"], "/a/b");
         assert_eq!(m["cpuacct"], "/a/b");
-        assert_eq!(m[""], "/c:d");
+        assert_eq!(m["unified"], "/c:d");
         assert_eq!(m["name=systemd"], "/");
     }
 

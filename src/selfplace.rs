@@ -32,7 +32,7 @@ use serde::Serialize;
 use vcpu_hooks::{gettid, HookError, PlacementError, VcpuHooks};
 
 use crate::failpoint;
-use crate::host::{CgroupLayout, CgroupVersion};
+use crate::host::{CgroupLayout, CgroupVersion, UNIFIED_KEY};
 use crate::manager::{fs::count_migration_writes, CgroupError};
 
 /// How a vCPU thread came to be in its cgroup.
@@ -60,7 +60,7 @@ impl std::fmt::Display for PlacedBy {
 /// One hierarchy's expected line of `/proc/thread-self/cgroup`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Expect {
-    /// A controller of the v1 hierarchy, `""` for v2.
+    /// A controller of the v1 hierarchy, `unified` for v2.
     pub hierarchy: String,
     /// The cgroup as `/proc` shows it: the mount's root + the path below the mount
     /// ([`CgroupLayout::proc_path`]).
@@ -108,7 +108,7 @@ impl Target {
                     None => continue,
                 },
                 CgroupVersion::V2 => match &layout.unified {
-                    Some(u) if c == "unified" => (String::new(), u.clone()),
+                    Some(u) if c == UNIFIED_KEY => (UNIFIED_KEY.to_string(), u.clone()),
                     _ => continue,
                 },
             };
@@ -203,7 +203,7 @@ pub(crate) fn check_lines(text: &str, expect: &[Expect]) -> Result<(), Placement
         let found = text.lines().find_map(|l| {
             let mut parts = l.splitn(3, ':');
             let (id, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-            let hit = if e.hierarchy.is_empty() {
+            let hit = if e.hierarchy == UNIFIED_KEY {
                 id == "0" && ctrls.is_empty()
             } else {
                 ctrls.split(',').any(|c| c == e.hierarchy)
@@ -432,8 +432,8 @@ mod tests {
         assert!(err.to_string().contains("/a/other"), "{err}");
         let err = check_lines(v1, &[e("memory", "/a/sb")]).unwrap_err();
         assert!(err.to_string().contains("does not list"), "{err}");
-        assert_eq!(check_lines("0::/p/sb\n", &[e("", "/p/sb")]), Ok(()));
-        assert!(check_lines("0::/p/sb/vcpus\n", &[e("", "/p/sb")]).is_err());
+        assert_eq!(check_lines("0::/p/sb\n", &[e("unified", "/p/sb")]), Ok(()));
+        assert!(check_lines("0::/p/sb/vcpus\n", &[e("unified", "/p/sb")]).is_err());
     }
 
     #[test]

@@ -55,7 +55,7 @@ fn sandbox_cgroup_removed_from_outside_is_reported_and_teardown_succeeds() {
         let own = layout
             .own
             .get(c)
-            .or(layout.own.get(""))
+            .or(layout.own.get("unified"))
             .cloned()
             .unwrap_or_default();
         evict_own_threads(dir, &mount.join(own.trim_start_matches('/')), v2);

@@ -500,7 +500,7 @@ fn daemon_reload_and_reexec_while_a_sandbox_runs() {
             let cg = task_cgroups(pid, tid);
             let key = match layout.version() {
                 CgroupVersion::V1 => "name=systemd",
-                CgroupVersion::V2 => "",
+                CgroupVersion::V2 => "unified",
             };
             assert_eq!(cg.get(key), Some(&rel), "thread {tid} after {verb}: {cg:?}");
         }

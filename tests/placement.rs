@@ -77,7 +77,9 @@ fn expected(
                 Some(m) => (c.clone(), m.clone()),
                 None => continue,
             },
-            CgroupVersion::V2 if c == "unified" => (String::new(), layout.unified.clone().unwrap()),
+            CgroupVersion::V2 if c == "unified" => {
+                ("unified".to_string(), layout.unified.clone().unwrap())
+            }
             CgroupVersion::V2 => continue,
         };
         let rel = dir
@@ -293,7 +295,7 @@ fn vcpu_in_the_wrong_cgroup_is_refused() {
     // Someone moves this whole process into another cgroup (one hierarchy is enough).
     let (key, mount) = match layout.version() {
         CgroupVersion::V1 => ("cpu".to_string(), layout.mounts["cpu"].clone()),
-        CgroupVersion::V2 => (String::new(), layout.unified.clone().unwrap()),
+        CgroupVersion::V2 => ("unified".to_string(), layout.unified.clone().unwrap()),
     };
     let elsewhere = mount.join(&prefix).join("elsewhere");
     std::fs::create_dir(&elsewhere).unwrap();

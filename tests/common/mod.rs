@@ -119,7 +119,7 @@ impl Drop for CgroupGuard {
                     .iter()
                     .find(|(_, m)| **m == root)
                     .and_then(|(c, _)| self.layout.own.get(c))
-                    .or_else(|| self.layout.own.get(""))
+                    .or_else(|| self.layout.own.get("unified"))
                     .map(|p| root.join(p.trim_start_matches('/')))
                     .unwrap_or_else(|| root.clone());
                 if let Ok(t) = std::fs::read_to_string(d.join(file)) {
@@ -217,7 +217,7 @@ pub fn assert_in(layout: &CgroupLayout, pid: i32, tid: i32, relative: &str) {
                 );
             }
         }
-        CgroupVersion::V2 => assert_eq!(cg.get(""), Some(&want), "task {pid}/{tid}: {cg:?}"),
+        CgroupVersion::V2 => assert_eq!(cg.get("unified"), Some(&want), "task {pid}/{tid}: {cg:?}"),
     }
 }
 

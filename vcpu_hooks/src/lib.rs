@@ -118,10 +118,10 @@ pub enum VcpuEvent {
 #[non_exhaustive]
 pub enum PlacementError {
     /// The thread is not where the supervisor expects it: in the cgroup v1 hierarchy
-    /// of `hierarchy` (`""` for cgroup v2) `/proc/thread-self/cgroup` lists `found`
+    /// of `hierarchy` (`unified` for cgroup v2) `/proc/thread-self/cgroup` lists `found`
     /// (empty when the hierarchy is not listed at all), not `expected`.
     WrongCgroup {
-        /// A controller of the hierarchy (`cpu`, `memory`, ...), or `""` on cgroup v2.
+        /// A controller of the hierarchy (`cpu`, `memory`, ...), or `unified` on cgroup v2.
         hierarchy: String,
         /// The cgroup the supervisor expects, as `/proc` shows it (`/a/b`).
         expected: String,
@@ -167,7 +167,7 @@ impl fmt::Display for PlacementError {
                 expected,
                 found,
             } => {
-                let h = if hierarchy.is_empty() {
+                let h = if hierarchy == "unified" {
                     "the cgroup v2 hierarchy".to_string()
                 } else {
                     format!("the {hierarchy} hierarchy")

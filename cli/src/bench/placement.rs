@@ -722,7 +722,7 @@ fn idle_first_write_v2(
         .map(|t| parse_proc_cgroup(&t))
         .map_err(|e| BenchError::step("read /proc/self/cgroup", e))?;
     let here = now
-        .get("")
+        .get("unified")
         .ok_or_else(|| BenchError::step("read /proc/self/cgroup", "no cgroup v2 (0::) line"))?;
     let idle_dir = unified.join(&guard.name).join("idle");
     let mut cg = IdleV2 {

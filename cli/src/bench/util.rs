@@ -206,7 +206,7 @@ pub fn home_of(layout: &CgroupLayout, mount: &Path) -> PathBuf {
         .and_then(|(c, _)| layout.own.get(c))
         .or_else(|| {
             (layout.unified.as_deref() == Some(mount))
-                .then(|| layout.own.get(""))
+                .then(|| layout.own.get("unified"))
                 .flatten()
         })
         .map(|p| mount.join(p.trim_start_matches('/')))

@@ -272,10 +272,7 @@ fn cgroup_report(
                     } else {
                         "-"
                     };
-                    let mut cgroups = task_cgroups(pid, tid).unwrap_or_default();
-                    if let Some(v2) = cgroups.remove("") {
-                        cgroups.insert("unified".to_string(), v2);
-                    }
+                    let cgroups = task_cgroups(pid, tid).unwrap_or_default();
                     Task {
                         pid,
                         thread: ThreadInfo {

@@ -94,7 +94,7 @@ impl FsManager {
         for h in &hiers {
             let key: String = match version {
                 CgroupVersion::V1 => h.controllers.first().cloned().unwrap_or_default(),
-                CgroupVersion::V2 => String::new(),
+                CgroupVersion::V2 => crate::host::UNIFIED_KEY.to_string(),
             };
             if let Some(p) = layout.own.get(&key) {
                 home.insert(h.mount.clone(), p.trim_start_matches('/').to_string());

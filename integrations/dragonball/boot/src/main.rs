@@ -373,7 +373,7 @@ fn boot_in(
             });
         }
         let cpu_dir = |m: &BTreeMap<String, PathBuf>| {
-            m.get("cpuacct").or(m.get("cpu")).or(m.get("")).cloned()
+            m.get("cpuacct").or(m.get("cpu")).or(m.get("unified")).cloned()
         };
         let sb_dir = cpu_dir(&sandbox.paths()).ok_or("no cpu cgroup for the sandbox")?;
         let vc_dir = cpu_dir(&sandbox.vcpus_paths()).ok_or("no cpu cgroup for the vcpus child")?;
