@@ -704,3 +704,8 @@ impl Manager for SystemdManager {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
