@@ -1,8 +1,9 @@
 //! A scripted [`SystemdClient`] for unit tests of the driver's logic: it records every
 //! request and answers each method from a script (a method's scripted answers are taken
-//! in order, the last one taken repeating; an unscripted method gets the answer of a healthy systemd, see
-//! [`FakeSystemd`]). No bus, no systemd: what systemd would do to cgroupfs (pruning the
-//! unit's directories, ...) is for the test to lay out in its temporary directory.
+//! in order, the last one taken repeating; an unscripted method gets the answer of a
+//! healthy systemd, see [`FakeSystemd`]). No bus, no systemd: what systemd would do to
+//! cgroupfs (pruning the unit's directories, ...) is for the test to lay out in its
+//! temporary directory.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;

@@ -7,6 +7,10 @@
 //! freezer hierarchies (and the memory+swap and soft limits, which have no unit
 //! property). Reads (`procs`, `threads`, `stats`) come from cgroupfs.
 //!
+//! The requests go through a [`client::SystemdClient`], named after systemd's D-Bus
+//! API; the real one is [`dbus::Bus`], connected on first use. Unit tests give the
+//! driver a scripted one instead, so its rules are tested without systemd.
+//!
 //! `create` only opens the bus connection and checks that systemd answers: a
 //! scope cannot exist without a process, so the unit is started by the first
 //! `add_proc`, with every property `set` was given before. A `.slice` unit is
