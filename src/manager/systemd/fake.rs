@@ -254,15 +254,6 @@ pub(super) fn reexecuting() -> BusError {
     )
 }
 
-/// Whether this process ignores SIGTERM now.
-fn sigterm_ignored() -> bool {
-    // SAFETY: sigaction is plain data; zeroed is a valid value for the kernel to fill.
-    let mut cur: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: a null new action only reads the disposition in force into `cur`.
-    let rc = unsafe { libc::sigaction(libc::SIGTERM, std::ptr::null(), &mut cur) };
-    rc == 0 && cur.sa_sigaction == libc::SIG_IGN
-}
-
 /// The driver's side: answers from the shared script.
 struct FakeClient {
     fake: FakeSystemd,
@@ -358,7 +349,7 @@ impl SystemdClient for FakeClient {
     fn stop_unit_no_wait(&mut self, unit: &str) -> Result<(), BusError> {
         self.plain(Call::StopNoWait {
             unit: unit.into(),
-            sigterm_ignored: sigterm_ignored(),
+            sigterm_ignored: crate::sigterm::sigterm_ignored(),
         })
     }
 

@@ -21,9 +21,6 @@ const REL: &str = "hcgtest.slice/hcgtest-sb.scope";
 const V1: CgroupVersion = CgroupVersion::V1;
 const V2: CgroupVersion = CgroupVersion::V2;
 
-/// Tests that stop the unit this process sits in change and read the SIGTERM disposition.
-static SIGTERM: Mutex<()> = Mutex::new(());
-
 /// A temporary directory standing for `/sys/fs/cgroup`, removed when dropped.
 struct Root {
     dir: PathBuf,
@@ -640,7 +637,10 @@ fn inside(root: &Root, fake: &FakeSystemd) -> SystemdManager {
 
 #[test]
 fn self_stop_returns_once_systemd_sends_its_sigterm() {
-    let _serial = SIGTERM.lock().unwrap_or_else(|p| p.into_inner());
+    // Stopping the unit this process sits in ignores SIGTERM meanwhile (process-wide).
+    let _serial = crate::sigterm::TEST_SERIAL
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let root = Root::new();
     let fake = FakeSystemd::new(Some(252));
     let mut m = inside(&root, &fake);
@@ -664,7 +664,10 @@ fn self_stop_returns_once_systemd_sends_its_sigterm() {
 
 #[test]
 fn self_stop_that_never_starts_is_an_error_within_the_timeout() {
-    let _serial = SIGTERM.lock().unwrap_or_else(|p| p.into_inner());
+    // Stopping the unit this process sits in ignores SIGTERM meanwhile (process-wide).
+    let _serial = crate::sigterm::TEST_SERIAL
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let root = Root::new();
     let fake = FakeSystemd::new(Some(252));
     fake.on_state("SubState", Ok("running"));
@@ -680,7 +683,10 @@ fn self_stop_that_never_starts_is_an_error_within_the_timeout() {
 
 #[test]
 fn self_stop_of_a_unit_already_gone_is_success() {
-    let _serial = SIGTERM.lock().unwrap_or_else(|p| p.into_inner());
+    // Stopping the unit this process sits in ignores SIGTERM meanwhile (process-wide).
+    let _serial = crate::sigterm::TEST_SERIAL
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let root = Root::new();
     let fake = FakeSystemd::new(Some(252));
     let mut m = inside(&root, &fake);
