@@ -80,8 +80,8 @@ pub struct StopResult {
 /// retry (a busy bus, systemd re-executing) within its timeout, so a caller sees only
 /// final answers. Every wait is bounded by the timeout the client was made with.
 ///
-/// `Send` because the driver is moved into the supervisor's thread; `Debug` so that the
-/// driver can still print what it is connected to.
+/// `Send` because the driver is a [`crate::manager::Manager`], which is; `Debug` so that
+/// the driver can still print what it is connected to.
 pub trait SystemdClient: fmt::Debug + Send {
     /// systemd's version: the leading number of the Manager's `Version` property, read when
     /// the client connected (`None` when it did not parse; callers then assume a recent one).
