@@ -366,6 +366,39 @@ impl CgroupLayout {
     }
 }
 
+#[cfg(test)]
+impl CgroupLayout {
+    /// For unit tests: a layout whose hierarchies are plain directories below `root`,
+    /// laid out as a host mounts cgroupfs below `/sys/fs/cgroup` (v1: one directory per
+    /// controller of [`V1_CONTROLLERS`], no unified mount; v2: `root` itself, with
+    /// [`V2_CONTROLLERS`] available). Nothing is created: the test writes the files it
+    /// needs, and a plain file takes a write without truncating it (cgroupfs takes each
+    /// `write(2)` whole).
+    pub(crate) fn rooted_at(version: CgroupVersion, root: &Path) -> Self {
+        match version {
+            CgroupVersion::V1 => CgroupLayout {
+                hierarchy: Hierarchy::Legacy,
+                mounts: V1_CONTROLLERS
+                    .iter()
+                    .map(|c| (c.to_string(), root.join(c)))
+                    .collect(),
+                unified: None,
+                v2_controllers: Vec::new(),
+                own: BTreeMap::new(),
+                roots: BTreeMap::new(),
+            },
+            CgroupVersion::V2 => CgroupLayout {
+                hierarchy: Hierarchy::Unified,
+                mounts: [("unified".to_string(), root.to_path_buf())].into(),
+                unified: Some(root.to_path_buf()),
+                v2_controllers: V2_CONTROLLERS.iter().map(|c| c.to_string()).collect(),
+                own: BTreeMap::new(),
+                roots: BTreeMap::new(),
+            },
+        }
+    }
+}
+
 /// Parses cgroup mounts from /proc/self/mountinfo text.
 pub fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
     let mut out = Vec::new();

@@ -88,12 +88,18 @@ pub fn sigterm_ignored() -> bool {
     rc == 0 && cur.sa_sigaction == libc::SIG_IGN
 }
 
+/// Unit tests that change or read the SIGTERM disposition, which is process-wide, take
+/// this first, so that one's guard does not show in another's reading.
+#[cfg(test)]
+pub(crate) static TEST_SERIAL: Mutex<()> = Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn guard_ignores_sigterm_and_restores() {
+        let _serial = TEST_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let before = sigterm_ignored();
         let r = ignore_sigterm_during(|| {
             assert!(sigterm_ignored());

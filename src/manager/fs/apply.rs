@@ -118,6 +118,8 @@ impl FsManager {
     /// Writes each of `writes` in order, recording the previous values (read from each
     /// file before its write) in `undo`.
     /// On v2 every file lives in the one directory (OCI `unified` keys too).
+    /// Used by the systemd driver (its v1 cpuset writes).
+    #[cfg_attr(not(feature = "systemd"), allow(dead_code))]
     pub(crate) fn apply_writes(
         &self,
         writes: &[resources::Write],

@@ -23,6 +23,8 @@ use std::path::PathBuf;
 
 use oci_spec::runtime::LinuxResources;
 
+// The systemd driver restores its cgroupfs writes through the same rule.
+#[cfg(feature = "systemd")]
 pub(crate) use crate::resources::restore_value;
 pub(crate) use io::count_migration_writes;
 pub use io::{migration_writes, read_file, write_file};

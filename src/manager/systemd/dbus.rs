@@ -1,6 +1,7 @@
 //! The D-Bus side of the systemd driver: one system-bus connection to
 //! `org.freedesktop.systemd1`, method calls with busy retries and one reopen,
-//! and jobs awaited through their `JobRemoved` signal.
+//! and jobs awaited through their `JobRemoved` signal. [`Bus`] is the real
+//! [`SystemdClient`]: the driver's typed requests become zbus messages here.
 
 use std::fmt;
 use std::io::ErrorKind;
@@ -11,10 +12,12 @@ use serde::Serialize;
 use tracing::{debug, warn};
 use zbus::blocking::Connection;
 use zbus::message::Type;
-use zbus::zvariant::{DynamicType, OwnedObjectPath, OwnedValue};
+use zbus::zvariant::{DynamicType, OwnedObjectPath, OwnedValue, Value};
 use zbus::{MatchRule, Message, MessageStream};
 
-use super::props::parse_version;
+use super::client::SystemdClient;
+pub use super::client::{BusError, JobResult, StopResult, NO_SUCH_UNIT, UNIT_EXISTS};
+use super::props::{parse_version, PropValue, UnitProperty};
 use crate::host::SYSTEM_BUS_SOCKET;
 
 /// systemd's bus name.
@@ -29,44 +32,8 @@ const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
 /// JobRemoved signals queued per wait: the bus reader blocks when a queue is full.
 const JOB_QUEUE: usize = 1024;
 
-/// systemd's error for a unit that is not loaded.
-pub const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
-/// systemd's error for `StartTransientUnit` on a name that is already loaded.
-pub const UNIT_EXISTS: &str = "org.freedesktop.systemd1.UnitExists";
 /// The bus daemon's answer when a client exceeds its quota (back off and retry).
 const LIMITS_EXCEEDED: &str = "org.freedesktop.DBus.Error.LimitsExceeded";
-
-/// A failed D-Bus exchange: the D-Bus error name when systemd answered with one.
-#[derive(Debug, Clone)]
-pub struct BusError {
-    /// The D-Bus error name (`org.freedesktop.systemd1.NoSuchUnit`), if any.
-    pub name: Option<String>,
-    /// What happened.
-    pub message: String,
-}
-
-impl BusError {
-    fn other(message: impl Into<String>) -> Self {
-        BusError {
-            name: None,
-            message: message.into(),
-        }
-    }
-
-    /// Whether systemd answered with error `name`.
-    pub fn is(&self, name: &str) -> bool {
-        self.name.as_deref() == Some(name)
-    }
-}
-
-impl fmt::Display for BusError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.name {
-            Some(n) => write!(f, "{n}: {}", self.message),
-            None => f.write_str(&self.message),
-        }
-    }
-}
 
 impl From<zbus::Error> for BusError {
     fn from(e: zbus::Error) -> Self {
@@ -132,24 +99,6 @@ fn is_busy(e: &zbus::Error) -> bool {
 /// The system bus address zbus will use, for messages.
 pub fn bus_address() -> String {
     std::env::var("DBUS_SYSTEM_BUS_ADDRESS").unwrap_or_else(|_| SYSTEM_BUS_SOCKET.to_string())
-}
-
-/// How a job ended: systemd's `JobRemoved` result (`done`, `failed`, `timeout`, `canceled`, ...).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobResult {
-    /// The job object.
-    pub job: String,
-    /// The result word.
-    pub result: String,
-}
-
-/// How a stop ended: the job's result, and whether systemd has unloaded the unit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StopResult {
-    /// The stop job and its `JobRemoved` result.
-    pub job: JobResult,
-    /// systemd unloaded the unit (`UnitRemoved`, or `GetUnit` answered `NoSuchUnit`).
-    pub gone: bool,
 }
 
 /// The signal streams of one unit, kept for the connection's lifetime: `JobRemoved` and
@@ -709,6 +658,102 @@ impl Bus {
     }
 }
 
+/// A property value as the D-Bus variant body systemd expects (`b`, `t`, `s`, `as`, `au`,
+/// `ay`, `a(st)`), the type each property has in `org.freedesktop.systemd1(5)` and
+/// `systemd.resource-control(5)`.
+fn variant(v: &PropValue) -> Value<'_> {
+    match v {
+        PropValue::Bool(b) => Value::from(*b),
+        PropValue::U64(v) => Value::from(*v),
+        PropValue::Str(s) => Value::from(s.as_str()),
+        PropValue::Strs(v) => Value::from(v.iter().map(String::as_str).collect::<Vec<_>>()),
+        PropValue::U32s(v) => Value::from(v.clone()),
+        PropValue::Bytes(v) => Value::from(v.clone()),
+        PropValue::DevU64s(v) => Value::from(
+            v.iter()
+                .map(|(d, n)| (d.as_str(), *n))
+                .collect::<Vec<(&str, u64)>>(),
+        ),
+    }
+}
+
+/// `properties` as the `a(sv)` array of name and variant.
+fn variants(properties: &[UnitProperty]) -> Vec<(&str, Value<'_>)> {
+    properties
+        .iter()
+        .map(|p| (p.name, variant(&p.value)))
+        .collect()
+}
+
+/// The driver's requests over this connection: each a Manager method call through
+/// [`Bus::call`] (busy and re-exec retries, one reopen), the two that wait for their job
+/// through [`Bus::run_job`] and [`Bus::stop_unit`].
+impl SystemdClient for Bus {
+    fn version(&self) -> Option<u32> {
+        self.version
+    }
+
+    fn version_string(&self) -> &str {
+        &self.version_string
+    }
+
+    fn start_transient_unit(
+        &mut self,
+        unit: &str,
+        mode: &str,
+        properties: &[UnitProperty],
+    ) -> Result<JobResult, BusError> {
+        // `a(sa(sv))`: no auxiliary units.
+        let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
+        let body = (unit, mode, variants(properties), aux);
+        self.run_job(unit, "StartTransientUnit", &body)
+    }
+
+    fn set_unit_properties(
+        &mut self,
+        unit: &str,
+        runtime: bool,
+        properties: &[UnitProperty],
+    ) -> Result<(), BusError> {
+        self.call("SetUnitProperties", &(unit, runtime, variants(properties)))
+            .map(|_| ())
+    }
+
+    fn attach_processes_to_unit(
+        &mut self,
+        unit: &str,
+        subcgroup: &str,
+        pids: &[u32],
+    ) -> Result<(), BusError> {
+        self.call("AttachProcessesToUnit", &(unit, subcgroup, pids.to_vec()))
+            .map(|_| ())
+    }
+
+    fn stop_unit(&mut self, unit: &str) -> Result<StopResult, BusError> {
+        Bus::stop_unit(self, unit)
+    }
+
+    fn stop_unit_no_wait(&mut self, unit: &str) -> Result<(), BusError> {
+        self.call("StopUnit", &(unit, "replace")).map(|_| ())
+    }
+
+    fn reset_failed_unit(&mut self, unit: &str) -> Result<(), BusError> {
+        self.call("ResetFailedUnit", &(unit,)).map(|_| ())
+    }
+
+    fn freeze_unit(&mut self, unit: &str) -> Result<(), BusError> {
+        self.call("FreezeUnit", &(unit,)).map(|_| ())
+    }
+
+    fn thaw_unit(&mut self, unit: &str) -> Result<(), BusError> {
+        self.call("ThawUnit", &(unit,)).map(|_| ())
+    }
+
+    fn unit_state(&mut self, unit: &str, property: &str) -> Result<String, BusError> {
+        Bus::unit_state(self, unit, property)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -756,5 +801,36 @@ mod tests {
             e.to_string(),
             "org.freedesktop.systemd1.NoSuchUnit: Unit x.scope not loaded."
         );
+    }
+
+    #[test]
+    fn dbus_values_have_systemd_signatures() {
+        use crate::cgroup::CgroupVersion;
+        use crate::path::SystemdUnit;
+        use crate::resources::from_json;
+        use crate::resources::systemd::{resource_properties, start_properties};
+        let scope = SystemdUnit {
+            slice: "a.slice".into(),
+            prefix: "p".into(),
+            name: "n".into(),
+            unit: "p-n.scope".into(),
+        };
+        for p in start_properties(&scope, CgroupVersion::V2, Some(1)) {
+            let sig = variant(&p.value).value_signature().to_string();
+            let want = match p.name {
+                "PIDs" => "au",
+                "Slice" | "Description" => "s",
+                "TimeoutStopUSec" => "t",
+                _ => "b",
+            };
+            assert_eq!(sig, want, "{}", p.name);
+        }
+        let r = from_json(r#"{"cpu":{"cpus":"0"},"pids":{"limit":5}}"#).unwrap();
+        let sigs: Vec<String> = resource_properties(&r, CgroupVersion::V2)
+            .unwrap()
+            .iter()
+            .map(|p| variant(&p.value).value_signature().to_string())
+            .collect();
+        assert_eq!(sigs, ["ay", "t"]);
     }
 }

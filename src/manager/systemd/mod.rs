@@ -7,11 +7,16 @@
 //! freezer hierarchies (and the memory+swap and soft limits, which have no unit
 //! property). Reads (`procs`, `threads`, `stats`) come from cgroupfs.
 //!
+//! The requests go through a [`client::SystemdClient`], named after systemd's D-Bus
+//! API; the real one is [`dbus::Bus`], connected on first use. Unit tests give the
+//! driver a scripted one instead, so its rules are tested without systemd.
+//!
 //! `create` only opens the bus connection and checks that systemd answers: a
 //! scope cannot exist without a process, so the unit is started by the first
 //! `add_proc`, with every property `set` was given before. A `.slice` unit is
 //! started by `create` itself (a slice holds no processes).
 
+pub mod client;
 pub mod dbus;
 pub use crate::resources::systemd as props;
 
@@ -21,9 +26,9 @@ use std::time::{Duration, Instant};
 
 use oci_spec::runtime::LinuxResources;
 use tracing::{debug, info, warn};
-use zbus::zvariant::Value;
 
-use self::dbus::{Bus, BusError, NO_SUCH_UNIT, UNIT_EXISTS};
+use self::client::{BusError, SystemdClient, NO_SUCH_UNIT, UNIT_EXISTS};
+use self::dbus::Bus;
 use self::props::{UnitProperty, SYSTEMD_ATTACH, SYSTEMD_FREEZE};
 use super::fs::{read_file, write_file};
 use super::{CgroupError, FsManager, Manager, Stats};
@@ -51,7 +56,12 @@ pub struct SystemdManager {
     reader: FsManager,
     /// v1 only: the cpuset and freezer hierarchies, which this driver fills itself.
     unmanaged: Option<FsManager>,
-    bus: Option<Bus>,
+    /// systemd, once connected ([`Self::client`] connects on first use). A boxed trait
+    /// object rather than a type parameter: the driver is used as a `Box<dyn Manager>` and
+    /// named `SystemdManager` by embedders, so a parameter would only leak into their
+    /// types, and one dynamic call is nothing next to the D-Bus round trip behind it.
+    /// Unit tests put a scripted client here (`with_client`).
+    client: Option<Box<dyn SystemdClient>>,
     timeout: Duration,
     /// The unit exists and holds (or held) our process.
     started: bool,
@@ -68,7 +78,7 @@ impl std::fmt::Debug for SystemdManager {
             .field("slice", &self.unit.slice)
             .field("version", &self.version)
             .field("started", &self.started)
-            .field("bus", &self.bus)
+            .field("bus", &self.client)
             .finish()
     }
 }
@@ -107,7 +117,7 @@ impl SystemdManager {
             reader: FsManager::new(layout, &relative),
             relative,
             unmanaged,
-            bus: None,
+            client: None,
             timeout: DEFAULT_JOB_TIMEOUT,
             started: false,
             pending: None,
@@ -121,6 +131,14 @@ impl SystemdManager {
         self
     }
 
+    /// The manager talking to systemd through `client` (already connected) instead of
+    /// connecting to the system bus on first use: for unit tests with a scripted client.
+    #[cfg(test)]
+    pub(crate) fn with_client(mut self, client: Box<dyn SystemdClient>) -> Self {
+        self.client = Some(client);
+        self
+    }
+
     /// The unit's name (`<prefix>-<name>.scope` or a slice).
     pub fn unit(&self) -> &str {
         &self.unit.unit
@@ -128,7 +146,7 @@ impl SystemdManager {
 
     /// systemd's version, once connected.
     pub fn systemd_version(&self) -> Option<u32> {
-        self.bus.as_ref().and_then(|b| b.version)
+        self.client.as_ref().and_then(|c| c.version())
     }
 
     /// A refusal or failed job on this unit (counted in the metrics).
@@ -140,14 +158,20 @@ impl SystemdManager {
         }
     }
 
-    fn bus(&mut self) -> Result<&mut Bus, CgroupError> {
-        if self.bus.is_none() {
-            self.bus =
-                Some(Bus::connect_watching(self.timeout, &self.unit.unit).map_err(unreachable)?);
+    /// The client, connecting to the system bus first when there is none yet (watching
+    /// the unit's signals, see [`Bus::connect_watching`], within the driver's timeout).
+    ///
+    /// # Errors
+    /// [`CgroupError::SystemdUnreachable`] when systemd does not answer on the bus; the
+    /// next call tries again.
+    fn client(&mut self) -> Result<&mut (dyn SystemdClient + 'static), CgroupError> {
+        if self.client.is_none() {
+            let bus = Bus::connect_watching(self.timeout, &self.unit.unit).map_err(unreachable)?;
+            self.client = Some(Box::new(bus));
         }
         // Just set when it was missing.
-        self.bus
-            .as_mut()
+        self.client
+            .as_deref_mut()
             .ok_or_else(|| CgroupError::SystemdUnreachable {
                 address: dbus::bus_address(),
                 message: "no connection".into(),
@@ -156,7 +180,7 @@ impl SystemdManager {
 
     /// Leaves out (with a warning) what this systemd is too old for.
     fn gated(&mut self, props: Vec<UnitProperty>) -> Result<Vec<UnitProperty>, CgroupError> {
-        let version = self.bus()?.version;
+        let version = self.client()?.version();
         let (kept, dropped) = props::gate(props, version);
         for p in dropped {
             warn!(
@@ -172,7 +196,7 @@ impl SystemdManager {
 
     fn active_state(&mut self) -> Result<Option<String>, CgroupError> {
         let unit = self.unit.unit.clone();
-        match self.bus()?.unit_state(&unit, "ActiveState") {
+        match self.client()?.unit_state(&unit, "ActiveState") {
             Ok(s) => Ok(Some(s)),
             Err(e) if e.is(NO_SUCH_UNIT) => Ok(None),
             Err(e) => Err(self.err("reading ActiveState", e)),
@@ -181,7 +205,7 @@ impl SystemdManager {
 
     fn reset_failed(&mut self) -> Result<(), CgroupError> {
         let unit = self.unit.unit.clone();
-        match self.bus()?.call("ResetFailedUnit", &(unit.as_str(),)) {
+        match self.client()?.reset_failed_unit(&unit) {
             Ok(_) => Ok(()),
             Err(e) if e.is(NO_SUCH_UNIT) => Ok(()),
             Err(e) => Err(self.err("ResetFailedUnit", e)),
@@ -197,11 +221,10 @@ impl SystemdManager {
         let props = self.gated(props)?;
         let unit = self.unit.unit.clone();
         for attempt in 0..2 {
-            let values: Vec<(&str, Value<'_>)> =
-                props.iter().map(|p| (p.name, variant(&p.value))).collect();
-            let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
-            let body = (unit.as_str(), "replace", values, aux);
-            match self.bus()?.run_job(&unit, "StartTransientUnit", &body) {
+            match self
+                .client()?
+                .start_transient_unit(&unit, "replace", &props)
+            {
                 Ok(j) if j.result == "done" => {
                     debug!(unit = %unit, job = %j.job, "unit started");
                     self.started = true;
@@ -254,21 +277,18 @@ impl SystemdManager {
 
     fn attach(&mut self, pid: i32) -> Result<(), CgroupError> {
         let unit = self.unit.unit.clone();
-        let bus = self.bus()?;
-        if bus.version.is_some_and(|v| v < SYSTEMD_ATTACH) {
+        let client = self.client()?;
+        if client.version().is_some_and(|v| v < SYSTEMD_ATTACH) {
             return Err(CgroupError::SystemdUnit {
                 unit,
                 message: format!(
                     "joining a running unit needs AttachProcessesToUnit (systemd ≥ {SYSTEMD_ATTACH}); this is systemd {}",
-                    bus.version_string
+                    client.version_string()
                 ),
             });
         }
         // "/" is the unit's own cgroup; systemd moves the whole thread group.
-        match bus.call(
-            "AttachProcessesToUnit",
-            &(unit.as_str(), "/", vec![pid as u32]),
-        ) {
+        match client.attach_processes_to_unit(&unit, "/", &[pid as u32]) {
             Ok(_) => Ok(()),
             Err(e) => Err(self.err(&format!("AttachProcessesToUnit pid {pid}"), e)),
         }
@@ -282,13 +302,8 @@ impl SystemdManager {
             return Ok(());
         }
         let unit = self.unit.unit.clone();
-        let values: Vec<(&str, Value<'_>)> =
-            props.iter().map(|p| (p.name, variant(&p.value))).collect();
         let names: Vec<&str> = props.iter().map(|p| p.name).collect();
-        match self
-            .bus()?
-            .call("SetUnitProperties", &(unit.as_str(), true, values))
-        {
+        match self.client()?.set_unit_properties(&unit, true, &props) {
             Ok(_) => Ok(()),
             Err(e) => Err(self.err(&format!("SetUnitProperties {names:?}"), e)),
         }
@@ -399,7 +414,7 @@ impl SystemdManager {
     fn stop_self(&mut self) -> Result<(), CgroupError> {
         let unit = self.unit.unit.clone();
         let _ignore = SigtermIgnored::new();
-        match self.bus()?.call("StopUnit", &(unit.as_str(), "replace")) {
+        match self.client()?.stop_unit_no_wait(&unit) {
             Ok(_) => {}
             Err(e) if e.is(NO_SUCH_UNIT) => return Ok(()),
             Err(e) => return Err(self.err("StopUnit", e)),
@@ -408,7 +423,7 @@ impl SystemdManager {
             .map_err(|e| self.err("StopUnit", e))?;
         let start = Instant::now();
         loop {
-            let sub = match self.bus()?.unit_state(&unit, "SubState") {
+            let sub = match self.client()?.unit_state(&unit, "SubState") {
                 Ok(s) => s,
                 Err(e) if e.is(NO_SUCH_UNIT) => return Ok(()),
                 Err(e) => return Err(self.err("reading SubState", e)),
@@ -438,7 +453,7 @@ impl SystemdManager {
     /// systemd removed the unit's cgroup directories.
     fn stop_and_wait(&mut self) -> Result<(), CgroupError> {
         let unit = self.unit.unit.clone();
-        let r = self.bus()?.stop_unit(&unit);
+        let r = self.client()?.stop_unit(&unit);
         let stop = match r {
             Ok(s) => s,
             Err(e) if e.is(NO_SUCH_UNIT) => return Ok(()),
@@ -530,7 +545,7 @@ impl Manager for SystemdManager {
 
     /// Connects to systemd and checks it answers; starts the unit only when it is a slice.
     fn create(&mut self) -> Result<(), CgroupError> {
-        self.bus()?;
+        self.client()?;
         if self.unit.is_slice() && !self.started {
             self.start(None)?;
         }
@@ -616,13 +631,12 @@ impl Manager for SystemdManager {
     /// (systemd 252 does not freeze on v1).
     fn freeze(&mut self) -> Result<(), CgroupError> {
         if self.version == CgroupVersion::V2
-            && self.bus()?.version.is_none_or(|v| v >= SYSTEMD_FREEZE)
+            && self.client()?.version().is_none_or(|v| v >= SYSTEMD_FREEZE)
         {
             let unit = self.unit.unit.clone();
             return self
-                .bus()?
-                .call("FreezeUnit", &(unit.as_str(),))
-                .map(|_| ())
+                .client()?
+                .freeze_unit(&unit)
                 .map_err(|e| self.err("FreezeUnit", e));
         }
         match self.unmanaged.as_mut() {
@@ -633,13 +647,12 @@ impl Manager for SystemdManager {
 
     fn thaw(&mut self) -> Result<(), CgroupError> {
         if self.version == CgroupVersion::V2
-            && self.bus()?.version.is_none_or(|v| v >= SYSTEMD_FREEZE)
+            && self.client()?.version().is_none_or(|v| v >= SYSTEMD_FREEZE)
         {
             let unit = self.unit.unit.clone();
             return self
-                .bus()?
-                .call("ThawUnit", &(unit.as_str(),))
-                .map(|_| ())
+                .client()?
+                .thaw_unit(&unit)
                 .map_err(|e| self.err("ThawUnit", e));
         }
         match self.unmanaged.as_mut() {
@@ -656,7 +669,7 @@ impl Manager for SystemdManager {
     /// A unit that no longer exists is not an error. When this process is in the
     /// unit, the job cannot finish before it exits: see [`ignore_sigterm_during`].
     fn destroy(&mut self) -> Result<(), CgroupError> {
-        if let Err(e) = self.bus() {
+        if let Err(e) = self.client() {
             // No systemd on the bus and no cgroup of the unit: nothing was ever started.
             let exists = self.reader.paths().values().any(|d| d.exists());
             if self.started || exists {
@@ -696,54 +709,7 @@ impl Manager for SystemdManager {
     }
 }
 
-/// A property value as the D-Bus variant body systemd expects (`b`, `t`, `s`, `as`, `au`, `ay`).
-fn variant(v: &props::PropValue) -> Value<'_> {
-    use props::PropValue;
-    match v {
-        PropValue::Bool(b) => Value::from(*b),
-        PropValue::U64(v) => Value::from(*v),
-        PropValue::Str(s) => Value::from(s.as_str()),
-        PropValue::Strs(v) => Value::from(v.iter().map(String::as_str).collect::<Vec<_>>()),
-        PropValue::U32s(v) => Value::from(v.clone()),
-        PropValue::Bytes(v) => Value::from(v.clone()),
-        PropValue::DevU64s(v) => Value::from(
-            v.iter()
-                .map(|(d, n)| (d.as_str(), *n))
-                .collect::<Vec<(&str, u64)>>(),
-        ),
-    }
-}
-
 #[cfg(test)]
-mod variant_tests {
-    use super::props::{resource_properties, start_properties};
-    use super::*;
-    use crate::resources::from_json;
-
-    #[test]
-    fn dbus_values_have_systemd_signatures() {
-        let scope = SystemdUnit {
-            slice: "a.slice".into(),
-            prefix: "p".into(),
-            name: "n".into(),
-            unit: "p-n.scope".into(),
-        };
-        for p in start_properties(&scope, CgroupVersion::V2, Some(1)) {
-            let sig = variant(&p.value).value_signature().to_string();
-            let want = match p.name {
-                "PIDs" => "au",
-                "Slice" | "Description" => "s",
-                "TimeoutStopUSec" => "t",
-                _ => "b",
-            };
-            assert_eq!(sig, want, "{}", p.name);
-        }
-        let r = from_json(r#"{"cpu":{"cpus":"0"},"pids":{"limit":5}}"#).unwrap();
-        let sigs: Vec<String> = resource_properties(&r, CgroupVersion::V2)
-            .unwrap()
-            .iter()
-            .map(|p| variant(&p.value).value_signature().to_string())
-            .collect();
-        assert_eq!(sigs, ["ay", "t"]);
-    }
-}
+mod fake;
+#[cfg(test)]
+mod tests;
