@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use super::report::{self, num, Table};
 use super::stats::Summary;
 use super::util::{self, BenchCgroups};
-use super::{BenchError, Common};
+use super::{BenchError, Common, Context};
 use demo_vmm::{BackendChoice, Vmm, VmmConfig};
 use host_cgroups::config::RuntimeConfig;
 use host_cgroups::host::CgroupLayout;
@@ -202,7 +202,7 @@ fn systemd_cycle(path: &str, id: &str, state_dir: &Path, backend: &str) -> Resul
 }
 
 /// Runs `bench soak`.
-pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
+pub fn run(args: &SoakArgs, ctx: &Context) -> Result<(), BenchError> {
     let backend: BackendChoice = args
         .backend
         .parse()
@@ -217,7 +217,7 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
     // refused). A runtime on such a host uses the systemd driver; so does the soak there.
     let systemd_only = systemd && layout.version() == host_cgroups::host::CgroupVersion::V1;
     if systemd_only {
-        crate::cli::progress(
+        ctx.progress.progress(
             "soak: cgroup v1 with systemd: systemd cycles only (cgroupfs sandboxes of this process would be undone by systemd's re-realization)"
         );
     }
@@ -281,7 +281,7 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
                 fs_cycle_ms: Summary::of(&fs_ms),
                 systemd_cycle_ms: Summary::of(&sd_ms),
             };
-            crate::cli::progress(format!(
+            ctx.progress.progress(&format!(
                 "soak: {i} cycles: {} dirs left, {} fds, {} threads, {} KiB RSS",
                 w.dirs_left, w.fds, w.threads, w.rss_kib
             ));
@@ -378,6 +378,7 @@ pub fn run(args: &SoakArgs) -> Result<(), BenchError> {
         t.markdown()
     );
     report::emit(
+        ctx,
         &args.common,
         report::Output {
             name: "soak",

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use super::report::{self, cdf_svg, num, Series, Table};
 use super::stats::{ratio, round3, Summary};
 use super::util::{self, BenchCgroups};
-use super::{BenchError, Common};
+use super::{BenchError, Common, Context};
 use demo_vmm::{BackendChoice, Vmm, VmmConfig};
 use host_cgroups::config::RuntimeConfig;
 use host_cgroups::host::CgroupLayout;
@@ -255,7 +255,7 @@ fn measure(n: u32, probes: u32, backend: BackendChoice) -> Result<Value, BenchEr
 }
 
 /// Runs `bench scale`.
-pub fn run(args: &ScaleArgs) -> Result<(), BenchError> {
+pub fn run(args: &ScaleArgs, ctx: &Context) -> Result<(), BenchError> {
     let backend: BackendChoice = args
         .backend
         .parse()
@@ -284,7 +284,7 @@ pub fn run(args: &ScaleArgs) -> Result<(), BenchError> {
         ])?;
         let v: Value = serde_json::from_str(out.trim())
             .map_err(|e| BenchError::step(format!("scale {n}: parse child output"), e))?;
-        crate::cli::progress(format!(
+        ctx.progress.progress(&format!(
             "scale: {n} sandboxes: create {} ms, destroy {} ms, {} KiB/sandbox",
             v["create_total_ms"], v["destroy_total_ms"], v["rss_per_sandbox_kib"]
         ));
@@ -403,6 +403,7 @@ pub fn run(args: &ScaleArgs) -> Result<(), BenchError> {
         &series,
     );
     report::emit(
+        ctx,
         &args.common,
         report::Output {
             name: "scale",

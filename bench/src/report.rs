@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::{BenchError, Common};
+use super::{BenchError, Common, Context};
 
 /// The machine a figure was taken on, and how busy it was.
 pub fn machine() -> Value {
@@ -319,7 +319,7 @@ fn write(path: &Path, text: &str) -> Result<(), BenchError> {
 ///
 /// The directory is made absolute (against the current directory when given relative)
 /// so that the line saying where the files went names them unambiguously.
-pub fn emit(common: &Common, mut out: Output) -> Result<(), BenchError> {
+pub fn emit(ctx: &Context, common: &Common, mut out: Output) -> Result<(), BenchError> {
     let dir = if common.out.is_absolute() {
         common.out.clone()
     } else {
@@ -335,7 +335,7 @@ pub fn emit(common: &Common, mut out: Output) -> Result<(), BenchError> {
         source,
     })?;
     if let Some(o) = out.json.as_object_mut() {
-        o.insert("version".into(), json!(crate::cli::VERSION));
+        o.insert("version".into(), json!(ctx.version));
     }
     let json_text = serde_json::to_string_pretty(&out.json)
         .map_err(|e| BenchError::step("serialising the results", e))?;
@@ -353,7 +353,8 @@ pub fn emit(common: &Common, mut out: Output) -> Result<(), BenchError> {
         print!("{}", out.markdown);
     }
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-    crate::cli::status(format!("bench: wrote {}", names.join(", ")));
+    ctx.progress
+        .status(&format!("bench: wrote {}", names.join(", ")));
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use vcpu_hooks::{NoHooks, VcpuHooks};
 
 use super::report::{self, cdf_svg, num, Series, Table};
 use super::stats::{round3, Summary};
-use super::{BenchError, Common};
+use super::{BenchError, Common, Context};
 use demo_vmm::{BackendChoice, Vmm, VmmConfig};
 
 /// Arguments of `bench hooks`.
@@ -102,7 +102,7 @@ fn sjson(s: &Summary) -> Value {
 }
 
 /// Runs `bench hooks`.
-pub fn run(args: &HooksArgs) -> Result<(), BenchError> {
+pub fn run(args: &HooksArgs, ctx: &Context) -> Result<(), BenchError> {
     let load_start = report::loadavg();
     let machine = report::machine();
     let t0 = Instant::now();
@@ -221,6 +221,7 @@ pub fn run(args: &HooksArgs) -> Result<(), BenchError> {
         ],
     );
     report::emit(
+        ctx,
         &args.common,
         report::Output {
             name: "hooks",

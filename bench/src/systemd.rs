@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use super::report::{self, cdf_svg, num, Series, Table};
 use super::stats::{ratio, round3, Summary};
 use super::util;
-use super::{BenchError, Common};
+use super::{BenchError, Common, Context};
 use host_cgroups::host::{parse_proc_cgroup, CgroupLayout, CgroupVersion};
 use host_cgroups::manager;
 use host_cgroups::path::CgroupsPath;
@@ -221,7 +221,7 @@ fn once(
 }
 
 /// Runs `bench systemd`.
-pub fn run(args: &SystemdArgs) -> Result<(), BenchError> {
+pub fn run(args: &SystemdArgs, ctx: &Context) -> Result<(), BenchError> {
     let info = host_cgroups::manager::systemd_info();
     let load_start = report::loadavg();
     let machine = report::machine();
@@ -231,7 +231,7 @@ pub fn run(args: &SystemdArgs) -> Result<(), BenchError> {
         } else {
             "systemd is not PID 1 here"
         };
-        crate::cli::status(format!(
+        ctx.progress.status(&format!(
             "bench systemd: systemd not reachable ({reason}); nothing measured"
         ));
         let markdown = format!(
@@ -240,6 +240,7 @@ pub fn run(args: &SystemdArgs) -> Result<(), BenchError> {
              `tests/hosts/run-in-host sd-v2 -- host-cgroups bench systemd`.\n"
         );
         return report::emit(
+            ctx,
             &args.common,
             report::Output {
                 name: "systemd",
@@ -389,6 +390,7 @@ pub fn run(args: &SystemdArgs) -> Result<(), BenchError> {
         &series,
     );
     report::emit(
+        ctx,
         &args.common,
         report::Output {
             name: "systemd",

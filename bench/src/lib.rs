@@ -1,5 +1,5 @@
-//! `host-cgroups bench ...`: whole-sandbox benchmarks, each comparison measured
-//! side by side in one run on the same machine (issue "Benchmarks").
+//! The benchmark harness of `host-cgroups bench ...`: whole-sandbox benchmarks, each
+//! comparison measured side by side in one run on the same machine (issue "Benchmarks").
 //!
 //! - [`placement`]: vCPU placement latency, hooks vs the pull baseline (scan `/proc`);
 //! - [`lifecycle`]: sandbox cgroup lifecycle, this project vs `cgroups-rs` vs the syscall floor;
@@ -10,12 +10,14 @@
 //!
 //! Every bench prints a Markdown table (or, with `--json`, one JSON object) and
 //! writes `<out>/<bench>.json`, `<out>/<bench>.md` and `<out>/<bench>.svg`.
-//! Progress goes to stderr. All cgroups are named `hcgbench-<random>` and are
+//! Status and progress lines go to the [`Progress`] of the [`Context`] the caller passes
+//! (the command prints them on stderr). All cgroups are named `hcgbench-<random>` and are
 //! removed by guards even when a run fails.
 
 pub mod hooks;
 pub mod lifecycle;
 pub mod placement;
+pub mod progress;
 pub mod report;
 pub mod scale;
 pub mod soak;
@@ -28,7 +30,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use thiserror::Error;
 
-use crate::cli::CliError;
+pub use progress::{Context, Progress, Quiet};
 
 /// A benchmark that could not run or finish.
 #[derive(Debug, Error)]
@@ -63,15 +65,6 @@ impl BenchError {
         BenchError::Step {
             step: step.into(),
             message: e.to_string(),
-        }
-    }
-}
-
-impl From<BenchError> for CliError {
-    fn from(e: BenchError) -> Self {
-        match e {
-            BenchError::BadInput(m) => CliError::BadInput(m),
-            other => CliError::Runtime(other.to_string()),
         }
     }
 }
@@ -136,14 +129,14 @@ impl BenchArgs {
 }
 
 /// Runs the chosen benchmark.
-pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
+pub fn run(args: &BenchArgs, ctx: &Context) -> Result<(), BenchError> {
     match &args.which {
-        Which::Placement(a) => placement::run(a),
-        Which::Lifecycle(a) => lifecycle::run(a),
-        Which::Systemd(a) => systemd::run(a),
-        Which::Scale(a) => scale::run(a),
-        Which::Hooks(a) => hooks::run(a),
-        Which::Soak(a) => soak::run(a),
+        Which::Placement(a) => placement::run(a, ctx),
+        Which::Lifecycle(a) => lifecycle::run(a, ctx),
+        Which::Systemd(a) => systemd::run(a, ctx),
+        Which::Scale(a) => scale::run(a, ctx),
+        Which::Hooks(a) => hooks::run(a, ctx),
+        Which::Soak(a) => soak::run(a, ctx),
     }
 }
 

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use super::report::{self, cdf_svg, num, Series, Table};
 use super::stats::{ratio, round3, Summary};
 use super::util::{self, BenchCgroups};
-use super::{BenchError, Common};
+use super::{BenchError, Common, Context};
 use host_cgroups::host::CgroupLayout;
 use host_cgroups::manager::{FsManager, Manager};
 use host_cgroups::resources;
@@ -241,7 +241,7 @@ fn run_only(which: &str, count: u32) -> Result<(), BenchError> {
 }
 
 /// Runs `bench lifecycle`.
-pub fn run(args: &LifecycleArgs) -> Result<(), BenchError> {
+pub fn run(args: &LifecycleArgs, ctx: &Context) -> Result<(), BenchError> {
     if let Some(which) = &args.only {
         return run_only(which, args.count);
     }
@@ -278,7 +278,7 @@ pub fn run(args: &LifecycleArgs) -> Result<(), BenchError> {
     }
     result?;
     let timed_s = t0.elapsed().as_secs_f64();
-    crate::cli::progress(format!(
+    ctx.progress.progress(&format!(
         "lifecycle: {n} timed iterations each in {timed_s:.1} s"
     ));
 
@@ -456,6 +456,7 @@ pub fn run(args: &LifecycleArgs) -> Result<(), BenchError> {
         &series,
     );
     report::emit(
+        ctx,
         &args.common,
         report::Output {
             name: "lifecycle",

@@ -47,7 +47,7 @@ use vcpu_hooks::{gettid, HookError, PlacementError, VcpuEvent, VcpuHooks};
 use super::report::{self, cdf_svg, num, Series, Table};
 use super::stats::{ratio, round3, Summary};
 use super::util::{self, BenchCgroups};
-use super::{BenchError, Common};
+use super::{BenchError, Common, Context};
 use demo_vmm::{BackendChoice, Vmm, VmmConfig};
 use host_cgroups::config::RuntimeConfig;
 use host_cgroups::controller::{get_affinity, set_affinity, CgroupController, ControllerOptions};
@@ -749,7 +749,7 @@ fn idle_first_write_v2(
 }
 
 /// Runs `bench placement`.
-pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
+pub fn run(args: &PlacementArgs, ctx: &Context) -> Result<(), BenchError> {
     let counts = super::parse_list(&args.vcpus).map_err(BenchError::BadInput)?;
     if let Some(&big) = counts
         .iter()
@@ -925,7 +925,7 @@ pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
             row["speedup"] = json!(round3(ratio(cs.p50, ss.p50)));
             row["speedup_p99"] = json!(round3(ratio(cs.p99, ss.p99)));
         }
-        crate::cli::progress(format!(
+        ctx.progress.progress(&format!(
             "placement: {n} vCPUs, {runs} runs of each approach done"
         ));
         results.push(row);
@@ -1121,6 +1121,7 @@ pub fn run(args: &PlacementArgs) -> Result<(), BenchError> {
         &series,
     );
     report::emit(
+        ctx,
         &args.common,
         report::Output {
             name: "placement",
