@@ -13,6 +13,7 @@ use clap::Args;
 use serde_json::{json, Value};
 use vcpu_hooks::{NoHooks, VcpuHooks};
 
+use super::machine::{self, Machine};
 use super::report::{self, cdf_svg, num, Series, Table};
 use super::stats::{round3, Summary};
 use super::{BenchError, Common, Context};
@@ -103,8 +104,8 @@ fn sjson(s: &Summary) -> Value {
 
 /// Runs `bench hooks`.
 pub fn run(args: &HooksArgs, ctx: &Context) -> Result<(), BenchError> {
-    let load_start = report::loadavg();
-    let machine = report::machine();
+    let load_start = machine::loadavg();
+    let machine = Machine::now();
     let t0 = Instant::now();
     let imm = Immediate::new()?;
     // The timer's own cost, to read the call figures against.
@@ -137,7 +138,7 @@ pub fn run(args: &HooksArgs, ctx: &Context) -> Result<(), BenchError> {
     drop(ch_hooks);
     drop(imm);
     let elapsed = t0.elapsed().as_secs_f64();
-    let load_end = report::loadavg();
+    let load_end = machine::loadavg();
     let (st, sn, sc) = (
         Summary::of(&timer),
         Summary::of(&no_calls),
@@ -182,7 +183,7 @@ pub fn run(args: &HooksArgs, ctx: &Context) -> Result<(), BenchError> {
          ChannelReporter confirmed at once by a responder thread (no cgroup work): the cost is one \
          channel send plus two thread wake-ups. Timer overhead (`Instant::now` pair): p50 {} ns. \
          {} hook calls and {} `Vmm::start` runs per variant (thread backend), interleaved.\n",
-        report::load_note(load_start, load_end),
+        machine::load_note(load_start, load_end),
         t.markdown(),
         num(st.p50),
         sn.n,
@@ -225,7 +226,7 @@ pub fn run(args: &HooksArgs, ctx: &Context) -> Result<(), BenchError> {
         &args.common,
         report::Output {
             name: "hooks",
-            json,
+            result: &json,
             markdown,
             svg: Some(svg),
         },

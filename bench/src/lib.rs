@@ -16,6 +16,7 @@
 
 pub mod hooks;
 pub mod lifecycle;
+pub mod machine;
 pub mod placement;
 pub mod progress;
 pub mod report;

@@ -22,6 +22,7 @@ use clap::Args;
 use oci_spec::runtime::LinuxResources;
 use serde_json::{json, Value};
 
+use super::machine::{self, Machine};
 use super::report::{self, cdf_svg, num, Series, Table};
 use super::stats::{ratio, round3, Summary};
 use super::util::{self, BenchCgroups};
@@ -249,8 +250,8 @@ pub fn run(args: &LifecycleArgs, ctx: &Context) -> Result<(), BenchError> {
     check_single_threaded()?;
     let guard = BenchCgroups::new(&layout);
     let setup = Setup::new(&layout, &guard.name)?;
-    let load_start = report::loadavg();
-    let machine = report::machine();
+    let load_start = machine::loadavg();
+    let machine = Machine::now();
     let t0 = Instant::now();
     let mut times: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     let warmup = 10;
@@ -314,7 +315,7 @@ pub fn run(args: &LifecycleArgs, ctx: &Context) -> Result<(), BenchError> {
             }
         }
     }
-    let load_end = report::loadavg();
+    let load_end = machine::loadavg();
     let elapsed = t0.elapsed().as_secs_f64();
     drop(guard);
 
@@ -418,17 +419,17 @@ pub fn run(args: &LifecycleArgs, ctx: &Context) -> Result<(), BenchError> {
          interleaved, after {warmup} warm-up iterations.\n\n{}\n{strace_note}\n\n{breakdown}\n\
          Targets: no slower than cgroups-rs: {} ({:.2}× its p50); within 1.5× the floor: time {} ({:.2}×), \
          syscalls {}.\n",
-        report::load_note(load_start, load_end),
+        machine::load_note(load_start, load_end),
         setup.cpus,
         setup.quota,
         setup.period,
         t.markdown(),
-        super::placement::yes_no(vs_cgroups_rs <= 1.0),
+        report::yes_no(vs_cgroups_rs <= 1.0),
         vs_cgroups_rs,
-        super::placement::yes_no(vs_floor_time <= 1.5),
+        report::yes_no(vs_floor_time <= 1.5),
         vs_floor_time,
         match vs_floor_calls {
-            Some(r) => format!("{} ({r:.2}×)", super::placement::yes_no(r <= 1.5)),
+            Some(r) => format!("{} ({r:.2}×)", report::yes_no(r <= 1.5)),
             None => "not counted".into(),
         },
     );
@@ -460,7 +461,7 @@ pub fn run(args: &LifecycleArgs, ctx: &Context) -> Result<(), BenchError> {
         &args.common,
         report::Output {
             name: "lifecycle",
-            json,
+            result: &json,
             markdown,
             svg: Some(svg),
         },

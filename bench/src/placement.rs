@@ -44,6 +44,7 @@ use clap::Args;
 use serde_json::{json, Value};
 use vcpu_hooks::{gettid, HookError, PlacementError, VcpuEvent, VcpuHooks};
 
+use super::machine::{self, Machine};
 use super::report::{self, cdf_svg, num, Series, Table};
 use super::stats::{ratio, round3, Summary};
 use super::util::{self, BenchCgroups};
@@ -806,8 +807,8 @@ pub fn run(args: &PlacementArgs, ctx: &Context) -> Result<(), BenchError> {
                 .to_string(),
         );
     }
-    let load_start = report::loadavg();
-    let machine = report::machine();
+    let load_start = machine::loadavg();
+    let machine = Machine::now();
     let t0 = Instant::now();
     let mut results = Vec::new();
     let mut t = Table::new(&[
@@ -958,7 +959,7 @@ pub fn run(args: &PlacementArgs, ctx: &Context) -> Result<(), BenchError> {
     };
     let (it, iz) = (Summary::of(&idle_tid), Summary::of(&idle_zero));
     let elapsed = t0.elapsed().as_secs_f64();
-    let load_end = report::loadavg();
+    let load_end = machine::loadavg();
     drop(guard);
 
     // Targets (issue 11).
@@ -1066,7 +1067,7 @@ pub fn run(args: &PlacementArgs, ctx: &Context) -> Result<(), BenchError> {
          {} at 240); unplaced guest time 0: {}; unpinned guest time 0: {}.{}\n\n\
          {idle_line}\n",
         command.join(" "),
-        report::load_note(load_start, load_end),
+        machine::load_note(load_start, load_end),
         t.markdown(),
         yes_no(born_writes == 0.0),
         yes_no(born_worst_p99 <= 50.0),
@@ -1125,7 +1126,7 @@ pub fn run(args: &PlacementArgs, ctx: &Context) -> Result<(), BenchError> {
         &args.common,
         report::Output {
             name: "placement",
-            json,
+            result: &json,
             markdown,
             svg: Some(svg),
         },

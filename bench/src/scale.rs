@@ -19,6 +19,7 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::{json, Value};
 
+use super::machine::{self, Machine};
 use super::report::{self, cdf_svg, num, Series, Table};
 use super::stats::{ratio, round3, Summary};
 use super::util::{self, BenchCgroups};
@@ -267,8 +268,8 @@ pub fn run(args: &ScaleArgs, ctx: &Context) -> Result<(), BenchError> {
     }
     let counts = super::parse_list(&args.sandboxes).map_err(BenchError::BadInput)?;
     util::v1_layout()?;
-    let load_start = report::loadavg();
-    let machine = report::machine();
+    let load_start = machine::loadavg();
+    let machine = Machine::now();
     let t0 = Instant::now();
     let mut results: Vec<Value> = Vec::new();
     for &n in &counts {
@@ -291,7 +292,7 @@ pub fn run(args: &ScaleArgs, ctx: &Context) -> Result<(), BenchError> {
         results.push(v);
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let load_end = report::loadavg();
+    let load_end = machine::loadavg();
     let f = |v: &Value, path: &[&str]| -> f64 {
         let mut x = v;
         for p in path {
@@ -372,10 +373,10 @@ pub fn run(args: &ScaleArgs, ctx: &Context) -> Result<(), BenchError> {
          sandbox cgroup + controller thread, no VMM).\n\n{}\n\
          Targets: controller memory under 1 MiB per sandbox: {} (max {:.0} KiB); placement p50 with \
          the most sandboxes alive vs the fewest: {:.2}×.\n",
-        report::load_note(load_start, load_end),
+        machine::load_note(load_start, load_end),
         args.probes,
         t.markdown(),
-        super::placement::yes_no(max_ctl_kib < 1024.0),
+        report::yes_no(max_ctl_kib < 1024.0),
         max_ctl_kib,
         growth,
     );
@@ -407,7 +408,7 @@ pub fn run(args: &ScaleArgs, ctx: &Context) -> Result<(), BenchError> {
         &args.common,
         report::Output {
             name: "scale",
-            json,
+            result: &json,
             markdown,
             svg: Some(svg),
         },

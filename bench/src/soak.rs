@@ -20,6 +20,7 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::{json, Value};
 
+use super::machine::{self, Machine};
 use super::report::{self, num, Table};
 use super::stats::Summary;
 use super::util::{self, BenchCgroups};
@@ -228,7 +229,7 @@ pub fn run(args: &SoakArgs, ctx: &Context) -> Result<(), BenchError> {
     let slice = format!("{}.slice", guard.name.replace("hcgbench-", "hcgsoak"));
     let config = RuntimeConfig::embedded().map_err(|e| BenchError::step("config", e))?;
     let state_dir = std::env::temp_dir().join(format!("{}-state", guard.name));
-    let load_start = report::loadavg();
+    let load_start = machine::loadavg();
     let t0 = Instant::now();
     let mut windows: Vec<Window> = Vec::new();
     let mut fs_ms = Vec::new();
@@ -296,7 +297,7 @@ pub fn run(args: &SoakArgs, ctx: &Context) -> Result<(), BenchError> {
         let _ = Command::new("systemctl").args(["stop", &slice]).status();
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let load_end = report::loadavg();
+    let load_end = machine::loadavg();
     let first = windows.first();
     let last = windows.last();
     let growth = |f: fn(&Window) -> i64| -> i64 {
@@ -324,7 +325,7 @@ pub fn run(args: &SoakArgs, ctx: &Context) -> Result<(), BenchError> {
     let v = json!({
         "bench": "soak",
         "command": format!("host-cgroups bench soak --cycles {} --window {} --backend {}", args.cycles, args.window, args.backend),
-        "machine": report::machine(),
+        "machine": Machine::now(),
         "cycles": args.cycles,
         "window": args.window,
         "drivers": if systemd_only { vec!["systemd"] } else if systemd { vec!["cgroupfs", "systemd"] } else { vec!["cgroupfs"] },
@@ -374,7 +375,7 @@ pub fn run(args: &SoakArgs, ctx: &Context) -> Result<(), BenchError> {
         },
         v["command"].as_str().unwrap_or_default(),
         elapsed,
-        report::load_note(load_start, load_end),
+        machine::load_note(load_start, load_end),
         t.markdown()
     );
     report::emit(
@@ -382,7 +383,7 @@ pub fn run(args: &SoakArgs, ctx: &Context) -> Result<(), BenchError> {
         &args.common,
         report::Output {
             name: "soak",
-            json: v,
+            result: &v,
             markdown: md,
             svg: None,
         },

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde_json::{json, Value};
 
+use super::machine::{self, Machine};
 use super::report::{self, cdf_svg, num, Series, Table};
 use super::stats::{ratio, round3, Summary};
 use super::util;
@@ -223,8 +224,8 @@ fn once(
 /// Runs `bench systemd`.
 pub fn run(args: &SystemdArgs, ctx: &Context) -> Result<(), BenchError> {
     let info = host_cgroups::manager::systemd_info();
-    let load_start = report::loadavg();
-    let machine = report::machine();
+    let load_start = machine::loadavg();
+    let machine = Machine::now();
     if !info.reachable {
         let reason = if info.pid1 {
             "systemd is PID 1 but the system bus does not answer"
@@ -244,7 +245,7 @@ pub fn run(args: &SystemdArgs, ctx: &Context) -> Result<(), BenchError> {
             &args.common,
             report::Output {
                 name: "systemd",
-                json: json!({
+                result: &json!({
                     "bench": "systemd",
                     "command": "host-cgroups bench systemd",
                     "status": "systemd not reachable",
@@ -283,7 +284,7 @@ pub fn run(args: &SystemdArgs, ctx: &Context) -> Result<(), BenchError> {
         }
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let load_end = report::loadavg();
+    let load_end = machine::loadavg();
     let mut t = Table::new(&[
         "implementation",
         "start p50 ms",
@@ -352,7 +353,7 @@ pub fn run(args: &SystemdArgs, ctx: &Context) -> Result<(), BenchError> {
     }
     let vs = |step: usize| ratio(p50(Impl::Project, step), p50(Impl::SystemdRun, step));
     let (vs_run, vs_set, vs_stop, vs_total) = (vs(0), vs(1), vs(2), vs(3));
-    let within = |r: f64, bound: f64| super::placement::yes_no(r > 0.0 && r <= bound);
+    let within = |r: f64, bound: f64| report::yes_no(r > 0.0 && r <= bound);
     let markdown = format!(
         "## systemd round trips (cgroup v{}, systemd driver)\n\n\
          Command: `host-cgroups bench systemd` ({elapsed:.0} s)\n\n{}\n\
@@ -363,7 +364,7 @@ pub fn run(args: &SystemdArgs, ctx: &Context) -> Result<(), BenchError> {
          --runtime`: {} ({vs_set:.2}×); stop no slower than `systemctl stop`: {} ({vs_stop:.2}×); \
          round trip at most 0.5× theirs: {} ({vs_total:.2}×).\n",
         layout.version().number(),
-        report::load_note(load_start, load_end),
+        machine::load_note(load_start, load_end),
         t.markdown(),
         within(vs_run, 1.0),
         within(vs_set, 1.0),
@@ -394,7 +395,7 @@ pub fn run(args: &SystemdArgs, ctx: &Context) -> Result<(), BenchError> {
         &args.common,
         report::Output {
             name: "systemd",
-            json,
+            result: &json,
             markdown,
             svg: Some(svg),
         },
