@@ -8,12 +8,23 @@
 //! - [`hooks`]: the cost of the hook on the vCPU spawn path;
 //! - [`soak`]: many lifecycles in a row, watching for leaks.
 //!
-//! Every bench prints a Markdown table (or, with `--json`, one JSON object) and
-//! writes `<out>/<bench>.json`, `<out>/<bench>.md` and `<out>/<bench>.svg`.
-//! Status and progress lines go to the [`Progress`] of the [`Context`] the caller passes
-//! (the command prints them on stderr). All cgroups are named `hcgbench-<random>` and are
-//! removed by guards even when a run fails.
+//! Every bench builds a typed result ([`hooks::HooksResult`], [`lifecycle::LifecycleResult`],
+//! [`placement::PlacementResult`], [`scale::ScaleResult`], [`soak::SoakResult`],
+//! [`systemd::SystemdResult`]; units in the field names), renders its Markdown report
+//! from it, prints that (or, with `--json`, the result as one JSON object) and writes
+//! `<out>/<bench>.json`, `<out>/<bench>.md` and `<out>/<bench>.svg` ([`report::emit`]).
+//!
+//! The crate does not depend on the command that runs it: status and progress lines go
+//! to the [`Progress`] of the [`Context`] the caller passes, with the version the results
+//! carry. Some benches re-run the running program (`/proc/self/exe`) with a `bench ...`
+//! or `run ...` command line ([`util::exec`]), so that program must be `host-cgroups`
+//! or offer the same commands. All cgroups are named `hcgbench-<random>` and are removed
+//! by guards even when a run fails.
 
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod error;
 pub mod hooks;
 pub mod lifecycle;
 pub mod machine;
@@ -29,46 +40,9 @@ pub mod util;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use thiserror::Error;
 
+pub use error::BenchError;
 pub use progress::{Context, Progress, Quiet};
-
-/// A benchmark that could not run or finish.
-#[derive(Debug, Error)]
-pub enum BenchError {
-    /// Bad arguments (exit code 2).
-    #[error("{0}")]
-    BadInput(String),
-    /// The host is not what the bench needs (no cgroup v1, not root, ...).
-    #[error("{0}")]
-    Unsupported(String),
-    /// A step of the bench failed.
-    #[error("{step}: {message}")]
-    Step {
-        /// What was being done.
-        step: String,
-        /// The error.
-        message: String,
-    },
-    /// Writing the results failed.
-    #[error("writing {path}: {source}")]
-    Output {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-}
-
-impl BenchError {
-    /// A failed step, with its error rendered.
-    pub fn step(step: impl Into<String>, e: impl std::fmt::Display) -> Self {
-        BenchError::Step {
-            step: step.into(),
-            message: e.to_string(),
-        }
-    }
-}
 
 /// Where bench results go by default: an absolute directory, the same whatever the
 /// current directory (persistent across reboots, unlike /tmp).

@@ -1,7 +1,7 @@
 //! `bench soak`: N full sandbox lifecycles, one after another, watching for growth.
 //!
-//! A cycle: a [`Sandbox`] is started (cgroups, resources, this process placed), the
-//! demo VMM boots 1 vCPU (placed through the hooks), a container's cpuset is added and
+//! A cycle: a [`Sandbox`](host_cgroups::sandbox::Sandbox) is started (cgroups, resources,
+//! this process placed), the demo VMM boots 1 vCPU (placed through the hooks), a container's cpuset is added and
 //! removed, a second vCPU is hotplugged, and the sandbox is torn down with the VMM's
 //! stop as its closure. cgroupfs cycles run in this process, so its open file
 //! descriptors, threads and resident memory show any leak of the component. Where
