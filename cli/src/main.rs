@@ -3,7 +3,6 @@ use std::io::IsTerminal;
 
 use clap::Parser;
 
-mod bench;
 mod cli;
 
 use cli::LogFormat;

@@ -3,7 +3,7 @@
 //! tears everything down.
 //!
 //! One thread owns the cgroup managers. Before any vCPU spawns it decides where
-//! vCPU threads go and prepares it ([`crate::selfplace`]): each vCPU thread then
+//! vCPU threads go and prepares it (`selfplace`): each vCPU thread then
 //! confirms (born placed) or performs (self-placement by writing `0`) its own
 //! placement, and pins itself, in its start hook, and reports to this thread,
 //! which records it. No guest cycle runs outside the target cgroup: a thread

@@ -6,6 +6,7 @@ use std::fmt;
 use std::io::Write as _;
 use std::path::PathBuf;
 
+mod bench;
 mod check;
 mod cleanup;
 mod inspect;
@@ -207,7 +208,7 @@ pub enum Command {
     /// Remove what a crashed run left: its cgroups and state.
     Cleanup(cleanup::CleanupArgs),
     /// Benchmarks: placement, lifecycle, systemd, scale, hooks, soak.
-    Bench(crate::bench::BenchArgs),
+    Bench(host_cgroups_bench::BenchArgs),
 }
 
 /// Prints a thread table: tid, name, role, and the cgroup per controller.
@@ -503,7 +504,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Run(a) => run::run(&a),
         Command::Inspect(a) => inspect::inspect(&a),
         Command::Cleanup(a) => cleanup::cleanup(&a),
-        Command::Bench(a) => crate::bench::run(&a).map_err(CliError::from),
+        Command::Bench(a) => bench::bench(&a),
     }
 }
 

@@ -1,97 +1,6 @@
-//! Output of a bench: one JSON object, a Markdown table and an SVG plot of the
-//! latency distributions (empirical CDFs on a log axis), written by hand.
+//! SVG plots of latency distributions: empirical CDFs on a log axis, written by hand.
 
 use std::fmt::Write as _;
-use std::path::Path;
-
-use serde_json::{json, Value};
-
-use super::{BenchError, Common};
-
-/// The machine a figure was taken on, and how busy it was.
-pub fn machine() -> Value {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let model = read("/proc/cpuinfo")
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, m)| m.trim().to_string())
-        .unwrap_or_default();
-    json!({
-        "kernel": read("/proc/sys/kernel/osrelease").trim(),
-        "cpus": host_cgroups::host::online_cpus().map(|c| c.len()).unwrap_or(0),
-        "cpu_model": model,
-        "loadavg": loadavg(),
-    })
-}
-
-/// The 1-minute load average.
-pub fn loadavg() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// One line saying how loaded the machine was, to print next to every figure.
-pub fn load_note(load_start: f64, load_end: f64) -> String {
-    let cpus = host_cgroups::host::online_cpus()
-        .map(|c| c.len())
-        .unwrap_or(0);
-    format!(
-        "Machine: {cpus} CPUs, 1-min load average {load_start:.2} at start and {load_end:.2} at end. \
-         Figures taken while other work shares the CPUs are noisy (higher tails, lower ratios); \
-         re-run on a quiet machine for reference figures.\n"
-    )
-}
-
-/// A Markdown table.
-#[derive(Debug, Default)]
-pub struct Table {
-    /// Column headers.
-    pub headers: Vec<String>,
-    /// Rows of cells.
-    pub rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    /// A table with these headers.
-    pub fn new(headers: &[&str]) -> Self {
-        Table {
-            headers: headers.iter().map(|h| h.to_string()).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    /// Adds a row.
-    pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    /// The table as GitHub Markdown.
-    pub fn markdown(&self) -> String {
-        let mut s = format!("| {} |\n", self.headers.join(" | "));
-        s.push_str(&format!(
-            "|{}\n",
-            self.headers.iter().map(|_| "---|").collect::<String>()
-        ));
-        for r in &self.rows {
-            s.push_str(&format!("| {} |\n", r.join(" | ")));
-        }
-        s
-    }
-}
-
-/// Formats a number for a table: integers above 100, 3 significant digits below.
-pub fn num(x: f64) -> String {
-    if x.abs() >= 100.0 {
-        format!("{x:.0}")
-    } else if x.abs() >= 10.0 {
-        format!("{x:.1}")
-    } else {
-        format!("{x:.2}")
-    }
-}
 
 /// One distribution to plot.
 #[derive(Debug, Clone)]
@@ -295,77 +204,12 @@ fn decade_label(d: f64) -> String {
     }
 }
 
-/// Everything a bench produces.
-#[derive(Debug)]
-pub struct Output {
-    /// File stem: `placement`, `lifecycle`, ...
-    pub name: &'static str,
-    /// The JSON object (printed with `--json`).
-    pub json: Value,
-    /// The Markdown report (printed otherwise).
-    pub markdown: String,
-    /// The plot, if the bench has distributions.
-    pub svg: Option<String>,
-}
-
-fn write(path: &Path, text: &str) -> Result<(), BenchError> {
-    std::fs::write(path, text).map_err(|source| BenchError::Output {
-        path: path.into(),
-        source,
-    })
-}
-
-/// Writes `<out>/<name>.{json,md,svg}` and prints the JSON or the Markdown.
-///
-/// The directory is made absolute (against the current directory when given relative)
-/// so that the line saying where the files went names them unambiguously.
-pub fn emit(common: &Common, mut out: Output) -> Result<(), BenchError> {
-    let dir = if common.out.is_absolute() {
-        common.out.clone()
-    } else {
-        std::env::current_dir()
-            .map_err(|source| BenchError::Output {
-                path: common.out.clone(),
-                source,
-            })?
-            .join(&common.out)
-    };
-    std::fs::create_dir_all(&dir).map_err(|source| BenchError::Output {
-        path: dir.clone(),
-        source,
-    })?;
-    if let Some(o) = out.json.as_object_mut() {
-        o.insert("version".into(), json!(crate::cli::VERSION));
-    }
-    let json_text = serde_json::to_string_pretty(&out.json)
-        .map_err(|e| BenchError::step("serialising the results", e))?;
-    let base = dir.join(out.name);
-    write(&base.with_extension("json"), &format!("{json_text}\n"))?;
-    write(&base.with_extension("md"), &out.markdown)?;
-    let mut files = vec![base.with_extension("json"), base.with_extension("md")];
-    if let Some(svg) = &out.svg {
-        write(&base.with_extension("svg"), svg)?;
-        files.push(base.with_extension("svg"));
-    }
-    if common.json {
-        println!("{json_text}");
-    } else {
-        print!("{}", out.markdown);
-    }
-    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-    crate::cli::status(format!("bench: wrote {}", names.join(", ")));
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn table_and_svg() {
-        let mut t = Table::new(&["a", "b"]);
-        t.row(vec!["1".into(), "2".into()]);
-        assert_eq!(t.markdown(), "| a | b |\n|---|---|\n| 1 | 2 |\n");
+    fn cdf_of_two_series() {
         let svg = cdf_svg(
             "t <x>",
             "µs",
@@ -388,7 +232,6 @@ mod tests {
         assert!(svg.contains("t &lt;x&gt;"));
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.trim_end().ends_with("</svg>"));
-        assert_eq!(num(1234.4), "1234");
     }
 
     /// (width, height) of an SVG document from its root element.
@@ -445,7 +288,5 @@ mod tests {
                 "legend entry {label:?} below the canvas"
             );
         }
-        assert_eq!(num(12.34), "12.3");
-        assert_eq!(num(1.234), "1.23");
     }
 }

@@ -1,5 +1,5 @@
-//! `host-cgroups bench ...`: whole-sandbox benchmarks, each comparison measured
-//! side by side in one run on the same machine (issue "Benchmarks").
+//! The benchmark harness of `host-cgroups bench ...`: whole-sandbox benchmarks, each
+//! comparison measured side by side in one run on the same machine (issue "Benchmarks").
 //!
 //! - [`placement`]: vCPU placement latency, hooks vs the pull baseline (scan `/proc`);
 //! - [`lifecycle`]: sandbox cgroup lifecycle, this project vs `cgroups-rs` vs the syscall floor;
@@ -8,14 +8,28 @@
 //! - [`hooks`]: the cost of the hook on the vCPU spawn path;
 //! - [`soak`]: many lifecycles in a row, watching for leaks.
 //!
-//! Every bench prints a Markdown table (or, with `--json`, one JSON object) and
-//! writes `<out>/<bench>.json`, `<out>/<bench>.md` and `<out>/<bench>.svg`.
-//! Progress goes to stderr. All cgroups are named `hcgbench-<random>` and are
-//! removed by guards even when a run fails.
+//! Every bench builds a typed result ([`hooks::HooksResult`], [`lifecycle::LifecycleResult`],
+//! [`placement::PlacementResult`], [`scale::ScaleResult`], [`soak::SoakResult`],
+//! [`systemd::SystemdResult`]; units in the field names), renders its Markdown report
+//! from it, prints that (or, with `--json`, the result as one JSON object) and writes
+//! `<out>/<bench>.json`, `<out>/<bench>.md` and `<out>/<bench>.svg` ([`report::emit`]).
+//!
+//! The crate does not depend on the command that runs it: status and progress lines go
+//! to the [`Progress`] of the [`Context`] the caller passes, with the version the results
+//! carry. Some benches re-run the running program (`/proc/self/exe`) with a `bench ...`
+//! or `run ...` command line ([`util::exec`]), so that program must be `host-cgroups`
+//! or offer the same commands. All cgroups are named `hcgbench-<random>` and are removed
+//! by guards even when a run fails.
 
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod error;
 pub mod hooks;
 pub mod lifecycle;
+pub mod machine;
 pub mod placement;
+pub mod progress;
 pub mod report;
 pub mod scale;
 pub mod soak;
@@ -26,55 +40,9 @@ pub mod util;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use thiserror::Error;
 
-use crate::cli::CliError;
-
-/// A benchmark that could not run or finish.
-#[derive(Debug, Error)]
-pub enum BenchError {
-    /// Bad arguments (exit code 2).
-    #[error("{0}")]
-    BadInput(String),
-    /// The host is not what the bench needs (no cgroup v1, not root, ...).
-    #[error("{0}")]
-    Unsupported(String),
-    /// A step of the bench failed.
-    #[error("{step}: {message}")]
-    Step {
-        /// What was being done.
-        step: String,
-        /// The error.
-        message: String,
-    },
-    /// Writing the results failed.
-    #[error("writing {path}: {source}")]
-    Output {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-}
-
-impl BenchError {
-    /// A failed step, with its error rendered.
-    pub fn step(step: impl Into<String>, e: impl std::fmt::Display) -> Self {
-        BenchError::Step {
-            step: step.into(),
-            message: e.to_string(),
-        }
-    }
-}
-
-impl From<BenchError> for CliError {
-    fn from(e: BenchError) -> Self {
-        match e {
-            BenchError::BadInput(m) => CliError::BadInput(m),
-            other => CliError::Runtime(other.to_string()),
-        }
-    }
-}
+pub use error::BenchError;
+pub use progress::{Context, Progress, Quiet};
 
 /// Where bench results go by default: an absolute directory, the same whatever the
 /// current directory (persistent across reboots, unlike /tmp).
@@ -136,14 +104,14 @@ impl BenchArgs {
 }
 
 /// Runs the chosen benchmark.
-pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
+pub fn run(args: &BenchArgs, ctx: &Context) -> Result<(), BenchError> {
     match &args.which {
-        Which::Placement(a) => placement::run(a),
-        Which::Lifecycle(a) => lifecycle::run(a),
-        Which::Systemd(a) => systemd::run(a),
-        Which::Scale(a) => scale::run(a),
-        Which::Hooks(a) => hooks::run(a),
-        Which::Soak(a) => soak::run(a),
+        Which::Placement(a) => placement::run(a, ctx),
+        Which::Lifecycle(a) => lifecycle::run(a, ctx),
+        Which::Systemd(a) => systemd::run(a, ctx),
+        Which::Scale(a) => scale::run(a, ctx),
+        Which::Hooks(a) => hooks::run(a, ctx),
+        Which::Soak(a) => soak::run(a, ctx),
     }
 }
 

@@ -10,13 +10,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use serde_json::{json, Value};
 use vcpu_hooks::{NoHooks, VcpuHooks};
 
-use super::report::{self, cdf_svg, num, Series, Table};
-use super::stats::{round3, Summary};
-use super::{BenchError, Common};
+use crate::machine::{self, Machine};
+use crate::report::{self, cdf_svg, Series};
+use crate::stats::{round3, Summary};
+use crate::{BenchError, Common, Context};
 use demo_vmm::{BackendChoice, Vmm, VmmConfig};
+
+mod result;
+
+pub use result::{HookCost, HooksResult, NsFigures};
 
 /// Arguments of `bench hooks`.
 #[derive(Debug, Args)]
@@ -97,14 +101,10 @@ fn time_start(hooks: Arc<dyn VcpuHooks>) -> Result<f64, BenchError> {
     Ok(ns)
 }
 
-fn sjson(s: &Summary) -> Value {
-    json!({"p50_ns": round3(s.p50), "p99_ns": round3(s.p99), "max_ns": round3(s.max), "samples": s.n})
-}
-
 /// Runs `bench hooks`.
-pub fn run(args: &HooksArgs) -> Result<(), BenchError> {
-    let load_start = report::loadavg();
-    let machine = report::machine();
+pub fn run(args: &HooksArgs, ctx: &Context) -> Result<(), BenchError> {
+    let load_start = machine::loadavg();
+    let machine = Machine::now();
     let t0 = Instant::now();
     let imm = Immediate::new()?;
     // The timer's own cost, to read the call figures against.
@@ -137,67 +137,18 @@ pub fn run(args: &HooksArgs) -> Result<(), BenchError> {
     drop(ch_hooks);
     drop(imm);
     let elapsed = t0.elapsed().as_secs_f64();
-    let load_end = report::loadavg();
-    let (st, sn, sc) = (
-        Summary::of(&timer),
-        Summary::of(&no_calls),
-        Summary::of(&ch_calls),
-    );
-    let (pn, pc) = (Summary::of(&no_spawn), Summary::of(&ch_spawn));
-    let call_cost = sc.p50 - sn.p50;
-    let spawn_cost = pc.p50 - pn.p50;
-    let mut t = Table::new(&[
-        "what",
-        "NoHooks p50 ns",
-        "p99",
-        "max",
-        "ChannelReporter p50 ns",
-        "p99",
-        "max",
-        "hook cost (p50 difference) ns",
-    ]);
-    t.row(vec![
-        "hook call on the vCPU thread".into(),
-        num(sn.p50),
-        num(sn.p99),
-        num(sn.max),
-        num(sc.p50),
-        num(sc.p99),
-        num(sc.max),
-        num(call_cost),
-    ]);
-    t.row(vec![
-        "`Vmm::start`, 1 vCPU (spawn path)".into(),
-        num(pn.p50),
-        num(pn.p99),
-        num(pn.max),
-        num(pc.p50),
-        num(pc.p99),
-        num(pc.max),
-        num(spawn_cost),
-    ]);
-    let markdown = format!(
-        "## Hook cost on the vCPU spawn path\n\n\
-         Command: `host-cgroups bench hooks` ({elapsed:.0} s)\n\n{}\n{}\n\
-         ChannelReporter confirmed at once by a responder thread (no cgroup work): the cost is one \
-         channel send plus two thread wake-ups. Timer overhead (`Instant::now` pair): p50 {} ns. \
-         {} hook calls and {} `Vmm::start` runs per variant (thread backend), interleaved.\n",
-        report::load_note(load_start, load_end),
-        t.markdown(),
-        num(st.p50),
-        sn.n,
-        pn.n,
-    );
-    let json = json!({
-        "bench": "hooks",
-        "command": "host-cgroups bench hooks",
-        "machine": machine,
-        "loadavg_end": load_end,
-        "elapsed_s": round3(elapsed),
-        "timer_overhead": sjson(&st),
-        "hook_call": {"no_hooks": sjson(&sn), "channel_reporter": sjson(&sc), "cost_ns": round3(call_cost)},
-        "spawn": {"no_hooks": sjson(&pn), "channel_reporter": sjson(&pc), "cost_ns": round3(spawn_cost)},
-    });
+    let load_end = machine::loadavg();
+    let result = HooksResult {
+        bench: "hooks",
+        command: "host-cgroups bench hooks",
+        machine,
+        loadavg_end: load_end,
+        loadavg_start: load_start,
+        elapsed_s: round3(elapsed),
+        timer_overhead: NsFigures::of(&Summary::of(&timer)),
+        hook_call: HookCost::new(&Summary::of(&no_calls), &Summary::of(&ch_calls)),
+        spawn: HookCost::new(&Summary::of(&no_spawn), &Summary::of(&ch_spawn)),
+    };
     let svg = cdf_svg(
         "Hook cost: NoHooks vs ChannelReporter (answered at once)",
         "ns, log scale",
@@ -221,11 +172,12 @@ pub fn run(args: &HooksArgs) -> Result<(), BenchError> {
         ],
     );
     report::emit(
+        ctx,
         &args.common,
         report::Output {
             name: "hooks",
-            json,
-            markdown,
+            result: &result,
+            markdown: result.markdown(),
             svg: Some(svg),
         },
     )
