@@ -70,7 +70,8 @@
 //!   [`ResourceError`], [`ConfigError`]);
 //! - configuration: [`RuntimeConfig`] (the Kata runtime TOML) and [`SandboxPlan`] (what
 //!   [`Sandbox::plan`] returns and `host-cgroups resolve` prints);
-//! - OCI resources: [`from_json`], [`parse_json`] (with [`Parsed`]'s warnings) and
+//! - OCI resources: [`from_json`], [`parse_json`] (with [`Parsed`]'s warnings),
+//!   [`Checked`] (resources validated once, what the drivers take) and
 //!   [`LinuxResources`] itself;
 //! - the vocabulary: [`CgroupVersion`], [`Driver`], [`Controller`], [`HierarchyKey`],
 //!   [`CpuList`];
@@ -153,7 +154,7 @@ pub use cpulist::CpuList;
 pub use manager::systemd_info;
 pub use oci_spec::runtime::LinuxResources;
 pub use plan::SandboxPlan;
-pub use resources::{from_json, parse_json, Parsed, ResourceError};
+pub use resources::{from_json, parse_json, Checked, Parsed, ResourceError};
 pub use sandbox::{
     Activation, CgroupError, CleanupReport, ContainerUpdate, PlacedBy, Preflight, Sandbox,
     SandboxError, SandboxOptions, Stats, SupervisorError, Teardown, TeardownReport, VcpuRecord,

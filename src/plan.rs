@@ -109,6 +109,11 @@ pub struct SandboxPlan {
     /// The layout the plan is for.
     #[serde(skip)]
     pub layout: CgroupLayout,
+    /// The sandbox resources the plan was made with, validated once here
+    /// ([`resources::Checked`]); `Sandbox::start` and the supervisor apply these
+    /// without checking them again.
+    #[serde(skip)]
+    pub resources: Option<resources::Checked>,
 }
 
 /// A stand-in layout for planning on a host of the other cgroup version.
@@ -157,6 +162,11 @@ fn cgroup_plan(parsed: CgroupsPath, layout: &CgroupLayout) -> CgroupPlan {
 impl SandboxPlan {
     /// Plans sandbox `sandbox_id` at `cgroups_path` on `layout`, with optional resources.
     /// The id comes before the path, as in [`crate::sandbox::Sandbox::new`].
+    ///
+    /// # Errors
+    /// A cgroups path that does not parse, settings that cannot hold on this host, and
+    /// resources that break a rule ([`resources::Checked::new`], then the version's and
+    /// the host's rules), each named.
     pub fn new(
         config: &RuntimeConfig,
         sandbox_id: &str,
@@ -164,7 +174,29 @@ impl SandboxPlan {
         layout: &CgroupLayout,
         resources: Option<&LinuxResources>,
     ) -> Result<Self, PlanError> {
+        // The path's error comes first, as it always has.
+        CgroupsPath::parse(cgroups_path, sandbox_id)?;
+        let checked = resources
+            .map(|r| resources::Checked::new(r.clone()))
+            .transpose()?;
+        Self::new_checked(config, sandbox_id, cgroups_path, layout, checked.as_ref())
+    }
+
+    /// [`SandboxPlan::new`] with resources already checked (a caller that validated its
+    /// input on entry, as the command does): they are not checked again.
+    ///
+    /// # Errors
+    /// As [`SandboxPlan::new`], less the resources' own checks.
+    pub fn new_checked(
+        config: &RuntimeConfig,
+        sandbox_id: &str,
+        cgroups_path: &str,
+        layout: &CgroupLayout,
+        checked: Option<&resources::Checked>,
+    ) -> Result<Self, PlanError> {
         let parsed = CgroupsPath::parse(cgroups_path, sandbox_id)?;
+        let resources = checked.map(resources::Checked::resources);
+        let checked = checked.cloned();
         let driver = parsed.driver();
         let version = layout.version();
         let (vcpu_layout, vcpu_layout_reason, mut notes) = VcpuLayout::choose(
@@ -193,7 +225,7 @@ impl SandboxPlan {
             check_vmm_cgroup_resources(r, version, vcpu_layout, &parsed.relative())?;
         }
         let support = resources::HostSupport::probe(layout);
-        let (writes, mut properties) = match resources {
+        let (writes, mut properties) = match &checked {
             // systemd owns every controller it manages: resources become unit properties,
             // and only what it has no property for is written to cgroupfs.
             Some(r) if driver == Driver::Systemd => (
@@ -236,7 +268,8 @@ impl SandboxPlan {
                     u.unit
                 ));
             }
-            let gated: Vec<String> = resources
+            let gated: Vec<String> = checked
+                .as_ref()
                 .map(|r| sd_props::resource_properties(r, version))
                 .transpose()?
                 .unwrap_or_default()
@@ -260,7 +293,8 @@ impl SandboxPlan {
             let paths = layout.cgroup_dirs(&path, Driver::Cgroupfs, DirSet::VcpusChild);
             let child_writes = match resources {
                 Some(r) => {
-                    resources::plan_for(&resources::vcpu_child_resources([r])?, version, &support)?
+                    let child = resources::Checked::new(resources::vcpu_child_resources([r])?)?;
+                    resources::plan_for(&child, version, &support)?
                 }
                 None => Vec::new(),
             };
@@ -303,6 +337,7 @@ impl SandboxPlan {
             vcpus,
             notes,
             layout: layout.clone(),
+            resources: checked,
         })
     }
 
@@ -351,6 +386,48 @@ mod tests {
         let mut c = RuntimeConfig::embedded().unwrap();
         c.sandbox_cgroup_only = only;
         c
+    }
+
+    /// Resources are validated once per plan (issue 19: before, about 4 times per start
+    /// on cgroupfs and 10 on systemd): `new` checks them, `new_checked` takes them
+    /// checked, and the nested layout's child checks only the value it derives.
+    #[test]
+    fn resources_are_validated_once_per_plan() {
+        use crate::resources::{from_json, Checked, VALIDATIONS};
+        let count = || VALIDATIONS.with(|v| v.get());
+        let res = from_json(r#"{"cpu":{"shares":512,"quota":50000,"period":100000}}"#).unwrap();
+        let mut nested = cfg(false);
+        nested.vcpu_cgroup_layout = Some(crate::placement::SplitChoice::Nested);
+        for config in [cfg(true), cfg(false), nested] {
+            for driver_path in ["hcg/sb", "hcg.slice:kata:sb"] {
+                for version in [CgroupVersion::V1, CgroupVersion::V2] {
+                    let layout = nominal_layout(version);
+                    let before = count();
+                    let p = SandboxPlan::new(&config, "sb", driver_path, &layout, Some(&res));
+                    let Ok(p) = p else { continue };
+                    // The nested layout's child checks the one value it derives.
+                    let child = u32::from(p.vcpu_layout == VcpuLayout::Nested);
+                    assert_eq!(count() - before, 1 + child, "{driver_path} {version}");
+                    let checked = p.resources.clone().unwrap();
+                    let before = count();
+                    let again = SandboxPlan::new_checked(
+                        &config,
+                        "sb",
+                        driver_path,
+                        &layout,
+                        Some(&checked),
+                    )
+                    .unwrap();
+                    assert_eq!(count() - before, child, "{driver_path} {version}");
+                    assert_eq!(again.writes, p.writes);
+                    assert_eq!(
+                        Checked::reuse_or_new(Some(&checked), res.clone()),
+                        Ok(checked)
+                    );
+                    assert_eq!(count() - before, child, "reuse_or_new validated again");
+                }
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,6 @@ use std::sync::mpsc;
 use common::*;
 use host_cgroups::host::CgroupVersion;
 use host_cgroups::manager::{CgroupError, FsManager, Manager};
-use host_cgroups::resources::from_json;
 
 #[test]
 fn create_place_apply_stats_freeze_destroy() {
@@ -52,11 +51,10 @@ fn create_place_apply_stats_freeze_destroy() {
     }
 
     // Resources, read back from the controller files.
-    let res = from_json(
+    let res = checked(
         r#"{"cpu":{"shares":512,"quota":50000,"period":100000,"cpus":"0","mems":"0"},
             "memory":{"limit":268435456},"pids":{"limit":100}}"#,
-    )
-    .unwrap();
+    );
     m.set(&res).unwrap();
     let p = m.paths();
     match layout.version() {
@@ -174,9 +172,7 @@ fn cpuset_outside_the_host_is_refused_before_writing() {
     let mut m = FsManager::new(&layout, &format!("{prefix}/sb"));
     m.create().unwrap();
     let before = read(m.paths()["cpuset"].join("cpuset.cpus"));
-    let err = m
-        .set(&from_json(r#"{"cpu":{"cpus":"0-4095"}}"#).unwrap())
-        .unwrap_err();
+    let err = m.set(&checked(r#"{"cpu":{"cpus":"0-4095"}}"#)).unwrap_err();
     assert!(err.to_string().contains("0-4095"), "{err}");
     assert_eq!(read(m.paths()["cpuset"].join("cpuset.cpus")), before);
     if layout.version() == CgroupVersion::V1 {
@@ -188,7 +184,9 @@ fn cpuset_outside_the_host_is_refused_before_writing() {
         let shares_file = cpu.join("cpu.shares");
         let old = read(&shares_file);
         let err = m
-            .set(&from_json(r#"{"cpu":{"shares":2048,"quota":50000,"period":100000}}"#).unwrap())
+            .set(&checked(
+                r#"{"cpu":{"shares":2048,"quota":50000,"period":100000}}"#,
+            ))
             .unwrap_err();
         assert!(err.to_string().contains("cpu.cfs_quota_us"), "{err}");
         assert_eq!(read(&shares_file), old);
@@ -248,11 +246,10 @@ fn rollback_on_a_cgroup_just_made_restores_the_values_it_was_made_with() {
     let made: Vec<String> = files.iter().map(read).collect();
     // The cpu and cpuset writes come before block I/O; a throttle on a device that does
     // not exist fails in the kernel (ENODEV) after them.
-    let res = from_json(
+    let res = checked(
         r#"{"cpu":{"shares":512,"period":50000,"quota":20000,"cpus":"0","mems":"0"},
             "blockIO":{"throttleReadBpsDevice":[{"major":250,"minor":4095,"rate":1000}]}}"#,
-    )
-    .unwrap();
+    );
     let err = m.set(&res).unwrap_err();
     assert!(err.to_string().contains("blkio.throttle"), "{err}");
     let after: Vec<String> = files.iter().map(read).collect();
@@ -260,7 +257,7 @@ fn rollback_on_a_cgroup_just_made_restores_the_values_it_was_made_with() {
 
     // Once written, a file is read before the next write: the rollback of a second
     // failed set restores the first set's values, not the creation's.
-    let first = from_json(r#"{"cpu":{"shares":256,"period":40000,"quota":30000}}"#).unwrap();
+    let first = checked(r#"{"cpu":{"shares":256,"period":40000,"quota":30000}}"#);
     m.set(&first).unwrap();
     let set_once: Vec<String> = files.iter().map(read).collect();
     assert_eq!(set_once[0], "256");

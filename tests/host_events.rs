@@ -31,7 +31,6 @@ use common::*;
 use host_cgroups::host::{CgroupLayout, CgroupVersion};
 use host_cgroups::manager::{Manager, SystemdManager};
 use host_cgroups::path::SystemdUnit;
-use host_cgroups::resources::from_json;
 use host_cgroups::state::SandboxState;
 
 /// Generous: the test hosts are emulated (TCG) and slow, and reexec takes a while there.
@@ -705,7 +704,7 @@ fn dbus_restart_while_a_sandbox_runs() {
     m.add_proc(child.pid()).unwrap();
     restart_dbus();
     assert_eq!(show(&unit.unit, "ActiveState"), "active");
-    m.set(&from_json(r#"{"pids":{"limit":77}}"#).unwrap())
+    m.set(&checked(r#"{"pids":{"limit":77}}"#))
         .expect("the first call after the restart reconnects");
     assert_eq!(show(&unit.unit, "TasksMax"), "77");
     // Restarted again: teardown (a StopUnit job) after the restart succeeds.

@@ -188,3 +188,25 @@ fn the_command_and_the_example_use_the_public_api_only() {
     assert!(files.len() > 3, "{files:?}");
     assert!(violations.is_empty(), "{}", violations.join("\n"));
 }
+
+/// Resources are validated once, into `resources::Checked`, where they enter the library;
+/// no other module calls the validation itself (the drivers, the plan and the supervisor
+/// take a `Checked`).
+#[test]
+fn only_checked_resources_validates() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    walk(&src, &mut files);
+    let callers: Vec<String> = files
+        .iter()
+        .filter(|f| !f.starts_with(src.join("resources")))
+        .filter(|f| {
+            non_test_code(&std::fs::read_to_string(f).unwrap()).contains("resources::validate(")
+        })
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(
+        callers.is_empty(),
+        "validation outside resources::Checked: {callers:?}"
+    );
+}

@@ -394,6 +394,10 @@ fn apply_and_read_back(prefix: &str, json: &str) {
     let path = format!("{prefix}/sb");
     let plan = SandboxPlan::new(&cfg, "sb13", &path, &layout, Some(&res)).unwrap();
     let mut m = manager::build(&plan.sandbox.parsed, &layout, Vec::new()).unwrap();
+    let res = plan
+        .resources
+        .clone()
+        .expect("the plan's checked resources");
     m.check(&res).unwrap();
     m.create().unwrap();
     let r = m.set(&res);
@@ -499,7 +503,7 @@ fn v1_memory_limits_raise_and_lower_in_the_kernels_order() {
     ];
     let mut result = Ok(());
     for (json, lim, sw) in steps {
-        if let Err(e) = m.set(&resources::from_json(json).unwrap()) {
+        if let Err(e) = m.set(&checked(json)) {
             result = Err(format!("{json}: {e}"));
             break;
         }
@@ -523,8 +527,7 @@ fn realtime_needs_the_parents_grant_and_is_refused_before_creation() {
     }
     let prefix = unique("rt13");
     let _guard = CgroupGuard::new(&prefix);
-    let res = resources::from_json(r#"{"cpu":{"realtimeRuntime":10000,"realtimePeriod":1000000}}"#)
-        .unwrap();
+    let res = checked(r#"{"cpu":{"realtimeRuntime":10000,"realtimePeriod":1000000}}"#);
     let parsed = host_cgroups::path::CgroupsPath::parse(&format!("{prefix}/sb"), "sb13").unwrap();
     let m = manager::build(&parsed, &l, Vec::new()).unwrap();
     let rt_here = l

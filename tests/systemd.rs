@@ -126,11 +126,10 @@ fn scope_in_nested_slice_with_properties() {
     let mut m = SystemdManager::new(&layout, &unit);
     m.create().expect("create");
     assert!(!listed(&unit.unit), "create must not start a scope");
-    let res = from_json(
+    let res = checked(
         r#"{"cpu":{"shares":2048,"quota":12345,"period":100000,"cpus":"0","mems":"0"},
             "memory":{"limit":268435456},"pids":{"limit":100}}"#,
-    )
-    .unwrap();
+    );
     m.set(&res).expect("set before start");
     m.add_proc(pid).expect("add_proc");
 
@@ -198,11 +197,10 @@ fn scope_in_nested_slice_with_properties() {
     }
 
     // Updates go through SetUnitProperties.
-    let res2 = from_json(
+    let res2 = checked(
         r#"{"cpu":{"shares":1024,"quota":50000,"period":100000,"cpus":"1"},
             "memory":{"limit":536870912},"pids":{"limit":-1}}"#,
-    )
-    .unwrap();
+    );
     m.set(&res2).expect("set on the running unit");
     let show = systemctl_show(
         &unit.unit,
@@ -228,7 +226,7 @@ fn scope_in_nested_slice_with_properties() {
         }
     }
     // A bad cpuset is refused before systemd is asked.
-    let bad = from_json(r#"{"cpu":{"cpus":"0-4000"}}"#).unwrap();
+    let bad = checked(r#"{"cpu":{"cpus":"0-4000"}}"#);
     let e = m.set(&bad).unwrap_err().to_string();
     assert!(e.contains("4000"), "{e}");
 
@@ -301,7 +299,7 @@ fn second_manager_adopts_running_unit() {
         "{procs:?}"
     );
     // The adopted unit takes properties directly.
-    m2.set(&from_json(r#"{"pids":{"limit":50}}"#).unwrap())
+    m2.set(&checked(r#"{"pids":{"limit":50}}"#))
         .expect("set on adopted unit");
     assert_eq!(systemctl_show(&unit.unit, &["TasksMax"])["TasksMax"], "50");
 
@@ -627,19 +625,19 @@ fn issue13_values_reach_systemd_as_planned() {
     let mut m = SystemdManager::new(&layout, &unit);
     m.create().unwrap();
     m.add_proc(a.pid()).unwrap();
-    m.set(&from_json(r#"{"pids":{"limit":0}}"#).unwrap())
-        .expect("pids 0");
+    m.set(&checked(r#"{"pids":{"limit":0}}"#)).expect("pids 0");
     assert_eq!(systemctl_show(&unit.unit, &["TasksMax"])["TasksMax"], "1");
     if layout.version() == CgroupVersion::V2 {
-        m.set(&from_json(r#"{"memory":{"limit":-1,"swap":300}}"#).unwrap())
+        m.set(&checked(r#"{"memory":{"limit":-1,"swap":300}}"#))
             .expect("unlimited memory with swap");
         let show = systemctl_show(&unit.unit, &["MemoryMax", "MemorySwapMax"]);
         assert_eq!(show["MemoryMax"], "infinity");
         assert_eq!(show["MemorySwapMax"], "300");
     }
+    // Refused where resources enter (the drivers take only checked resources).
     let too_big = from_json(r#"{"cpu":{"quota":20971520000000,"period":100000}}"#).unwrap();
     assert!(
-        m.set(&too_big).is_err(),
+        host_cgroups::resources::Checked::new(too_big).is_err(),
         "a quota past 2^44-1 µs was accepted"
     );
     assert_eq!(systemctl_show(&unit.unit, &["TasksMax"])["TasksMax"], "1");

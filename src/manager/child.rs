@@ -24,7 +24,6 @@ use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::LinuxResources;
 use tracing::debug;
 
 use super::fs::{count_migration_writes, read_file, write_file, FsManager};
@@ -330,7 +329,7 @@ impl VcpuChild {
     ///
     /// # Errors
     /// As [`Manager::set`] of the cgroupfs driver.
-    pub fn set(&mut self, res: &LinuxResources) -> Result<(), CgroupError> {
+    pub fn set(&mut self, res: &crate::resources::Checked) -> Result<(), CgroupError> {
         self.fs.set(res)
     }
 

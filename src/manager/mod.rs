@@ -11,7 +11,6 @@ pub mod systemd;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::LinuxResources;
 use serde::Serialize;
 use thiserror::Error;
 
@@ -22,7 +21,7 @@ pub use systemd::SystemdManager;
 
 use crate::host::{CgroupLayout, CgroupVersion, HostError};
 use crate::path::{CgroupsPath, Driver};
-use crate::resources::ResourceError;
+use crate::resources::{Checked, ResourceError};
 
 /// A cgroup operation that failed, naming the cgroup file or unit and the value.
 #[derive(Debug, Error)]
@@ -157,11 +156,11 @@ pub trait Manager: Send {
     /// Threads in the cgroup.
     fn threads(&self) -> Result<Vec<i32>, CgroupError>;
     /// Checks resources against this host and the cgroup's parent before anything is written.
-    fn check(&self, _res: &LinuxResources) -> Result<(), CgroupError> {
+    fn check(&self, _res: &Checked) -> Result<(), CgroupError> {
         Ok(())
     }
     /// Applies resources; on failure the previous values are restored.
-    fn set(&mut self, res: &LinuxResources) -> Result<(), CgroupError>;
+    fn set(&mut self, res: &Checked) -> Result<(), CgroupError>;
     /// Freezes every task in the cgroup.
     fn freeze(&mut self) -> Result<(), CgroupError>;
     /// Thaws the cgroup.

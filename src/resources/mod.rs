@@ -284,9 +284,63 @@ pub fn validate(res: &LinuxResources) -> Result<(), ResourceError> {
     RULES.iter().try_for_each(|r| r.validate(res))
 }
 
+/// OCI resources that passed every controller's checks ([`validate`]). Only
+/// [`Checked::new`] makes one, so a layer handed a `Checked` (the plan, both drivers,
+/// the `vcpus` child) plans and writes without checking again: resources are validated
+/// once, where they enter the library (`SandboxPlan::new`, `Sandbox::start`,
+/// `update_container`, `set_sandbox_resources`, a restored state file), and derived
+/// values (the containers' union, the `vcpus` child's sum) once where they are made.
+/// What depends on the cgroup version or the host is refused when planning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked(LinuxResources);
+
+impl Checked {
+    /// Validates `res` ([`validate`]) and keeps it.
+    ///
+    /// # Errors
+    /// The first field that breaks a rule, named with its value.
+    pub fn new(res: LinuxResources) -> Result<Self, ResourceError> {
+        validate(&res)?;
+        #[cfg(test)]
+        VALIDATIONS.with(|v| v.set(v.get() + 1));
+        Ok(Checked(res))
+    }
+
+    /// The resources.
+    pub fn resources(&self) -> &LinuxResources {
+        &self.0
+    }
+
+    /// The resources, given back.
+    pub fn into_resources(self) -> LinuxResources {
+        self.0
+    }
+
+    /// `Some(checked)` for `res` when it equals `known`'s resources (no second
+    /// validation), else a new [`Checked`].
+    ///
+    /// # Errors
+    /// As [`Checked::new`].
+    pub fn reuse_or_new(
+        known: Option<&Checked>,
+        res: LinuxResources,
+    ) -> Result<Self, ResourceError> {
+        match known {
+            Some(k) if k.0 == res => Ok(k.clone()),
+            _ => Checked::new(res),
+        }
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Validations made by this thread, for the unit test that counts them.
+    pub(crate) static VALIDATIONS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 /// The cgroupfs writes, in order, that apply `res` on a host of cgroup `version`,
 /// with every optional file assumed present (see [`plan_for`]).
-pub fn plan(res: &LinuxResources, version: CgroupVersion) -> Result<Vec<Write>, ResourceError> {
+pub fn plan(res: &Checked, version: CgroupVersion) -> Result<Vec<Write>, ResourceError> {
     plan_for(res, version, &HostSupport::assumed())
 }
 
@@ -294,11 +348,11 @@ pub fn plan(res: &LinuxResources, version: CgroupVersion) -> Result<Vec<Write>, 
 /// offering `host`. Every field is either written or refused naming the field:
 /// nothing is dropped (OCI `devices` excepted, see [`not_applied`]).
 pub fn plan_for(
-    res: &LinuxResources,
+    res: &Checked,
     version: CgroupVersion,
     host: &HostSupport,
 ) -> Result<Vec<Write>, ResourceError> {
-    validate(res)?;
+    let res = res.resources();
     let mut w = Vec::new();
     for r in RULES {
         let before = w.len();
@@ -346,6 +400,21 @@ pub fn not_applied(res: &LinuxResources) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`super::plan`] on resources checked first, as every caller in the library has
+    /// them: a test of a refusal sees the validation's or the plan's, whichever comes.
+    fn plan(r: &LinuxResources, v: CgroupVersion) -> Result<Vec<Write>, ResourceError> {
+        super::plan(&Checked::new(r.clone())?, v)
+    }
+
+    /// [`super::plan_for`] on resources checked first.
+    fn plan_for(
+        r: &LinuxResources,
+        v: CgroupVersion,
+        host: &HostSupport,
+    ) -> Result<Vec<Write>, ResourceError> {
+        super::plan_for(&Checked::new(r.clone())?, v, host)
+    }
 
     fn res(json: &str) -> LinuxResources {
         from_json(json).unwrap()

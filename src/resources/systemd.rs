@@ -5,12 +5,11 @@
 //! the same limits whichever runtime created it; where this module differs it
 //! says why.
 
-use oci_spec::runtime::LinuxResources;
 use serde_json::json;
 
 use crate::cgroup::CgroupVersion;
 use crate::path::SystemdUnit;
-use crate::resources::{self, CpuList, ResourceError, Write, RULES};
+use crate::resources::{self, Checked, CpuList, ResourceError, Write, RULES};
 
 /// A unit property and the value that would be sent to systemd, as `resolve` prints it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -159,14 +158,14 @@ pub(super) fn limit(v: i64) -> u64 {
 /// v1 cpuset, v1 `memory.memsw.limit_in_bytes` and v1 `memory.soft_limit_in_bytes`
 /// have no unit property; they are in [`cgroupfs_writes`].
 pub fn resource_properties(
-    res: &LinuxResources,
+    res: &Checked,
     version: CgroupVersion,
 ) -> Result<Vec<UnitProperty>, ResourceError> {
-    // Every rule of the cgroupfs plan holds here too (ranges, version support).
+    // Every rule of the cgroupfs plan holds here too (version support).
     resources::plan(res, version)?;
     let mut p = Vec::new();
     for r in RULES {
-        r.properties(res, version, &mut p)?;
+        r.properties(res.resources(), version, &mut p)?;
     }
     Ok(p)
 }
@@ -178,17 +177,14 @@ pub fn resource_properties(
 /// scheduling, CFS burst, `cpu.idle` and block I/O IOPS throttles. On v2: CFS burst,
 /// `cpu.idle` and OCI `unified`. On v2, huge page limits are refused: systemd does
 /// not enable the hugetlb controller for its units.
-pub fn cgroupfs_writes(
-    res: &LinuxResources,
-    version: CgroupVersion,
-) -> Result<Vec<Write>, ResourceError> {
+pub fn cgroupfs_writes(res: &Checked, version: CgroupVersion) -> Result<Vec<Write>, ResourceError> {
     cgroupfs_writes_for(res, version, &resources::HostSupport::assumed())
 }
 
 /// [`cgroupfs_writes`] for a host offering `host`: the plan less the files each
 /// controller's properties cover (`Rules::covered`).
 pub fn cgroupfs_writes_for(
-    res: &LinuxResources,
+    res: &Checked,
     version: CgroupVersion,
     host: &resources::HostSupport,
 ) -> Result<Vec<Write>, ResourceError> {
@@ -199,7 +195,7 @@ pub fn cgroupfs_writes_for(
             .any(|r| r.covered(version).contains(&w.file.as_str()))
     });
     for r in RULES {
-        r.systemd_refusal(res, version)?;
+        r.systemd_refusal(res.resources(), version)?;
     }
     Ok(w)
 }
@@ -259,7 +255,7 @@ pub fn start_properties(
 
 /// The resource properties of `res` on cgroup `version`, as `resolve` prints them.
 pub fn systemd_properties(
-    res: &LinuxResources,
+    res: &Checked,
     version: CgroupVersion,
 ) -> Result<Vec<Property>, ResourceError> {
     Ok(resource_properties(res, version)?
@@ -286,7 +282,11 @@ pub fn parse_version(v: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::from_json;
+
+    /// OCI resources from JSON, checked as the library's entry points check them.
+    fn from_json(json: &str) -> Result<Checked, ResourceError> {
+        crate::resources::from_json(json).and_then(Checked::new)
+    }
 
     fn props(json: &str, v: CgroupVersion) -> Vec<(String, serde_json::Value)> {
         resource_properties(&from_json(json).unwrap(), v)
@@ -425,11 +425,8 @@ mod tests {
         let v2 = props(r#"{"memory":{"limit":-1,"swap":300}}"#, CgroupVersion::V2);
         assert_eq!(get(&v2, "MemoryMax"), Some(json!(u64::MAX)));
         assert_eq!(get(&v2, "MemorySwapMax"), Some(json!(300)));
-        assert!(resource_properties(
-            &from_json(r#"{"memory":{"limit":100,"swap":50}}"#).unwrap(),
-            CgroupVersion::V2
-        )
-        .is_err());
+        // memory+swap below the limit: refused where the resources are checked.
+        assert!(from_json(r#"{"memory":{"limit":100,"swap":50}}"#).is_err());
     }
 
     #[test]
@@ -446,14 +443,15 @@ mod tests {
 
     #[test]
     fn quota_past_the_kernel_ceiling_is_refused() {
-        let r = from_json(r#"{"cpu":{"quota":20971520000000,"period":100000}}"#).unwrap();
-        for v in [CgroupVersion::V1, CgroupVersion::V2] {
-            let e = resource_properties(&r, v).unwrap_err().to_string();
-            assert!(
-                e.contains("cpu.quota") && e.contains("17592186044415"),
-                "{e}"
-            );
-        }
+        // Past the kernel's ceiling: refused where the resources are checked, so no
+        // property is ever made of it.
+        let e = from_json(r#"{"cpu":{"quota":20971520000000,"period":100000}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cpu.quota") && e.contains("17592186044415"),
+            "{e}"
+        );
         // Within the ceiling, but systemd's rounding up would push it past: refused too.
         let r = from_json(r#"{"cpu":{"quota":17592186044415,"period":100000}}"#).unwrap();
         let e = resource_properties(&r, CgroupVersion::V2)

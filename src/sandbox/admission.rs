@@ -18,8 +18,9 @@ impl Sandbox {
         refuse_taken(plan, &opts.state_dir)?;
         let sandbox = manager::build(&plan.sandbox.parsed, &plan.layout, Vec::new())?;
         if let Some(r) = &opts.sandbox_resources {
-            crate::resources::validate(r).map_err(CgroupError::from)?;
-            sandbox.check(r)?;
+            let r = Checked::reuse_or_new(plan.resources.as_ref(), r.clone())
+                .map_err(CgroupError::from)?;
+            sandbox.check(&r)?;
         }
         let overhead = match &plan.overhead {
             Some(o) => Some(manager::build(&o.parsed, &plan.layout, Vec::new())?),

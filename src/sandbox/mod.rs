@@ -48,6 +48,7 @@ pub use crate::manager::{CgroupError, Stats};
 use crate::metrics::IncMetric;
 use crate::path::{validate_sandbox_id, CgroupsPath, PathError};
 use crate::plan::{PlanError, SandboxPlan};
+use crate::resources::Checked;
 pub use crate::resources::ContainerUpdate;
 pub use crate::selfplace::PlacedBy;
 use crate::sigterm::ignore_sigterm_during;
@@ -367,10 +368,17 @@ impl Sandbox {
             return Ok(Self::inactive(config, &plan.sandbox_id, opts.state_dir));
         }
         refuse_taken(&plan, &opts.state_dir)?;
+        // The plan's resources, validated when it was made; others (a plan made without
+        // them, or with other ones) once here.
+        let sandbox_resources = opts
+            .sandbox_resources
+            .map(|r| Checked::reuse_or_new(plan.resources.as_ref(), r))
+            .transpose()
+            .map_err(CgroupError::from)?;
         let copts = SupervisorOptions {
             state_dir: Some(opts.state_dir.clone()),
             placement_timeout: opts.placement_timeout,
-            sandbox_resources: opts.sandbox_resources,
+            sandbox_resources,
             enable_vcpus_pinning: config.enable_vcpus_pinning,
         };
         let id = plan.sandbox_id.clone();
@@ -427,7 +435,8 @@ impl Sandbox {
         let copts = SupervisorOptions {
             state_dir: Some(opts.state_dir.clone()),
             placement_timeout: opts.placement_timeout,
-            sandbox_resources: state.sandbox_resources.clone(),
+            // Checked once, by the plan made from the state file.
+            sandbox_resources: plan.resources.clone(),
             enable_vcpus_pinning: state.enable_vcpus_pinning,
         };
         let supervisor = Supervisor::restore(

@@ -42,7 +42,7 @@ use crate::metrics::{IncMetric, METRICS};
 use crate::path::Driver;
 use crate::placement::Placement;
 use crate::plan::SandboxPlan;
-use crate::resources::{self, CpuList, ResourceError};
+use crate::resources::{self, Checked, CpuList, ResourceError};
 use crate::state::{CgroupState, ChildState, SandboxState, StateError};
 
 /// A supervisor operation that failed.
@@ -103,8 +103,9 @@ pub struct SupervisorOptions {
     /// ([`Supervisor::hooks_supervisor_writes`]) only: the default hooks
     /// never wait for the supervisor thread.
     pub placement_timeout: Duration,
-    /// Resources for the sandbox cgroup as a whole.
-    pub sandbox_resources: Option<LinuxResources>,
+    /// Resources for the sandbox cgroup as a whole, validated where they entered (the
+    /// plan's: [`SandboxPlan::resources`]).
+    pub sandbox_resources: Option<Checked>,
     /// Pin vCPU i to the i-th CPU when their numbers match.
     pub enable_vcpus_pinning: bool,
 }
@@ -173,7 +174,7 @@ enum Cmd {
         Option<LinuxResources>,
         Sender<Result<(), SupervisorError>>,
     ),
-    Sandbox(LinuxResources, Sender<Result<(), SupervisorError>>),
+    Sandbox(Checked, Sender<Result<(), SupervisorError>>),
     Stats(Sender<Result<Stats, SupervisorError>>),
     Vcpus(Sender<Vec<VcpuRecord>>),
     Shutdown(bool, Sender<TeardownReport>),
@@ -297,8 +298,8 @@ impl Supervisor {
     /// ([`SandboxPlan::check_sandbox_resources`]: no memory limit below 6 MiB where the
     /// VMM process is in the sandbox cgroup) are checked first; nothing is written then.
     pub fn set_sandbox_resources(&self, res: LinuxResources) -> Result<(), SupervisorError> {
-        resources::validate(&res)?;
-        self.plan.check_sandbox_resources(&res)?;
+        let res = Checked::new(res)?;
+        self.plan.check_sandbox_resources(res.resources())?;
         self.ask(|tx| Cmd::Sandbox(res, tx))?
     }
 
@@ -377,7 +378,7 @@ mod tests {
         fn threads(&self) -> Result<Vec<i32>, CgroupError> {
             Ok(self.placed.clone())
         }
-        fn set(&mut self, _res: &LinuxResources) -> Result<(), CgroupError> {
+        fn set(&mut self, _res: &Checked) -> Result<(), CgroupError> {
             Ok(())
         }
         fn freeze(&mut self) -> Result<(), CgroupError> {

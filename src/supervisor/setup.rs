@@ -9,8 +9,7 @@ impl Supervisor {
     /// policy, persists state, and starts the supervisor thread.
     pub fn start(plan: SandboxPlan, opts: SupervisorOptions) -> Result<Self, SupervisorError> {
         if let Some(r) = &opts.sandbox_resources {
-            resources::validate(r)?;
-            plan.check_sandbox_resources(r)?;
+            plan.check_sandbox_resources(r.resources())?;
         }
         let layout = plan.layout.clone();
         let mut sandbox = manager::build(&plan.sandbox.parsed, &layout, Vec::new())?;
@@ -52,7 +51,10 @@ impl Supervisor {
                 created: c.missing(),
             }),
             containers: BTreeMap::new(),
-            sandbox_resources: opts.sandbox_resources.clone(),
+            sandbox_resources: opts
+                .sandbox_resources
+                .as_ref()
+                .map(|r| r.resources().clone()),
         };
         // Record what we are about to create before creating it: a crash in between
         // still leaves `cleanup` a complete list.

@@ -194,7 +194,7 @@ impl Worker {
             Cmd::Sandbox(res, reply) => {
                 let r = self.sandbox.set(&res).map_err(SupervisorError::from);
                 if r.is_ok() {
-                    self.state.sandbox_resources = Some(res);
+                    self.state.sandbox_resources = Some(res.into_resources());
                     self.persist();
                 }
                 let _ = reply.send(r);
@@ -230,7 +230,7 @@ impl Worker {
     pub(super) fn cpuset_resources(
         cpus: &CpuList,
         mems: &CpuList,
-    ) -> Result<LinuxResources, ResourceError> {
+    ) -> Result<Checked, ResourceError> {
         let mut cpu = serde_json::Map::new();
         if !cpus.is_empty() {
             cpu.insert("cpus".into(), cpus.to_string().into());
@@ -238,7 +238,9 @@ impl Worker {
         if !mems.is_empty() {
             cpu.insert("mems".into(), mems.to_string().into());
         }
-        resources::from_json(&serde_json::json!({ "cpu": cpu }).to_string())
+        Checked::new(resources::from_json(
+            &serde_json::json!({ "cpu": cpu }).to_string(),
+        )?)
     }
 
     pub(super) fn update_container(
@@ -246,9 +248,11 @@ impl Worker {
         id: String,
         res: Option<LinuxResources>,
     ) -> Result<(), SupervisorError> {
-        if let Some(r) = &res {
-            resources::validate(r)?;
-        }
+        // Validated once here, where the container's resources enter.
+        let res = res
+            .map(Checked::new)
+            .transpose()?
+            .map(Checked::into_resources);
         let previous = self.state.containers.clone();
         match res {
             Some(r) => {
@@ -263,7 +267,7 @@ impl Worker {
             // `resources::vcpu_child_resources`); the sandbox cgroup keeps its own limits.
             if let Some(c) = self.child.as_mut() {
                 let r = resources::vcpu_child_resources(self.state.containers.values())?;
-                c.set(&r)?;
+                c.set(&Checked::new(r)?)?;
                 return Ok(());
             }
             let (cpus, mems) = Self::cpuset_union(&self.state.containers)?;

@@ -312,3 +312,10 @@ pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// OCI resources from JSON, checked as the library's entry points check them (the
+/// drivers take only checked resources).
+pub fn checked(json: &str) -> host_cgroups::resources::Checked {
+    host_cgroups::resources::Checked::new(host_cgroups::resources::from_json(json).unwrap())
+        .unwrap()
+}

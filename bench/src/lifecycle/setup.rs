@@ -113,7 +113,11 @@ impl Setup {
                 let mut m = FsManager::new(&self.layout, &self.relative);
                 m.create()
                     .map_err(|e| BenchError::step("host-cgroups create", e))?;
-                m.set(&self.res)
+                // Validated in the timed lifecycle, as a runtime's entry point validates
+                // the resources it is handed (cgroups-rs below is handed the same value).
+                let res = resources::Checked::new(self.res.clone())
+                    .map_err(|e| BenchError::step("host-cgroups set", e))?;
+                m.set(&res)
                     .map_err(|e| BenchError::step("host-cgroups set", e))?;
                 m.add_proc(self.me)
                     .map_err(|e| BenchError::step("host-cgroups add_proc", e))?;

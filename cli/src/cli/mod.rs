@@ -19,7 +19,7 @@ use serde::Serialize;
 use host_cgroups::config::{load_bundle, RuntimeConfig};
 use host_cgroups::host::{CgroupLayout, CgroupVersion};
 use host_cgroups::plan::{nominal_layout, SandboxPlan};
-use host_cgroups::resources;
+use host_cgroups::resources::{self, Checked};
 
 /// The version of this program, in every `--json` object's `version` field.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -274,9 +274,7 @@ pub struct ResolveArgs {
 }
 
 /// Reads `--resources`: inline JSON or `@FILE`; the warnings (unknown keys) go to `notes`.
-pub fn load_resources(
-    arg: Option<&str>,
-) -> Result<(Option<LinuxResources>, Vec<String>), CliError> {
+pub fn load_resources(arg: Option<&str>) -> Result<(Option<Checked>, Vec<String>), CliError> {
     let Some(arg) = arg else {
         return Ok((None, Vec::new()));
     };
@@ -286,8 +284,9 @@ pub fn load_resources(
         None => arg.to_string(),
     };
     let parsed = resources::parse_json(&text).map_err(bad)?;
-    resources::validate(&parsed.resources).map_err(bad)?;
-    Ok((Some(parsed.resources), parsed.warnings))
+    // Checked once, here, where the input enters; the library takes the checked value.
+    let checked = Checked::new(parsed.resources).map_err(bad)?;
+    Ok((Some(checked), parsed.warnings))
 }
 
 /// The cgroups path as UTF-8, refusing other bytes with the value shown, and refusing
@@ -363,7 +362,7 @@ pub fn print_json(v: &impl Serialize) -> Result<(), CliError> {
 pub fn sandbox_inputs(
     sandbox: &SandboxArgs,
     bundle: Option<&std::path::Path>,
-) -> Result<(String, Option<LinuxResources>, Vec<String>), CliError> {
+) -> Result<(String, Option<Checked>, Vec<String>), CliError> {
     let (path, bundle_res, mut warnings) = match bundle {
         Some(b) => bundle_inputs(b)?,
         None => (
@@ -375,8 +374,10 @@ pub fn sandbox_inputs(
     let (cli_res, cli_warnings) = load_resources(sandbox.resources.as_deref())?;
     if cli_res.is_some() {
         warnings = cli_warnings;
+        return Ok((path, cli_res, warnings));
     }
-    Ok((path, cli_res.or(bundle_res), warnings))
+    let bundle_res = bundle_res.map(Checked::new).transpose().map_err(bad)?;
+    Ok((path, bundle_res, warnings))
 }
 
 /// `resolve --json`: the plan, and for this host what `run` would find.
@@ -397,7 +398,8 @@ fn resolve(args: &ResolveArgs) -> Result<(), CliError> {
         .clone()
         .ok_or_else(|| bad("--sandbox-id is required"))?;
     let layout = layout_for(args.cgroup_version)?;
-    let mut plan = SandboxPlan::new(&config, &id, &path, &layout, res.as_ref()).map_err(bad)?;
+    let mut plan =
+        SandboxPlan::new_checked(&config, &id, &path, &layout, res.as_ref()).map_err(bad)?;
     plan.notes.extend(warnings);
     // For this host, `resolve` is the dry run of `run`: the same checks, no change.
     let host = match args.cgroup_version {
@@ -406,7 +408,7 @@ fn resolve(args: &ResolveArgs) -> Result<(), CliError> {
         None => {
             let opts = host_cgroups::sandbox::SandboxOptions::default()
                 .state_dir(&args.state_dir)
-                .sandbox_resources(res.clone());
+                .sandbox_resources(res.clone().map(Checked::into_resources));
             let p = host_cgroups::sandbox::Sandbox::preflight(&plan, &opts).map_err(|e| {
                 if e.is_bad_input() {
                     bad(e)

@@ -14,6 +14,7 @@ use super::{bad, layout_for, load_config, print_json, runtime, CliError, Sandbox
 use demo_vmm::{BackendChoice, Vmm, VmmConfig};
 use host_cgroups::host::{task_cpu_ns, threads, ThreadInfo};
 use host_cgroups::plan::{CgroupPlan, SandboxPlan};
+use host_cgroups::resources::Checked;
 use host_cgroups::sandbox::{Activation, Sandbox, SandboxOptions, Teardown};
 use host_cgroups::state::DEFAULT_STATE_DIR;
 use host_cgroups::{TeardownReport, VcpuRecord};
@@ -276,8 +277,8 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     }
     max_vcpus = max_vcpus.max(vcpus);
     let layout = layout_for(None)?;
-    let plan =
-        SandboxPlan::new(&config, &sandbox_id, &path, &layout, resources.as_ref()).map_err(bad)?;
+    let plan = SandboxPlan::new_checked(&config, &sandbox_id, &path, &layout, resources.as_ref())
+        .map_err(bad)?;
     let mut notes = plan.notes.clone();
     notes.extend(warnings);
     notes.extend(vcpus_note);
@@ -290,7 +291,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let opts = SandboxOptions::default()
         .state_dir(args.state_dir.clone())
         .placement_timeout(Duration::from_secs_f64(args.placement_timeout))
-        .sandbox_resources(resources.clone());
+        .sandbox_resources(resources.clone().map(Checked::into_resources));
     let sandbox = Sandbox::start(&config, plan.clone(), opts).map_err(|e| {
         if e.is_bad_input() {
             bad(e)
@@ -303,7 +304,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         notes.push(format!("host-cgroups inactive: {reason}"));
     }
     if let Some(r) = &container_res {
-        match sandbox.update_container("c0", r) {
+        match sandbox.update_container("c0", r.resources()) {
             // What the layout does not apply of a container's resources is said, not dropped.
             Ok(update) => notes.extend(update.note("c0 (--container-resources)")),
             Err(e) => {

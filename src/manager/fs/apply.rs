@@ -15,7 +15,7 @@ use super::io::{io_err, read_file, read_whole, write_file};
 use super::FsManager;
 use crate::host::{online_cpus, CgroupVersion};
 use crate::manager::CgroupError;
-use crate::resources::{self, CpuList};
+use crate::resources::{self, Checked, CpuList};
 
 /// The hierarchies a probe was made on: v1 mounts and the unified mount.
 type SupportKey = (BTreeMap<String, PathBuf>, Option<PathBuf>);
@@ -25,7 +25,7 @@ static SUPPORT: Mutex<Option<(SupportKey, resources::HostSupport)>> = Mutex::new
 
 impl FsManager {
     /// [`crate::manager::Manager::set`]: every write or none (rollback in reverse order).
-    pub(super) fn set_all(&mut self, res: &LinuxResources) -> Result<(), CgroupError> {
+    pub(super) fn set_all(&mut self, res: &Checked) -> Result<(), CgroupError> {
         let mut undo = Vec::new();
         let r = self.set_inner(res, &mut undo);
         if r.is_err() {
@@ -39,19 +39,19 @@ impl FsManager {
     }
 
     /// [`crate::manager::Manager::check`]: what `set` would refuse, with nothing written.
-    pub(super) fn check_all(&self, res: &LinuxResources) -> Result<(), CgroupError> {
+    pub(super) fn check_all(&self, res: &Checked) -> Result<(), CgroupError> {
         self.plan(res)?;
-        self.check_rt(res)?;
-        self.check_cpuset(res)
+        self.check_rt(res.resources())?;
+        self.check_cpuset(res.resources())
     }
 
     fn set_inner(
         &mut self,
-        res: &LinuxResources,
+        res: &Checked,
         undo: &mut Vec<(PathBuf, String)>,
     ) -> Result<(), CgroupError> {
         let mut writes = self.plan(res)?;
-        self.check_cpuset(res)?;
+        self.check_cpuset(res.resources())?;
         self.order_memory(&mut writes)?;
         let mut known = std::mem::take(&mut self.initial);
         let r = self.apply_writes_known(&writes, undo, &mut known);
@@ -67,7 +67,7 @@ impl FsManager {
     /// made on a kept probe: the host is probed again and the plan made again, so a
     /// feature that appeared since is seen. A feature gone since shows as the failed
     /// write naming its file.
-    fn plan(&self, res: &LinuxResources) -> Result<Vec<resources::Write>, CgroupError> {
+    fn plan(&self, res: &Checked) -> Result<Vec<resources::Write>, CgroupError> {
         if let Some(kept) = self.kept_support() {
             if let Ok(w) = resources::plan_for(res, self.version, &kept) {
                 return Ok(w);

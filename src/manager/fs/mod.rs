@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
 
-use oci_spec::runtime::LinuxResources;
+use crate::resources::Checked;
 
 // The systemd driver restores its cgroupfs writes through the same rule.
 #[cfg(feature = "systemd")]
@@ -200,11 +200,11 @@ impl Manager for FsManager {
         read_ids(&self.first_dir()?.join(file))
     }
 
-    fn check(&self, res: &LinuxResources) -> Result<(), CgroupError> {
+    fn check(&self, res: &Checked) -> Result<(), CgroupError> {
         self.check_all(res)
     }
 
-    fn set(&mut self, res: &LinuxResources) -> Result<(), CgroupError> {
+    fn set(&mut self, res: &Checked) -> Result<(), CgroupError> {
         self.set_all(res)
     }
 

@@ -826,6 +826,7 @@ mod tests {
             assert_eq!(sig, want, "{}", p.name);
         }
         let r = from_json(r#"{"cpu":{"cpus":"0"},"pids":{"limit":5}}"#).unwrap();
+        let r = crate::resources::Checked::new(r).unwrap();
         let sigs: Vec<String> = resource_properties(&r, CgroupVersion::V2)
             .unwrap()
             .iter()

@@ -24,7 +24,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use oci_spec::runtime::LinuxResources;
 use tracing::{debug, info, warn};
 
 use self::client::{BusError, SystemdClient, NO_SUCH_UNIT, UNIT_EXISTS};
@@ -36,6 +35,7 @@ use crate::cgroup::{Controller, HierarchyKey};
 use crate::host::{CgroupLayout, CgroupVersion, DirSet};
 use crate::metrics::{IncMetric, METRICS};
 use crate::path::{Driver, SystemdUnit};
+use crate::resources::Checked;
 use crate::resources::{self, Write};
 
 pub use crate::sigterm::{ignore_sigterm_during, SigtermIgnored};
@@ -66,7 +66,7 @@ pub struct SystemdManager {
     /// The unit exists and holds (or held) our process.
     started: bool,
     /// Resources given before the unit existed; they go with `StartTransientUnit`.
-    pending: Option<LinuxResources>,
+    pending: Option<Checked>,
     /// The host layout (for probing what the kernel offers).
     layout: CgroupLayout,
 }
@@ -295,7 +295,7 @@ impl SystemdManager {
     }
 
     /// `SetUnitProperties` (runtime) with the unit properties of `res`.
-    fn set_properties(&mut self, res: &LinuxResources) -> Result<(), CgroupError> {
+    fn set_properties(&mut self, res: &Checked) -> Result<(), CgroupError> {
         let props = props::resource_properties(res, self.version)?;
         let props = self.gated(props)?;
         if props.is_empty() {
@@ -335,7 +335,7 @@ impl SystemdManager {
     /// [`props::cgroupfs_writes`]) around the unit properties. On v1 the memory limit
     /// is a property and memory+swap a file: which goes first is the kernel's rule
     /// in [`resources::memsw_first`], the one the cgroupfs driver uses too.
-    fn apply(&mut self, res: &LinuxResources, with_properties: bool) -> Result<(), CgroupError> {
+    fn apply(&mut self, res: &Checked, with_properties: bool) -> Result<(), CgroupError> {
         let support = resources::HostSupport::probe(&self.layout);
         let writes: Vec<Write> = props::cgroupfs_writes_for(res, self.version, &support)?;
         let (cpuset, rest): (Vec<Write>, Vec<Write>) = writes
@@ -600,16 +600,16 @@ impl Manager for SystemdManager {
     /// Everything `set` would refuse, before anything exists: the properties, the
     /// cgroupfs part on this host, and the cpuset against the host's online CPUs and
     /// the nearest existing parent (the cgroupfs driver's rule, one home for both).
-    fn check(&self, res: &LinuxResources) -> Result<(), CgroupError> {
+    fn check(&self, res: &Checked) -> Result<(), CgroupError> {
         props::resource_properties(res, self.version)?;
         let support = resources::HostSupport::probe(&self.layout);
         props::cgroupfs_writes_for(res, self.version, &support)?;
         // v1 real-time bandwidth is a cgroupfs write here too, granted by the slice.
-        self.reader.check_rt(res)?;
-        self.reader.check_cpuset(res)
+        self.reader.check_rt(res.resources())?;
+        self.reader.check_cpuset(res.resources())
     }
 
-    fn set(&mut self, res: &LinuxResources) -> Result<(), CgroupError> {
+    fn set(&mut self, res: &Checked) -> Result<(), CgroupError> {
         let t0 = Instant::now();
         self.check(res)?;
         debug!(unit = %self.unit.unit, us = t0.elapsed().as_micros() as u64, "set: validated");

@@ -13,7 +13,12 @@ use super::{SystemdManager, EXIT_WAIT};
 use crate::host::{CgroupLayout, CgroupVersion};
 use crate::manager::{CgroupError, Manager};
 use crate::path::SystemdUnit;
-use crate::resources::{from_json, ResourceError};
+use crate::resources::{Checked, ResourceError};
+
+/// OCI resources from JSON, checked as the library's entry points check them.
+fn from_json(json: &str) -> Result<Checked, ResourceError> {
+    crate::resources::from_json(json).and_then(Checked::new)
+}
 
 const UNIT: &str = "hcgtest-sb.scope";
 /// Where systemd puts the unit's cgroup (below each hierarchy's root).
