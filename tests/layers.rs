@@ -210,3 +210,31 @@ fn only_checked_resources_validates() {
         "validation outside resources::Checked: {callers:?}"
     );
 }
+
+/// Every failpoint of the library's one list (`failpoint::Point::name`) is armed by some
+/// test in tests/, so no point exists that no crash or fault test passes through (a test
+/// whose armed point is never reached fails on its own: the run exits 3).
+#[test]
+fn every_failpoint_is_armed_by_a_test() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = std::fs::read_to_string(root.join("src/failpoint.rs")).unwrap();
+    let body = &src[src.find("pub const fn name(self)").unwrap()..];
+    let body = &body[..body.find("\n    }\n").unwrap()];
+    let names: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.split("=> \"").nth(1))
+        .filter_map(|r| r.split('"').next())
+        .collect();
+    assert!(names.len() >= 20, "{names:?}");
+    let mut tests = String::new();
+    for e in std::fs::read_dir(root.join("tests")).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "rs") {
+            tests.push_str(&std::fs::read_to_string(e.path()).unwrap());
+        }
+    }
+    let unarmed: Vec<&&str> = names
+        .iter()
+        .filter(|n| !tests.contains(&format!("\"{n}")))
+        .collect();
+    assert!(unarmed.is_empty(), "failpoints no test arms: {unarmed:?}");
+}
