@@ -81,13 +81,13 @@ pub fn run(vcpus: u32, config: &Path) -> Result<(), String> {
             println!("  {name:<24} {path}");
         }
         // In every hierarchy the sandbox uses, the thread must show the sandbox path.
-        let misplaced: Vec<&String> = sandbox_dirs
+        let misplaced: Vec<&host_cgroups::HierarchyKey> = sandbox_dirs
             .keys()
             .filter(|c| {
                 // v1 names the hierarchy by its controllers; v2 has one hierarchy, which
                 // `/proc` lists with an empty controller field and the library names
                 // `unified`.
-                let found = cgroups.get(c.as_str()).or_else(|| cgroups.get("unified"));
+                let found = cgroups.get(c.name()).or_else(|| cgroups.get("unified"));
                 found.map(|p| p.trim_start_matches('/')) != Some(expected.as_str())
             })
             .collect();

@@ -221,7 +221,10 @@ impl FromStr for Controller {
 /// ([`HierarchyKey::Unified`]: the core `cgroup.*` files and OCI `unified` keys).
 ///
 /// One spelling for v2: `unified`, in JSON and in text alike (never `""`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// Keys order and hash by name, and borrow as their name, so that a map keyed by
+/// `HierarchyKey` is looked up with the name (`paths["cpu"]`) and serializes as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HierarchyKey {
     /// The hierarchy (v1) or the files (v2) of one controller.
     Controller(Controller),
@@ -244,6 +247,44 @@ impl HierarchyKey {
             HierarchyKey::Controller(c) => Some(c),
             HierarchyKey::Unified => None,
         }
+    }
+}
+
+impl PartialOrd for HierarchyKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for HierarchyKey {
+    /// By name, as `str` orders, which `Borrow<str>` requires.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.name().cmp(other.name())
+    }
+}
+
+impl std::hash::Hash for HierarchyKey {
+    /// By name, as `str` hashes, which `Borrow<str>` requires.
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.name().hash(h)
+    }
+}
+
+impl PartialEq<str> for HierarchyKey {
+    fn eq(&self, other: &str) -> bool {
+        self.name() == other
+    }
+}
+
+impl PartialEq<&str> for HierarchyKey {
+    fn eq(&self, other: &&str) -> bool {
+        self.name() == *other
+    }
+}
+
+impl std::borrow::Borrow<str> for HierarchyKey {
+    fn borrow(&self) -> &str {
+        self.name()
     }
 }
 
@@ -314,5 +355,22 @@ mod tests {
             "\"unified\""
         );
         assert!("".parse::<HierarchyKey>().is_err());
+        // Keys order as their names, so a map is looked up and printed by name.
+        let m: std::collections::BTreeMap<HierarchyKey, u8> = Controller::ALL
+            .iter()
+            .map(|c| (HierarchyKey::from(*c), 1))
+            .chain([(HierarchyKey::Unified, 2)])
+            .collect();
+        assert_eq!(m["unified"], 2);
+        assert_eq!(m["net_cls"], 1);
+        let names: Vec<&str> = m.keys().map(|k| k.name()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        assert_eq!(
+            serde_json::to_string(&m).unwrap().find("\"blkio\""),
+            Some(1),
+            "the first key in JSON is the first name"
+        );
     }
 }

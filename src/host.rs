@@ -12,6 +12,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 pub use crate::cgroup::CgroupVersion;
+use crate::cgroup::HierarchyKey;
 
 /// The cgroup v1 controllers a sandbox cgroup is made in, when the host mounts them.
 ///
@@ -151,7 +152,7 @@ impl CgroupLayout {
         relative: &str,
         driver: crate::cgroup::Driver,
         set: DirSet,
-    ) -> BTreeMap<String, PathBuf> {
+    ) -> BTreeMap<HierarchyKey, PathBuf> {
         let relative = relative.trim_matches('/');
         let mut out = BTreeMap::new();
         match self.version() {
@@ -171,7 +172,9 @@ impl CgroupLayout {
                         if driver == crate::cgroup::Driver::Systemd && c == "devices" {
                             continue;
                         }
-                        out.insert(c, mount.join(relative));
+                        if let Ok(key) = c.parse::<HierarchyKey>() {
+                            out.insert(key, mount.join(relative));
+                        }
                     }
                 }
             }
@@ -183,9 +186,13 @@ impl CgroupLayout {
                         {
                             continue;
                         }
-                        out.insert(c.clone(), dir.clone());
+                        // A controller newer than this crate's list keeps no key of
+                        // its own; its files are in the `unified` directory.
+                        if let Ok(key) = c.parse::<HierarchyKey>() {
+                            out.insert(key, dir.clone());
+                        }
                     }
-                    out.insert("unified".to_string(), dir);
+                    out.insert(HierarchyKey::Unified, dir);
                 }
             }
         }

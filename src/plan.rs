@@ -10,6 +10,7 @@ use oci_spec::runtime::LinuxResources;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::cgroup::HierarchyKey;
 use crate::config::RuntimeConfig;
 use crate::host::{
     CgroupLayout, CgroupVersion, DirSet, Hierarchy, CGROUP_ROOT, V1_CONTROLLERS, V2_CONTROLLERS,
@@ -42,7 +43,7 @@ pub struct ChildPlan {
     pub path: String,
     /// Controller → absolute directory (v1: the cpu, cpuacct and cpuset hierarchies;
     /// v2: `unified`).
-    pub paths: BTreeMap<String, PathBuf>,
+    pub paths: BTreeMap<HierarchyKey, PathBuf>,
     /// v2: `threaded`, written to the child's `cgroup.type`; v1: `None`.
     pub cgroup_type: Option<String>,
     /// v2: threaded controllers enabled in the sandbox's `cgroup.subtree_control`
@@ -69,7 +70,7 @@ pub struct CgroupPlan {
     /// The systemd unit (systemd driver only).
     pub unit: Option<String>,
     /// Controller → absolute directory.
-    pub paths: BTreeMap<String, PathBuf>,
+    pub paths: BTreeMap<HierarchyKey, PathBuf>,
 }
 
 /// The whole cgroup setup of one sandbox.
@@ -300,7 +301,7 @@ impl SandboxPlan {
             };
             Some(ChildPlan {
                 controllers: match version {
-                    CgroupVersion::V1 => paths.keys().cloned().collect(),
+                    CgroupVersion::V1 => paths.keys().map(|k| k.name().to_string()).collect(),
                     CgroupVersion::V2 => ["cpu", "cpuset", "pids"]
                         .iter()
                         .filter(|c| {

@@ -31,6 +31,7 @@ use std::time::Instant;
 use serde::Serialize;
 use vcpu_hooks::{gettid, HookError, PlacementError, VcpuHooks};
 
+use crate::cgroup::HierarchyKey;
 use crate::failpoint;
 use crate::host::{CgroupLayout, CgroupVersion, UNIFIED_KEY};
 use crate::manager::{fs::count_migration_writes, CgroupError};
@@ -96,15 +97,15 @@ impl Target {
     /// The expected `/proc` lines of the cgroup whose directories are `paths`
     /// (controller → directory, as `Manager::paths` gives them).
     pub fn expect(
-        paths: &BTreeMap<String, PathBuf>,
+        paths: &BTreeMap<HierarchyKey, PathBuf>,
         layout: &CgroupLayout,
     ) -> Result<Vec<Expect>, CgroupError> {
         let mut out: Vec<Expect> = Vec::new();
         let mut mounts_seen: Vec<PathBuf> = Vec::new();
         for (c, dir) in paths {
             let (hierarchy, mount) = match layout.version() {
-                CgroupVersion::V1 => match layout.mounts.get(c) {
-                    Some(m) => (c.clone(), m.clone()),
+                CgroupVersion::V1 => match layout.mounts.get(c.name()) {
+                    Some(m) => (c.name().to_string(), m.clone()),
                     None => continue,
                 },
                 CgroupVersion::V2 => match &layout.unified {
@@ -368,7 +369,7 @@ pub(crate) fn placement_error(e: &CgroupError) -> PlacementError {
 }
 
 /// The directories of `paths`, one per hierarchy (co-mounted controllers share one).
-pub(crate) fn distinct_dirs(paths: &BTreeMap<String, PathBuf>) -> Vec<PathBuf> {
+pub(crate) fn distinct_dirs(paths: &BTreeMap<HierarchyKey, PathBuf>) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = paths.values().cloned().collect();
     dirs.sort();
     dirs.dedup();

@@ -48,13 +48,13 @@ fn sandbox_cgroup_removed_from_outside_is_reported_and_teardown_succeeds() {
     for (c, dir) in ctl.paths() {
         let mount = layout
             .mounts
-            .get(c)
+            .get(c.name())
             .cloned()
             .or(layout.unified.clone())
             .unwrap();
         let own = layout
             .own
-            .get(c)
+            .get(c.name())
             .or(layout.own.get("unified"))
             .cloned()
             .unwrap_or_default();

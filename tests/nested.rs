@@ -135,7 +135,10 @@ fn thread_cpu_ns(tid: i32) -> u64 {
 }
 
 /// CPU time used by the cgroup at `paths` (the vCPU child), in seconds.
-fn cgroup_cpu_s(layout: &CgroupLayout, paths: &BTreeMap<String, PathBuf>) -> f64 {
+fn cgroup_cpu_s(
+    layout: &CgroupLayout,
+    paths: &BTreeMap<host_cgroups::HierarchyKey, PathBuf>,
+) -> f64 {
     match layout.version() {
         CgroupVersion::V1 => {
             read(paths["cpuacct"].join("cpuacct.usage"))
@@ -156,7 +159,10 @@ fn cgroup_cpu_s(layout: &CgroupLayout, paths: &BTreeMap<String, PathBuf>) -> f64
     }
 }
 
-fn memory_usage(layout: &CgroupLayout, sandbox: &BTreeMap<String, PathBuf>) -> u64 {
+fn memory_usage(
+    layout: &CgroupLayout,
+    sandbox: &BTreeMap<host_cgroups::HierarchyKey, PathBuf>,
+) -> u64 {
     match layout.version() {
         CgroupVersion::V1 => read(sandbox["memory"].join("memory.usage_in_bytes"))
             .parse()

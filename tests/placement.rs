@@ -68,13 +68,13 @@ impl VcpuHooks for Caller {
 /// Controller → `/relative` expected in `/proc` for the cgroup at `paths`.
 fn expected(
     layout: &CgroupLayout,
-    paths: &BTreeMap<String, std::path::PathBuf>,
+    paths: &BTreeMap<host_cgroups::HierarchyKey, std::path::PathBuf>,
 ) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for (c, dir) in paths {
         let (key, mount) = match layout.version() {
-            CgroupVersion::V1 => match layout.mounts.get(c) {
-                Some(m) => (c.clone(), m.clone()),
+            CgroupVersion::V1 => match layout.mounts.get(c.name()) {
+                Some(m) => (c.name().to_string(), m.clone()),
                 None => continue,
             },
             CgroupVersion::V2 if c == "unified" => {

@@ -29,6 +29,7 @@ use tracing::debug;
 use super::fs::{count_migration_writes, read_file, write_file, FsManager};
 use super::{CgroupError, Manager, Stats};
 use crate::cgroup::Driver;
+use crate::cgroup::HierarchyKey;
 use crate::failpoint;
 use crate::host::{CgroupLayout, CgroupVersion, DirSet, Hierarchy};
 use crate::placement::VCPU_CHILD;
@@ -129,7 +130,7 @@ impl VcpuChild {
     }
 
     /// Controller → directory.
-    pub fn paths(&self) -> BTreeMap<String, PathBuf> {
+    pub fn paths(&self) -> BTreeMap<HierarchyKey, PathBuf> {
         self.fs.paths()
     }
 

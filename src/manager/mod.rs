@@ -19,6 +19,7 @@ pub use fs::FsManager;
 #[cfg(feature = "systemd")]
 pub use systemd::SystemdManager;
 
+use crate::cgroup::HierarchyKey;
 use crate::host::{CgroupLayout, CgroupVersion, HostError};
 use crate::path::{CgroupsPath, Driver};
 use crate::resources::{Checked, ResourceError};
@@ -144,7 +145,7 @@ pub trait Manager: Send {
     /// The cgroup relative to each hierarchy's root.
     fn relative(&self) -> &str;
     /// Controller → absolute cgroup directory.
-    fn paths(&self) -> BTreeMap<String, PathBuf>;
+    fn paths(&self) -> BTreeMap<HierarchyKey, PathBuf>;
     /// Creates the cgroup (or joins it when it exists).
     fn create(&mut self) -> Result<(), CgroupError>;
     /// Moves a whole process (thread group) into the cgroup.

@@ -40,6 +40,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 use vcpu_hooks::VcpuHooks;
 
+use crate::cgroup::HierarchyKey;
 use crate::config::{load_bundle, ConfigError, RuntimeConfig};
 use crate::host::{CgroupLayout, HostError};
 use crate::manager;
@@ -226,9 +227,9 @@ pub struct Teardown<R> {
 pub struct Preflight {
     /// The sandbox cgroup's directories as its driver will use them, controller →
     /// absolute path (the v1 systemd driver, for one, keeps no `devices` directory).
-    pub paths: BTreeMap<String, PathBuf>,
+    pub paths: BTreeMap<HierarchyKey, PathBuf>,
     /// The overhead cgroup's directories, when the plan has one.
-    pub overhead_paths: Option<BTreeMap<String, PathBuf>>,
+    pub overhead_paths: Option<BTreeMap<HierarchyKey, PathBuf>>,
     /// Directories of those cgroups (and their parents) that exist now.
     pub existing: Vec<PathBuf>,
     /// Directories that `run` would create (parents first), or systemd would for a unit.
@@ -505,7 +506,7 @@ impl Sandbox {
     }
 
     /// The sandbox cgroup's directories, controller → absolute path (empty when inactive).
-    pub fn paths(&self) -> BTreeMap<String, PathBuf> {
+    pub fn paths(&self) -> BTreeMap<HierarchyKey, PathBuf> {
         self.supervisor
             .as_ref()
             .map(|c| c.paths().clone())
@@ -514,7 +515,7 @@ impl Sandbox {
 
     /// The nested layout's vCPU child directories, controller → absolute path (empty
     /// when inactive or without the nested layout).
-    pub fn vcpus_paths(&self) -> BTreeMap<String, PathBuf> {
+    pub fn vcpus_paths(&self) -> BTreeMap<HierarchyKey, PathBuf> {
         self.supervisor
             .as_ref()
             .and_then(|c| c.vcpus_paths().cloned())

@@ -32,6 +32,7 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 use vcpu_hooks::{ChannelReporter, HookMessage, VcpuEvent, VcpuHooks};
 
+use crate::cgroup::HierarchyKey;
 use crate::selfplace::{self, HookReport, InThreadHooks, PinState, PlacedBy, Report, Target};
 pub use crate::selfplace::{get_affinity, set_affinity};
 
@@ -197,9 +198,9 @@ pub struct Supervisor {
     cmd: Sender<Input>,
     thread: Option<JoinHandle<()>>,
     plan: SandboxPlan,
-    paths: BTreeMap<String, PathBuf>,
-    overhead_paths: Option<BTreeMap<String, PathBuf>>,
-    child_paths: Option<BTreeMap<String, PathBuf>>,
+    paths: BTreeMap<HierarchyKey, PathBuf>,
+    overhead_paths: Option<BTreeMap<HierarchyKey, PathBuf>>,
+    child_paths: Option<BTreeMap<HierarchyKey, PathBuf>>,
 }
 
 struct Worker {
@@ -262,17 +263,17 @@ impl Supervisor {
     }
 
     /// The sandbox cgroup's directories, controller → path.
-    pub fn paths(&self) -> &BTreeMap<String, PathBuf> {
+    pub fn paths(&self) -> &BTreeMap<HierarchyKey, PathBuf> {
         &self.paths
     }
 
     /// The overhead cgroup's directories, when one is used.
-    pub fn overhead_paths(&self) -> Option<&BTreeMap<String, PathBuf>> {
+    pub fn overhead_paths(&self) -> Option<&BTreeMap<HierarchyKey, PathBuf>> {
         self.overhead_paths.as_ref()
     }
 
     /// The nested layout's vCPU child directories, controller → path.
-    pub fn vcpus_paths(&self) -> Option<&BTreeMap<String, PathBuf>> {
+    pub fn vcpus_paths(&self) -> Option<&BTreeMap<HierarchyKey, PathBuf>> {
         self.child_paths.as_ref()
     }
 
@@ -346,7 +347,7 @@ mod tests {
         fn relative(&self) -> &str {
             "fake"
         }
-        fn paths(&self) -> BTreeMap<String, PathBuf> {
+        fn paths(&self) -> BTreeMap<HierarchyKey, PathBuf> {
             BTreeMap::new()
         }
         fn create(&mut self) -> Result<(), CgroupError> {

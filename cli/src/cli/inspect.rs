@@ -251,8 +251,8 @@ fn cgroup_report(
     let mut dirs: Vec<(PathBuf, Vec<String>)> = Vec::new();
     for (c, d) in &paths {
         match dirs.iter_mut().find(|(p, _)| p == d) {
-            Some((_, cs)) => cs.push(c.clone()),
-            None => dirs.push((d.clone(), vec![c.clone()])),
+            Some((_, cs)) => cs.push(c.name().to_string()),
+            None => dirs.push((d.clone(), vec![c.name().to_string()])),
         }
     }
     let v2 = layout.version() == host_cgroups::host::CgroupVersion::V2;

@@ -154,7 +154,7 @@ struct RunReport {
     /// Why that layout.
     vcpu_layout_reason: String,
     /// The nested layout's vCPU child: controller → directory.
-    vcpus_cgroup: Option<BTreeMap<String, PathBuf>>,
+    vcpus_cgroup: Option<BTreeMap<host_cgroups::HierarchyKey, PathBuf>>,
     /// The nested layout's vCPU child, relative to the hierarchy roots.
     vcpus_path: Option<String>,
     sandbox_cgroup_only: bool,

@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
 
+use crate::cgroup::HierarchyKey;
 use crate::resources::Checked;
 
 // The systemd driver restores its cgroupfs writes through the same rule.
@@ -171,7 +172,7 @@ impl Manager for FsManager {
     }
 
     /// From the directory map ([`CgroupLayout::cgroup_dirs`]) of this manager's layout.
-    fn paths(&self) -> BTreeMap<String, PathBuf> {
+    fn paths(&self) -> BTreeMap<HierarchyKey, PathBuf> {
         self.layout
             .cgroup_dirs(&self.relative, Driver::Cgroupfs, DirSet::Sandbox)
     }

@@ -481,7 +481,7 @@ impl SystemdManager {
             .into_iter()
             .filter(|(c, _)| {
                 self.version == CgroupVersion::V2
-                    || !(UNMANAGED_V1.contains(&c.as_str()) || c == "devices")
+                    || !(UNMANAGED_V1.contains(&c.name()) || c == "devices")
             })
             .map(|(_, d)| d)
             .collect();
@@ -538,7 +538,7 @@ impl Manager for SystemdManager {
     /// The unit's directories, from the directory map ([`CgroupLayout::cgroup_dirs`]):
     /// on v1 without `devices`, which systemd realises only for units with a device
     /// policy (a sandbox scope stays in an ancestor's devices cgroup).
-    fn paths(&self) -> BTreeMap<String, PathBuf> {
+    fn paths(&self) -> BTreeMap<HierarchyKey, PathBuf> {
         self.layout
             .cgroup_dirs(&self.relative, Driver::Systemd, DirSet::Sandbox)
     }

@@ -372,7 +372,7 @@ fn boot_in(
                 }
             });
         }
-        let cpu_dir = |m: &BTreeMap<String, PathBuf>| {
+        let cpu_dir = |m: &BTreeMap<host_cgroups::HierarchyKey, PathBuf>| {
             m.get("cpuacct").or(m.get("cpu")).or(m.get("unified")).cloned()
         };
         let sb_dir = cpu_dir(&sandbox.paths()).ok_or("no cpu cgroup for the sandbox")?;
