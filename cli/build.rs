@@ -59,7 +59,7 @@ fn write_seccomp_list() {
         .map(PathBuf::from)
         .ok()
         .or_else(|| {
-            let dir = manifest.join("../../shared/reference/kata");
+            let dir = manifest.parent()?.parent()?.join("shared/reference/kata");
             std::fs::read_dir(&dir)
                 .ok()?
                 .flatten()

@@ -185,10 +185,12 @@ fn overhead_follows_sandbox_cgroup_only() {
 
 #[test]
 fn the_shipped_configuration_loads() {
-    let cfg = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/data/configuration-dragonball.toml"
-    );
+    // The repository root by name, not `cli/..`: the test hosts have tests/ but no cli/.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let cfg = root.join("tests/data/configuration-dragonball.toml");
+    let cfg = cfg.to_str().unwrap();
     let v = json(&hc(&[
         "resolve",
         "--sandbox-id",

@@ -55,7 +55,7 @@ fn vmm(n: u32, max: u32, backend: BackendChoice, ctl: &Supervisor) -> Vmm {
     .unwrap()
 }
 
-/// The `/proc` key of a hierarchy: the controller on v1, `""` on v2.
+/// The `/proc` key of a hierarchy: the controller on v1, `unified` on v2.
 fn child_keys(layout: &CgroupLayout) -> Vec<String> {
     match layout.version() {
         CgroupVersion::V1 => ["cpu", "cpuacct", "cpuset"]
@@ -63,14 +63,14 @@ fn child_keys(layout: &CgroupLayout) -> Vec<String> {
             .filter(|c| layout.mounts.contains_key(**c))
             .map(|c| c.to_string())
             .collect(),
-        CgroupVersion::V2 => vec![String::new()],
+        CgroupVersion::V2 => vec!["unified".to_string()],
     }
 }
 
 fn all_keys(layout: &CgroupLayout) -> Vec<String> {
     match layout.version() {
         CgroupVersion::V1 => layout.controllers(),
-        CgroupVersion::V2 => vec![String::new()],
+        CgroupVersion::V2 => vec!["unified".to_string()],
     }
 }
 

@@ -36,7 +36,7 @@ struct AfterHook {
     index: u32,
     tid: i32,
     ok: bool,
-    /// `/proc/thread-self/cgroup`, controller → path (`""` for v2).
+    /// `/proc/thread-self/cgroup`, controller → path (`unified` for v2).
     cgroups: BTreeMap<String, String>,
     affinity: Vec<u32>,
 }

@@ -70,8 +70,10 @@ fn install_runtime_rs_filter() {
 }
 
 fn shipped_config() -> RuntimeConfig {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/configuration-dragonball.toml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("tests/data/configuration-dragonball.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let text = text
         .replace(

@@ -92,7 +92,7 @@ fn assert_in_unit(layout: &CgroupLayout, pid: i32, tid: i32, relative: &str) {
             .filter(|c| c != "devices")
             .chain(["name=systemd".to_string()])
             .collect(),
-        CgroupVersion::V2 => vec![String::new()],
+        CgroupVersion::V2 => vec!["unified".to_string()],
     };
     for k in keys {
         assert_eq!(

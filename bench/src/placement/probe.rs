@@ -42,7 +42,7 @@ struct Probe {
     /// Where the plan puts vCPUs (`/`-prefixed, as in `/proc/thread-self/cgroup`):
     /// the nested layout's `vcpus` child, else the sandbox cgroup.
     vcpu_cgroup: String,
-    /// The `/proc/thread-self/cgroup` key to compare: `cpu` (v1) or `""` (v2).
+    /// The `/proc/thread-self/cgroup` key to compare: `cpu` (v1) or `unified` (v2).
     cgroup_key: &'static str,
     verify: bool,
     recs: Mutex<Vec<ProbeRec>>,
@@ -212,7 +212,7 @@ pub fn one_run(
             vcpu_cgroup: vcpu_cgroup.clone(),
             cgroup_key: match layout.version() {
                 CgroupVersion::V1 => "cpu",
-                CgroupVersion::V2 => "",
+                CgroupVersion::V2 => "unified",
             },
             verify,
             recs: Mutex::new(Vec::new()),

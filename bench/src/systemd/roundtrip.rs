@@ -63,7 +63,7 @@ impl Drop for Sleeper {
 fn wait_in_cgroup(pid: i32, relative: &str, version: CgroupVersion) -> Result<(), BenchError> {
     let key = match version {
         CgroupVersion::V1 => "name=systemd",
-        CgroupVersion::V2 => "",
+        CgroupVersion::V2 => "unified",
     };
     let want = format!("/{}", relative.trim_start_matches('/'));
     let start = Instant::now();

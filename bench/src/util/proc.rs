@@ -38,7 +38,7 @@ pub fn task_cpu_ns_now(tid: i32) -> Option<u64> {
 }
 
 /// The calling thread's cgroup for `controller`, relative to the hierarchy root
-/// (`""`: the cgroup v2 hierarchy, the `0::` line).
+/// (`unified`: the cgroup v2 hierarchy, the `0::` line).
 pub fn thread_cgroup(controller: &str) -> Option<String> {
     let t = std::fs::read_to_string("/proc/thread-self/cgroup").ok()?;
     parse_proc_cgroup(&t).get(controller).cloned()
