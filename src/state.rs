@@ -310,7 +310,7 @@ fn rename_at(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
-fn ensure_dir(dir: &Path) -> Result<(), StateError> {
+pub(crate) fn ensure_dir(dir: &Path) -> Result<(), StateError> {
     match std::fs::symlink_metadata(dir) {
         Ok(_) => check_dir(dir),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -339,14 +339,16 @@ fn assert_nothing_left(guard: &CgroupGuard, state: &Path) {
     assert!(entries(state).is_empty(), "{:?}", entries(state));
 }
 
-/// A run of sandbox `id` at `path` fails at its first state save: exit 1 naming the state
-/// file and `cause`, and no cgroup is made.
+/// A run of sandbox `id` at `path` fails at its first write to the state directory (the
+/// claim on its path, or its state file): exit 1 naming the file and `cause`, and no
+/// cgroup is made.
 fn assert_first_save_fails(guard: &CgroupGuard, path: &str, id: &str, state: &Path, cause: &str) {
     let out = run_cmd(path, id, state, "0").output().unwrap();
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains(&format!("{id}.json")) && err.contains(cause),
+        (err.contains(&format!("{id}.json")) || err.contains(".claim") || err.contains("claims"))
+            && err.contains(cause),
         "{err}"
     );
     assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());

@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::cli::run_args;
 use common::*;
 use host_cgroups::config::RuntimeConfig;
 use host_cgroups::plan::SandboxPlan;
@@ -425,4 +426,73 @@ fn a_state_file_naming_the_same_systemd_unit_refuses_the_path() {
     )
     .unwrap();
     assert!(Sandbox::preflight(&other, &opts).is_ok());
+}
+
+/// One path, one sandbox, atomically (issue 20): two `run`s on one cgroups path started
+/// at the same instant, twenty times. Each time exactly one wins and runs; the other is
+/// refused with exit 2, naming the winner, and changes nothing of it (the winner runs
+/// on, then stops cleanly leaving no cgroup, state file or claim).
+#[test]
+fn two_starts_on_one_path_at_once_one_wins_the_other_is_refused() {
+    let _g = serial();
+    let prefix = unique("race");
+    let guard = CgroupGuard::new(&prefix);
+    let dir = TmpDir::new("race");
+    let path = format!("{prefix}/sb");
+    for i in 0..20 {
+        let ids = [format!("{prefix}-a{i}"), format!("{prefix}-b{i}")];
+        let start = |id: &str| {
+            run_args(&path, id, &dir.0)
+                .duration("600")
+                .vcpus(1)
+                .backend("thread")
+                .spawn()
+        };
+        let mut runs = [Some(start(&ids[0])), Some(start(&ids[1]))];
+        // The loser exits at once; the winner runs until it is stopped.
+        let t0 = Instant::now();
+        let loser = loop {
+            if let Some(k) =
+                (0..2).find(|k| runs[*k].as_mut().is_some_and(|r| r.try_status().is_some()))
+            {
+                break k;
+            }
+            assert!(t0.elapsed() < WAIT, "round {i}: neither start was refused");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let winner = 1 - loser;
+        let (status, _, lines) = runs[loser].take().unwrap().finish();
+        assert_eq!(status.code(), Some(2), "round {i}: {lines:#?}");
+        assert!(
+            lines.iter().any(|l| l.contains(&ids[winner])),
+            "round {i}: the refusal does not name {}: {lines:#?}",
+            ids[winner]
+        );
+        let mut w = runs[winner].take().unwrap();
+        w.wait_for("running:");
+        assert!(w.try_status().is_none(), "round {i}: the winner stopped");
+        assert!(w.stop().success(), "round {i}: the winner's run failed");
+        assert!(guard.leftovers().is_empty(), "{:?}", guard.leftovers());
+        let left: Vec<PathBuf> = walk_files(&dir.0);
+        assert!(
+            left.is_empty(),
+            "round {i}: left in the state dir: {left:?}"
+        );
+    }
+}
+
+/// Every file below `dir` (directories themselves are not listed).
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
 }

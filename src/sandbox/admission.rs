@@ -16,6 +16,8 @@ impl Sandbox {
     /// path another sandbox uses ([`SandboxError::PathInUse`]), resources the host refuses.
     pub fn preflight(plan: &SandboxPlan, opts: &SandboxOptions) -> Result<Preflight, SandboxError> {
         refuse_taken(plan, &opts.state_dir)?;
+        Claim::check(&opts.state_dir, &plan.sandbox_id, &plan.sandbox.parsed)?;
+        refuse_shared_path(plan)?;
         let sandbox = manager::build(&plan.sandbox.parsed, &plan.layout, Vec::new())?;
         if let Some(r) = &opts.sandbox_resources {
             let r = Checked::reuse_or_new(plan.resources.as_ref(), r.clone())
@@ -77,9 +79,8 @@ pub(super) fn refuse_running(
     Ok(())
 }
 
-/// What makes `plan` a sandbox that may not start (both `start` and `preflight` check
-/// it, before anything is made): state that exists for its id, or a cgroups path another
-/// sandbox uses.
+/// State that exists for `plan`'s sandbox id: a sandbox of that id ran and was not
+/// cleaned up (both `start` and `preflight` check it, before anything is made).
 pub(super) fn refuse_taken(plan: &SandboxPlan, state_dir: &Path) -> Result<(), SandboxError> {
     let file = SandboxState::file(state_dir, &plan.sandbox_id);
     if file.exists() {
@@ -89,19 +90,20 @@ pub(super) fn refuse_taken(plan: &SandboxPlan, state_dir: &Path) -> Result<(), S
             state_dir: state_dir.to_path_buf(),
         });
     }
-    refuse_shared_path(plan, state_dir)
+    Ok(())
 }
 
-/// Refuses a sandbox cgroups path that another sandbox uses (the rule of
-/// docs/design.md, "One sandbox per cgroup"):
-/// (a) another state file in `state_dir` records the same sandbox cgroup (any driver);
-/// (b) with the cgroupfs driver, the sandbox cgroup exists and it or a cgroup below it
-///     holds a process (`cgroup.procs` non-empty in any hierarchy; this very process
-///     counts, which is how a second in-process sandbox shows).
+/// Refuses a sandbox cgroup that already holds a process (the rule of docs/design.md,
+/// "One sandbox per cgroup", beside the claim on the path, `claim.rs`): with the
+/// cgroupfs driver, the sandbox cgroup exists and it or a cgroup below it holds a
+/// process (`cgroup.procs` non-empty in any hierarchy; this very process counts, which
+/// is how a second in-process sandbox shows) — a process no claim speaks for, such as
+/// a sandbox made without this component.
 ///
 /// An existing cgroup without processes (a leftover) stays adoptable. With the systemd
-/// driver only (a) applies: a unit cannot tell which sandbox its processes belong to.
-pub(super) fn refuse_shared_path(plan: &SandboxPlan, state_dir: &Path) -> Result<(), SandboxError> {
+/// driver only the claim applies: a unit cannot tell which sandbox its processes
+/// belong to.
+pub(super) fn refuse_shared_path(plan: &SandboxPlan) -> Result<(), SandboxError> {
     let want = &plan.sandbox.parsed;
     let in_use = |other: Option<String>, holder: String| SandboxError::PathInUse {
         sandbox_id: plan.sandbox_id.clone(),
@@ -109,57 +111,6 @@ pub(super) fn refuse_shared_path(plan: &SandboxPlan, state_dir: &Path) -> Result
         other_sandbox: other,
         holder,
     };
-    let mounts = plan.layout.mount_points();
-    // What a state file that records this cgroup must contain, as JSON writes it: the
-    // cgroupfs path, or the systemd unit (its cgroup path is derived, not stored).
-    let needle = serde_json::to_string(&match want.unit() {
-        Some(u) => u.unit.clone(),
-        None => want.relative(),
-    })
-    .unwrap_or_default();
-    if let Ok(rd) = std::fs::read_dir(state_dir) {
-        let mut files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
-        files.sort();
-        for f in files {
-            let Some(id) = f
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".json"))
-                .filter(|n| !n.starts_with('.') && *n != plan.sandbox_id)
-            else {
-                continue;
-            };
-            // Cheap first: a state file that does not name the path (as JSON writes it)
-            // cannot record it; the state directory holds every sandbox of the host.
-            match std::fs::read_to_string(&f) {
-                Ok(text) if text.contains(needle.as_str()) => {}
-                _ => continue,
-            }
-            // A file that is not a sandbox's state (or one this host cannot trust) says
-            // nothing about the path; `cleanup` reports it when asked for that id.
-            let state = match SandboxState::load(state_dir, id, &mounts) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(file = %f.display(), error = %e, "state file skipped in the shared-path check");
-                    continue;
-                }
-            };
-            if state.sandbox.path.driver() == want.driver()
-                && state.sandbox.path.relative() == want.relative()
-            {
-                return Err(in_use(
-                    Some(state.sandbox_id.clone()),
-                    format!(
-                        "sandbox {} records it in {} (if that sandbox is gone: host-cgroups cleanup --sandbox-id {} --state-dir {})",
-                        state.sandbox_id,
-                        f.display(),
-                        state.sandbox_id,
-                        state_dir.display()
-                    ),
-                ));
-            }
-        }
-    }
     if plan.driver != crate::cgroup::Driver::Cgroupfs {
         return Ok(());
     }

@@ -73,7 +73,11 @@ impl Sandbox {
         destroy_all(&layout, targets, &mut report);
         if report.errors.is_empty() {
             match SandboxState::remove(state_dir, sandbox_id) {
-                Ok(()) => report.state_removed = Some(file),
+                Ok(()) => {
+                    report.state_removed = Some(file);
+                    // The path is free again: its claim goes after the state.
+                    super::claim::Claim::remove_for(state_dir, sandbox_id, &state.sandbox.path);
+                }
                 Err(e) => report.errors.push(e.to_string()),
             }
         }
@@ -136,6 +140,10 @@ impl Sandbox {
                     "{up}: parents are kept when no state file says this run created them"
                 ));
             }
+        }
+        if report.errors.is_empty() {
+            // A claim the lost run left for this path (a crash before its state file).
+            super::claim::Claim::remove_for(state_dir, sandbox_id, &parsed);
         }
         Ok(report)
     }

@@ -24,9 +24,13 @@
 //! once, and [`Sandbox::activation`] says why.
 
 mod admission;
+mod claim;
 mod cleanup;
 
-use admission::{refuse_running, refuse_taken};
+use claim::Claim;
+pub use claim::CLAIMS_DIR;
+
+use admission::{refuse_running, refuse_shared_path, refuse_taken};
 pub use cleanup::CleanupReport;
 
 use std::collections::BTreeMap;
@@ -266,6 +270,8 @@ pub struct Sandbox {
     plan: Option<SandboxPlan>,
     supervisor: Option<Supervisor>,
     state_dir: PathBuf,
+    /// The claim on the sandbox's cgroups path, held while the sandbox lives here.
+    claim: Option<Claim>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -369,13 +375,31 @@ impl Sandbox {
             return Ok(Self::inactive(config, &plan.sandbox_id, opts.state_dir));
         }
         refuse_taken(&plan, &opts.state_dir)?;
+        // One path, one sandbox: claimed in one atomic step before anything is made.
+        let claim = Claim::take(&opts.state_dir, &plan.sandbox_id, &plan.sandbox.parsed)?;
+        let give_up = |claim: Claim, state_dir: &Path, id: &str| {
+            // Nothing of ours to keep the path for unless a state file records it.
+            if !SandboxState::file(state_dir, id).exists() {
+                claim.release();
+            }
+        };
+        if let Err(e) = refuse_shared_path(&plan) {
+            give_up(claim, &opts.state_dir, &plan.sandbox_id);
+            return Err(e);
+        }
         // The plan's resources, validated when it was made; others (a plan made without
         // them, or with other ones) once here.
-        let sandbox_resources = opts
+        let sandbox_resources = match opts
             .sandbox_resources
             .map(|r| Checked::reuse_or_new(plan.resources.as_ref(), r))
             .transpose()
-            .map_err(CgroupError::from)?;
+        {
+            Ok(r) => r,
+            Err(e) => {
+                give_up(claim, &opts.state_dir, &plan.sandbox_id);
+                return Err(CgroupError::from(e).into());
+            }
+        };
         let copts = SupervisorOptions {
             state_dir: Some(opts.state_dir.clone()),
             placement_timeout: opts.placement_timeout,
@@ -383,7 +407,13 @@ impl Sandbox {
             enable_vcpus_pinning: config.enable_vcpus_pinning,
         };
         let id = plan.sandbox_id.clone();
-        let supervisor = Supervisor::start(plan.clone(), copts)?;
+        let supervisor = match Supervisor::start(plan.clone(), copts) {
+            Ok(s) => s,
+            Err(e) => {
+                give_up(claim, &opts.state_dir, &id);
+                return Err(e.into());
+            }
+        };
         crate::metrics::METRICS.sandboxes_created.inc();
         Ok(Sandbox {
             id,
@@ -391,6 +421,7 @@ impl Sandbox {
             plan: Some(plan),
             supervisor: Some(supervisor),
             state_dir: opts.state_dir,
+            claim: Some(claim),
         })
     }
 
@@ -408,6 +439,7 @@ impl Sandbox {
             plan: None,
             supervisor: None,
             state_dir,
+            claim: None,
         }
     }
 
@@ -426,6 +458,8 @@ impl Sandbox {
         validate_sandbox_id(sandbox_id)?;
         let layout = CgroupLayout::detect()?;
         let state = SandboxState::load(&opts.state_dir, sandbox_id, &layout.mount_points())?;
+        // The claim its crashed runtime held, taken back (it names this sandbox).
+        let claim = Claim::take(&opts.state_dir, sandbox_id, &state.sandbox.path)?;
         let plan = SandboxPlan::new(
             config,
             sandbox_id,
@@ -453,6 +487,7 @@ impl Sandbox {
             plan: Some(plan),
             supervisor: Some(supervisor),
             state_dir: opts.state_dir,
+            claim: Some(claim),
         })
     }
 
@@ -639,6 +674,13 @@ impl Sandbox {
             Some(c) => ignore_sigterm_during(|| c.shutdown(true)),
             None => TeardownReport::default(),
         };
+        // The claim goes with the state file: while the state stays (a removal
+        // failed), the path stays claimed for `cleanup`.
+        if let Some(claim) = self.claim.take() {
+            if !SandboxState::file(&self.state_dir, &self.id).exists() {
+                claim.release();
+            }
+        }
         crate::metrics::METRICS
             .cgroups_removed
             .add(report.removed.len());

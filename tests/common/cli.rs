@@ -206,6 +206,13 @@ impl RunChild {
         child.wait().expect("wait")
     }
 
+    /// The exit status when it has exited, without waiting.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Waits for the exit; returns the status, stdout parsed as JSON (Null if it is
     /// not JSON) and every stderr line.
     pub fn finish(mut self) -> (ExitStatus, Value, Vec<String>) {
