@@ -49,6 +49,17 @@ pub enum StateError {
         /// The parser's message.
         message: String,
     },
+    /// The state file was written in a format newer than this version reads (a runtime
+    /// downgraded while its sandboxes run): nothing is done with it.
+    #[error("state file {path} has format {found}, newer than this version of host-cgroups reads (up to {known}); use the version that wrote it, or a newer one")]
+    NewerFormat {
+        /// The file.
+        path: PathBuf,
+        /// Its `format`.
+        found: u64,
+        /// The newest format this version reads ([`STATE_FORMAT`]).
+        known: u32,
+    },
     /// The state file names cgroups outside the sandbox's own subtree.
     #[error("state file {path} is not trusted: {reason}")]
     Untrusted {
@@ -77,9 +88,27 @@ pub struct ChildState {
     pub created: Vec<PathBuf>,
 }
 
+/// The format of the state files this version writes, and the newest it reads.
+///
+/// The history (`tests/data/state/`, `tests/state_formats.rs` hold a file of each):
+/// - 1: every file written before the field existed. It grew in place: the first
+///   (`ed516f6`) wrote `cgroup_version` as the strings `"1"`/`"2"`, later versions as the
+///   numbers 1/2 (both read); the nested layout (`043b56d`) added `vcpu_layout` and
+///   `vcpus` (absent: derived from `placement` and `sandbox_cgroup_only`).
+/// - 2: `format` itself (issue 20); a reader refuses a newer format
+///   ([`StateError::NewerFormat`]) rather than guess at it.
+pub const STATE_FORMAT: u32 = 2;
+
+fn format_1() -> u32 {
+    1
+}
+
 /// The persisted sandbox.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SandboxState {
+    /// The format ([`STATE_FORMAT`] when written by this version; 1 when absent).
+    #[serde(default = "format_1")]
+    pub format: u32,
     /// The sandbox id.
     pub sandbox_id: String,
     /// The driver.
@@ -179,10 +208,22 @@ impl SandboxState {
                 path: path.clone(),
                 source,
             })?;
-        let state: SandboxState = serde_json::from_reader(f).map_err(|e| StateError::Corrupt {
+        let corrupt = |e: serde_json::Error| StateError::Corrupt {
             path: path.clone(),
             message: e.to_string(),
-        })?;
+        };
+        // The format first: a newer file may not even parse as this version's state.
+        let value: serde_json::Value = serde_json::from_reader(f).map_err(corrupt)?;
+        if let Some(found) = value.get("format").and_then(serde_json::Value::as_u64) {
+            if found > u64::from(STATE_FORMAT) {
+                return Err(StateError::NewerFormat {
+                    path,
+                    found,
+                    known: STATE_FORMAT,
+                });
+            }
+        }
+        let state: SandboxState = serde_json::from_value(value).map_err(corrupt)?;
         if state.sandbox_id != id {
             return Err(StateError::Untrusted {
                 path,
@@ -357,6 +398,7 @@ mod tests {
 
     fn sample(id: &str, rel: &str, created: Vec<PathBuf>) -> SandboxState {
         SandboxState {
+            format: STATE_FORMAT,
             sandbox_id: id.into(),
             driver: Driver::Cgroupfs,
             cgroup_version: CgroupVersion::V1,

@@ -391,6 +391,7 @@ fn a_state_file_naming_the_same_systemd_unit_refuses_the_path() {
     let plan = |id: &str| SandboxPlan::new(&config, id, &path, &layout, None).unwrap();
     let a = plan("sda");
     let state = SandboxState {
+        format: host_cgroups::state::STATE_FORMAT,
         sandbox_id: "sda".into(),
         driver: a.driver,
         cgroup_version: a.version(),

@@ -148,7 +148,9 @@ impl SandboxError {
             SandboxError::Cgroup(CgroupError::Resource(_)) => true,
             SandboxError::State(e) => matches!(
                 e,
-                StateError::Untrusted { .. } | StateError::NotADirectory { .. }
+                StateError::Untrusted { .. }
+                    | StateError::NotADirectory { .. }
+                    | StateError::NewerFormat { .. }
             ),
             _ => false,
         }

@@ -399,6 +399,7 @@ mod tests {
     fn worker(gone: i32) -> Worker {
         let path = CgroupsPath::parse("fake", "sb").unwrap();
         let state = SandboxState {
+            format: crate::state::STATE_FORMAT,
             sandbox_id: "sb".into(),
             driver: Driver::Cgroupfs,
             cgroup_version: CgroupVersion::V1,

@@ -30,6 +30,7 @@ impl Supervisor {
         }
         let me = std::process::id() as i32;
         let mut state = SandboxState {
+            format: crate::state::STATE_FORMAT,
             sandbox_id: plan.sandbox_id.clone(),
             driver: plan.driver,
             cgroup_version: plan.version(),

@@ -321,7 +321,9 @@ fn inspect_sandbox(id: &str, state_dir: &Path, json: bool) -> Result<(), CliErro
         )));
     }
     let state = SandboxState::load(state_dir, id, &layout.mount_points()).map_err(|e| match e {
-        StateError::Untrusted { .. } | StateError::Corrupt { .. } => bad(e),
+        StateError::Untrusted { .. }
+        | StateError::Corrupt { .. }
+        | StateError::NewerFormat { .. } => bad(e),
         e => runtime(e),
     })?;
     let vmm = vmm_state(&layout, state.vmm_pid, &state.sandbox.path.relative());
