@@ -165,6 +165,28 @@ fn recorded(state_dir: &Path) -> Result<Vec<(String, CgroupsPath)>, SandboxError
     Ok(out)
 }
 
+/// How long a start refused by a held claim waits for the holder to write its id: the
+/// holder writes it right after it locks, so this bounds only a stalled machine.
+const HOLDER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The sandbox id of a claim another process holds locked. The holder locks, then writes
+/// its id (taking over a stale claim truncates it first), so an empty or unreadable
+/// claim is read again until the id is there, for at most [`HOLDER_WAIT`].
+fn live_holder(file: &mut File, parsed: &CgroupsPath) -> String {
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_micros(200);
+    loop {
+        if let Some(id) = read_all(file).ok().and_then(|t| holder(&t, parsed)) {
+            return id;
+        }
+        if start.elapsed() >= HOLDER_WAIT {
+            return "(a sandbox that has not written its id)".to_string();
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Makes `<state_dir>/claims` with a claim for every state file already there.
 fn ensure_claims_dir(state_dir: &Path) -> Result<(), SandboxError> {
     let dir = state_dir.join(CLAIMS_DIR);
@@ -219,10 +241,7 @@ impl Claim {
                 Err(e) => return Err(io("open", &path, e)),
             };
             if !try_lock(&file).map_err(|e| io("lock", &path, e))? {
-                let other = read_all(&mut file)
-                    .ok()
-                    .and_then(|t| holder(&t, parsed))
-                    .unwrap_or_else(|| "(starting)".to_string());
+                let other = live_holder(&mut file, parsed);
                 return Err(in_use(
                     sandbox_id,
                     parsed,
