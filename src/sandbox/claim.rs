@@ -116,6 +116,40 @@ fn open_for_lock(path: &Path) -> std::io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// `PathInUse` for a path whose claim (`path`) sandbox `other`'s live runtime holds.
+fn held_in_use(sandbox_id: &str, parsed: &CgroupsPath, other: &str, path: &Path) -> SandboxError {
+    in_use(
+        sandbox_id,
+        parsed,
+        other.to_string(),
+        format!(
+            "sandbox {other} holds its claim {} (its runtime is alive)",
+            path.display()
+        ),
+    )
+}
+
+/// `PathInUse` for a path whose claim names sandbox `other`, whose state file exists in
+/// `state_dir` (a run that crashed or was kept: it is to be cleaned up first).
+fn recorded_in_use(
+    sandbox_id: &str,
+    parsed: &CgroupsPath,
+    other: &str,
+    state_dir: &Path,
+) -> SandboxError {
+    let state = SandboxState::file(state_dir, other);
+    in_use(
+        sandbox_id,
+        parsed,
+        other.to_string(),
+        format!(
+            "sandbox {other} records it in {} (if that sandbox is gone: host-cgroups cleanup --sandbox-id {other} --state-dir {})",
+            state.display(),
+            state_dir.display()
+        ),
+    )
+}
+
 /// `flock(fd, LOCK_EX | LOCK_NB)`: `Ok(true)` locked, `Ok(false)` held elsewhere.
 fn try_lock(f: &File) -> std::io::Result<bool> {
     // SAFETY: flock on a file descriptor we own; it touches no memory.
@@ -242,15 +276,7 @@ impl Claim {
             };
             if !try_lock(&file).map_err(|e| io("lock", &path, e))? {
                 let other = live_holder(&mut file, parsed);
-                return Err(in_use(
-                    sandbox_id,
-                    parsed,
-                    other.clone(),
-                    format!(
-                        "sandbox {other} holds its claim {} (its runtime is alive)",
-                        path.display()
-                    ),
-                ));
+                return Err(held_in_use(sandbox_id, parsed, &other, &path));
             }
             // Locked; but a releasing owner may have unlinked this inode meanwhile.
             let locked = file.metadata().map_err(|e| io("stat", &path, e))?.ino();
@@ -264,16 +290,7 @@ impl Claim {
             if let Some(other) = holder(&text, parsed).filter(|o| o != sandbox_id) {
                 let state = SandboxState::file(state_dir, &other);
                 if state.exists() {
-                    return Err(in_use(
-                        sandbox_id,
-                        parsed,
-                        other.clone(),
-                        format!(
-                            "sandbox {other} records it in {} (if that sandbox is gone: host-cgroups cleanup --sandbox-id {other} --state-dir {})",
-                            state.display(),
-                            state_dir.display()
-                        ),
-                    ));
+                    return Err(recorded_in_use(sandbox_id, parsed, &other, state_dir));
                 }
                 tracing::info!(claim = %path.display(), stale = %other, "taking over a claim whose sandbox left no state");
             }
@@ -322,17 +339,7 @@ impl Claim {
                 .into_iter()
                 .find(|(id, p)| id != sandbox_id && what(p) == what(parsed));
             if let Some((other, _)) = other {
-                let state = SandboxState::file(state_dir, &other);
-                return Err(in_use(
-                    sandbox_id,
-                    parsed,
-                    other.clone(),
-                    format!(
-                        "sandbox {other} records it in {} (if that sandbox is gone: host-cgroups cleanup --sandbox-id {other} --state-dir {})",
-                        state.display(),
-                        state_dir.display()
-                    ),
-                ));
+                return Err(recorded_in_use(sandbox_id, parsed, &other, state_dir));
             }
             return Ok(());
         }
@@ -347,27 +354,10 @@ impl Claim {
         let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
         let state = SandboxState::file(state_dir, &other);
         if !free {
-            return Err(in_use(
-                sandbox_id,
-                parsed,
-                other.clone(),
-                format!(
-                    "sandbox {other} holds its claim {} (its runtime is alive)",
-                    path.display()
-                ),
-            ));
+            return Err(held_in_use(sandbox_id, parsed, &other, &path));
         }
         if state.exists() {
-            return Err(in_use(
-                sandbox_id,
-                parsed,
-                other.clone(),
-                format!(
-                    "sandbox {other} records it in {} (if that sandbox is gone: host-cgroups cleanup --sandbox-id {other} --state-dir {})",
-                    state.display(),
-                    state_dir.display()
-                ),
-            ));
+            return Err(recorded_in_use(sandbox_id, parsed, &other, state_dir));
         }
         Ok(())
     }
