@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use common::*;
-use host_cgroups::host::{CgroupLayout, DirSet};
+use host_cgroups::host::CgroupLayout;
+use host_cgroups::manager::{FsManager, Manager, VcpuChild};
 use host_cgroups::sandbox::{Sandbox, SandboxError, SandboxOptions};
 use host_cgroups::state::{SandboxState, StateError, STATE_FORMAT};
-use host_cgroups::{CgroupVersion, Driver, RuntimeConfig};
+use host_cgroups::{CgroupVersion, RuntimeConfig};
 
 /// Restores move this process's threads back home at teardown: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -30,50 +31,18 @@ fn json_list(dirs: &[PathBuf]) -> String {
     serde_json::to_string(dirs).unwrap()
 }
 
-/// The directories a run of `rel` made (outermost first), created now as its leftovers,
-/// and the `vcpus` child's when `nested`.
-fn leftovers(
-    layout: &CgroupLayout,
-    prefix: &str,
-    rel: &str,
-    nested: bool,
-) -> (Vec<PathBuf>, Vec<PathBuf>) {
-    let mut created = Vec::new();
-    for level in [prefix, rel] {
-        let mut dirs: Vec<PathBuf> = layout
-            .cgroup_dirs(level, Driver::Cgroupfs, DirSet::Sandbox)
-            .into_values()
-            .collect();
-        dirs.sort();
-        dirs.dedup();
-        for d in dirs {
-            std::fs::create_dir_all(&d).unwrap();
-            if layout.version() == CgroupVersion::V1 && d.to_string_lossy().contains("cpuset") {
-                // A v1 cpuset cgroup holds tasks only with its CPUs and nodes filled.
-                for f in ["cpuset.cpus", "cpuset.mems"] {
-                    let v = std::fs::read_to_string(d.parent().unwrap().join(f)).unwrap();
-                    let _ = std::fs::write(d.join(f), v.trim());
-                }
-            }
-            created.push(d);
-        }
-    }
+/// The directories a run of `rel` made (outermost first), made now as its leftovers by
+/// the driver a run uses (so, on v2, with the controllers enabled at every level as a
+/// run leaves them), and the `vcpus` child's when `nested`.
+fn leftovers(layout: &CgroupLayout, rel: &str, nested: bool) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut m = FsManager::new(layout, rel);
+    m.create().unwrap();
+    let created = m.created();
     let mut child = Vec::new();
     if nested {
-        let mut dirs: Vec<PathBuf> = layout
-            .cgroup_dirs(
-                &format!("{rel}/vcpus"),
-                Driver::Cgroupfs,
-                DirSet::VcpusChild,
-            )
-            .into_values()
-            .collect();
-        dirs.sort();
-        dirs.dedup();
-        for d in dirs {
-            std::fs::create_dir_all(&d).unwrap();
-            child.push(d);
-        }
+        let mut c = VcpuChild::adopt(layout, rel, Vec::new());
+        c.create().unwrap();
+        child = c.dirs().to_vec();
     }
     (created, child)
 }
@@ -82,7 +51,7 @@ fn leftovers(
 fn write_golden(name: &str, layout: &CgroupLayout, prefix: &str, id: &str, state: &Path) {
     let rel = format!("{prefix}/sb");
     let nested = name.contains("nested");
-    let (created, child) = leftovers(layout, prefix, &rel, nested);
+    let (created, child) = leftovers(layout, &rel, nested);
     let v2 = layout.version() == CgroupVersion::V2;
     let text = golden(name)
         .replace("@ID@", id)
