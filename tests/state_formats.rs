@@ -70,6 +70,31 @@ fn write_golden(name: &str, layout: &CgroupLayout, prefix: &str, id: &str, state
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
+/// A past run's record on this host: its leftover cgroups (removed by the guard) and a
+/// state directory holding golden file `name` (removed on drop, even when a test fails).
+struct Past {
+    guard: CgroupGuard,
+    state: PathBuf,
+    id: String,
+}
+
+impl Past {
+    fn new(tag: &str, name: &str, layout: &CgroupLayout) -> Self {
+        let prefix = unique(tag);
+        let guard = CgroupGuard::new(&prefix);
+        let state = std::env::temp_dir().join(&prefix);
+        let id = format!("{prefix}-sb");
+        write_golden(name, layout, &prefix, &id, &state);
+        Past { guard, state, id }
+    }
+}
+
+impl Drop for Past {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
 fn config(nested: bool) -> RuntimeConfig {
     let mut c = RuntimeConfig::embedded().unwrap();
     if nested {
@@ -90,12 +115,10 @@ fn every_past_format_is_cleaned_up_with_nothing_left() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let layout = layout();
     for name in PAST {
-        let prefix = unique("fmtclean");
-        let guard = CgroupGuard::new(&prefix);
-        let state = std::env::temp_dir().join(&prefix);
-        let id = format!("{prefix}-sb");
-        write_golden(name, &layout, &prefix, &id, &state);
-        let r = Sandbox::cleanup(&state, &id).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let Past {
+            guard, state, id, ..
+        } = &Past::new("fmtclean", name, &layout);
+        let r = Sandbox::cleanup(state, id).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(r.errors.is_empty(), "{name}: {:?}", r.errors);
         assert!(r.state_removed.is_some(), "{name}: {r:?}");
         assert!(
@@ -103,7 +126,6 @@ fn every_past_format_is_cleaned_up_with_nothing_left() {
             "{name}: {:?}",
             guard.leftovers()
         );
-        let _ = std::fs::remove_dir_all(&state);
     }
 }
 
@@ -112,20 +134,18 @@ fn every_past_format_is_restored_updated_and_torn_down() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let layout = layout();
     for name in PAST {
-        let prefix = unique("fmtrestore");
-        let guard = CgroupGuard::new(&prefix);
-        let state = std::env::temp_dir().join(&prefix);
-        let id = format!("{prefix}-sb");
-        write_golden(name, &layout, &prefix, &id, &state);
-        let opts = SandboxOptions::default().state_dir(&state);
-        let sandbox = Sandbox::restore(&config(name.contains("nested")), &id, opts)
+        let Past {
+            guard, state, id, ..
+        } = &Past::new("fmtrestore", name, &layout);
+        let opts = SandboxOptions::default().state_dir(state);
+        let sandbox = Sandbox::restore(&config(name.contains("nested")), id, opts)
             .unwrap_or_else(|e| panic!("{name}: restore: {e}"));
         let res = host_cgroups::from_json(r#"{"cpu":{"cpus":"0","shares":512}}"#).unwrap();
         sandbox
             .update_container("ctr-2", &res)
             .unwrap_or_else(|e| panic!("{name}: update: {e}"));
         // The update is recorded in this version's format.
-        let text = std::fs::read_to_string(SandboxState::file(&state, &id)).unwrap();
+        let text = std::fs::read_to_string(SandboxState::file(state, id)).unwrap();
         assert!(text.contains("ctr-2"), "{name}: {text}");
         let done = sandbox.teardown(|| ());
         assert!(
@@ -133,13 +153,12 @@ fn every_past_format_is_restored_updated_and_torn_down() {
             "{name}: {:?}",
             done.report.errors
         );
-        assert!(!SandboxState::file(&state, &id).exists(), "{name}");
+        assert!(!SandboxState::file(state, id).exists(), "{name}");
         assert!(
             guard.leftovers().is_empty(),
             "{name}: {:?}",
             guard.leftovers()
         );
-        let _ = std::fs::remove_dir_all(&state);
     }
 }
 
@@ -166,22 +185,19 @@ fn this_version_writes_its_format_and_cleans_it_up() {
 fn a_newer_format_is_refused_and_nothing_changes() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let layout = layout();
-    let prefix = unique("fmtnew");
-    let guard = CgroupGuard::new(&prefix);
-    let state = std::env::temp_dir().join(&prefix);
-    let id = format!("{prefix}-sb");
-    write_golden("format99-future.json", &layout, &prefix, &id, &state);
-    let file = SandboxState::file(&state, &id);
+    let past = Past::new("fmtnew", "format99-future.json", &layout);
+    let (guard, state, id) = (&past.guard, &past.state, &past.id);
+    let file = SandboxState::file(state, id);
     let before = std::fs::read(&file).unwrap();
     let dirs = guard.leftovers();
     assert!(!dirs.is_empty());
     for attempt in ["cleanup", "restore"] {
         let e = match attempt {
-            "cleanup" => Sandbox::cleanup(&state, &id).unwrap_err(),
+            "cleanup" => Sandbox::cleanup(state, id).unwrap_err(),
             _ => Sandbox::restore(
                 &config(false),
-                &id,
-                SandboxOptions::default().state_dir(&state),
+                id,
+                SandboxOptions::default().state_dir(state),
             )
             .unwrap_err(),
         };
@@ -194,7 +210,10 @@ fn a_newer_format_is_refused_and_nothing_changes() {
         );
         assert!(e.is_bad_input(), "{attempt}: {e}");
         let msg = e.to_string();
-        assert!(msg.contains("format 99") && msg.contains(&id), "{msg}");
+        assert!(
+            msg.contains("format 99") && msg.contains(id.as_str()),
+            "{msg}"
+        );
         assert_eq!(
             std::fs::read(&file).unwrap(),
             before,
@@ -204,8 +223,8 @@ fn a_newer_format_is_refused_and_nothing_changes() {
     }
     // The command says the same, exit 2.
     let out = std::process::Command::new(cli::BIN)
-        .args(["cleanup", "--sandbox-id", &id, "--state-dir"])
-        .arg(&state)
+        .args(["cleanup", "--sandbox-id", id, "--state-dir"])
+        .arg(state)
         .output()
         .unwrap();
     assert_eq!(
@@ -215,6 +234,4 @@ fn a_newer_format_is_refused_and_nothing_changes() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(std::fs::read(&file).unwrap(), before);
-    drop(guard);
-    let _ = std::fs::remove_dir_all(&state);
 }

@@ -5,8 +5,8 @@
 
 use oci_spec::runtime::LinuxResources;
 
-use super::{HostSupport, ResourceError, Rules, Write};
-use crate::cgroup::{CgroupVersion, Controller, HierarchyKey};
+use super::Rules;
+use crate::cgroup::{Controller, HierarchyKey};
 
 /// The `devices` controller's rules.
 pub(super) struct Devices;
@@ -18,20 +18,6 @@ impl Rules for Devices {
 
     fn oci_keys(&self) -> &'static [(&'static str, &'static [&'static str])] {
         &[("", &["devices"])]
-    }
-
-    fn validate(&self, _res: &LinuxResources) -> Result<(), ResourceError> {
-        Ok(())
-    }
-
-    fn writes(
-        &self,
-        _res: &LinuxResources,
-        _version: CgroupVersion,
-        _host: &HostSupport,
-        _w: &mut Vec<Write>,
-    ) -> Result<(), ResourceError> {
-        Ok(())
     }
 
     fn notes(&self, res: &LinuxResources, out: &mut Vec<String>) {

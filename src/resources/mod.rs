@@ -158,18 +158,24 @@ pub(crate) trait Rules: Sync {
     /// the top level of `LinuxResources` (config-linux.md).
     fn oci_keys(&self) -> &'static [(&'static str, &'static [&'static str])];
 
-    /// The checks that hold on every cgroup version and driver (ranges, shapes).
-    fn validate(&self, res: &LinuxResources) -> Result<(), ResourceError>;
+    /// The checks that hold on every cgroup version and driver (ranges, shapes); none by
+    /// default.
+    fn validate(&self, _res: &LinuxResources) -> Result<(), ResourceError> {
+        Ok(())
+    }
 
     /// The cgroupfs writes, in order, on `version` of a host offering `host`; a field
-    /// this host or version cannot apply is refused, naming it. `res` is validated.
+    /// this host or version cannot apply is refused, naming it. `res` is validated. None
+    /// by default (a field that is refused or only noted).
     fn writes(
         &self,
-        res: &LinuxResources,
-        version: CgroupVersion,
-        host: &HostSupport,
-        w: &mut Vec<Write>,
-    ) -> Result<(), ResourceError>;
+        _res: &LinuxResources,
+        _version: CgroupVersion,
+        _host: &HostSupport,
+        _w: &mut Vec<Write>,
+    ) -> Result<(), ResourceError> {
+        Ok(())
+    }
 
     /// The systemd unit properties that apply the fields (systemd.resource-control(5),
     /// as runc's and crun's systemd drivers map them). `res` is validated.

@@ -29,11 +29,6 @@ impl Rules for Pids {
         &[("pids", &["limit"])]
     }
 
-    fn validate(&self, _res: &LinuxResources) -> Result<(), ResourceError> {
-        // Every i64 is a limit (see `effective_pids`).
-        Ok(())
-    }
-
     fn writes(
         &self,
         res: &LinuxResources,

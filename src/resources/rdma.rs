@@ -3,8 +3,8 @@
 
 use oci_spec::runtime::LinuxResources;
 
-use super::{unsupported, HostSupport, ResourceError, Rules, Write};
-use crate::cgroup::{CgroupVersion, Controller, HierarchyKey};
+use super::{unsupported, ResourceError, Rules};
+use crate::cgroup::{Controller, HierarchyKey};
 
 /// The `rdma` controller's rules.
 pub(super) struct Rdma;
@@ -25,16 +25,6 @@ impl Rules for Rdma {
                 "this component does not apply RDMA limits to the host sandbox cgroup",
             ));
         }
-        Ok(())
-    }
-
-    fn writes(
-        &self,
-        _res: &LinuxResources,
-        _version: CgroupVersion,
-        _host: &HostSupport,
-        _w: &mut Vec<Write>,
-    ) -> Result<(), ResourceError> {
         Ok(())
     }
 }
